@@ -1,0 +1,3 @@
+from colab_kit.cli import main
+
+raise SystemExit(main())

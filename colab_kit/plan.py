@@ -1,0 +1,322 @@
+"""The Plan: every decision colab_kit makes about a run, each with a one-line reason.
+
+``make_plan(machine, mode, **overrides)`` is pure: the same Machine and arguments always give
+the same Plan. No other module decides sizes, paths or switches; they read the Plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+from colab_kit.detect import GIB, Machine
+
+CONVERTERS = ("chgnet", "radius")
+MODELS = ("chgnet", "cgcnn")
+AMP_CHOICES = ("off", "fp16", "bf16")
+BAD_STRUCTURE_POLICIES = ("skip", "warn", "error")
+
+#: Per-mode presets. Modes are data: anything mode-dependent is looked up here.
+MODES: dict[str, dict[str, Any]] = {
+    "debug": {"n_samples": 300, "epochs": 2, "patience": 2, "checkpoint_minutes": 1.0},
+    "quick": {"n_samples": 3000, "epochs": 10, "patience": 4, "checkpoint_minutes": 5.0},
+    "full": {"n_samples": None, "epochs": 50, "patience": 8, "checkpoint_minutes": 10.0},
+}
+
+#: Which model goes with which graph kind.
+MODEL_FOR_CONVERTER = {"chgnet": "chgnet", "radius": "cgcnn"}
+
+# Rough training memory per directed edge / per atom (forward + backward, float32), used for
+# the static budget. `colab_kit.memory` replaces it with a measured calibration at train time.
+BYTES_PER_EDGE = {"chgnet": 6_000, "cgcnn": 2_000}
+BYTES_PER_ATOM = {"chgnet": 20_000, "cgcnn": 4_000}
+
+LOW_DISK = 2 * GIB
+LOW_RAM = 4 * GIB
+# RSS of one conversion worker (python + torch + pymatgen + one shard in flight), measured ~300 MB.
+CONVERT_WORKER_BYTES = 450 * 1024**2
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a run needs to know. Sizes in bytes unless named otherwise; cutoffs in Å."""
+
+    mode: str
+    converter: str
+    model: str
+    # graph resolution
+    cutoff: float
+    bond_cutoff: float
+    max_neighbors: int | None
+    # batching (budgets are per batch, summed over its graphs)
+    batch_edges: int
+    batch_atoms: int
+    batch_size: int
+    eval_batch_size: int
+    # data loading
+    workers: int
+    pin_memory: bool
+    persistent_workers: bool
+    prefetch_factor: int | None
+    # conversion and store
+    convert_workers: int
+    shard_size: int
+    on_bad_structure: str
+    # places
+    work_dir: str
+    persist_dir: str | None
+    # training
+    device: str
+    amp: str
+    n_samples: int | None
+    epochs: int
+    patience: int
+    lr: float
+    seed: int
+    checkpoint_minutes: float
+    reasons: Mapping[str, str] = field(default_factory=dict, compare=False)
+    warnings: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["reasons"] = dict(self.reasons)
+        d["warnings"] = list(self.warnings)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Plan:
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        kw["warnings"] = tuple(kw.get("warnings", ()))
+        return cls(**kw)
+
+    def replace(self, reason: str, **changes: Any) -> Plan:
+        """A copy with ``changes`` applied and ``reason`` recorded for each changed field."""
+        reasons = dict(self.reasons)
+        reasons.update({k: reason for k in changes})
+        return dataclasses.replace(self, reasons=reasons, **changes)
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        """(field, value, reason) triples for the plan table."""
+        return [
+            (f.name, _fmt(getattr(self, f.name)), self.reasons.get(f.name, ""))
+            for f in fields(self)
+            if f.name not in ("reasons", "warnings")
+        ]
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+# Fields a user may override, with the check each value must pass.
+def _positive_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _nonneg_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _positive_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+
+
+OVERRIDABLE: dict[str, tuple[Any, str]] = {
+    "converter": (lambda v: v in CONVERTERS, f"one of {CONVERTERS}"),
+    "model": (lambda v: v in MODELS, f"one of {MODELS}"),
+    "cutoff": (_positive_num, "a positive number of Å"),
+    "bond_cutoff": (_positive_num, "a positive number of Å"),
+    "max_neighbors": (lambda v: v is None or _positive_int(v), "a positive integer or None"),
+    "batch_edges": (_positive_int, "a positive integer"),
+    "batch_atoms": (_positive_int, "a positive integer"),
+    "batch_size": (_positive_int, "a positive integer"),
+    "eval_batch_size": (_positive_int, "a positive integer"),
+    "workers": (_nonneg_int, "an integer >= 0"),
+    "convert_workers": (_positive_int, "a positive integer"),
+    "shard_size": (_positive_int, "a positive integer"),
+    "on_bad_structure": (lambda v: v in BAD_STRUCTURE_POLICIES, f"one of {BAD_STRUCTURE_POLICIES}"),
+    "work_dir": (lambda v: isinstance(v, str) and v != "", "a directory path"),
+    "persist_dir": (lambda v: v is None or (isinstance(v, str) and v != ""), "a directory path or None"),
+    "device": (lambda v: isinstance(v, str) and v.split(":")[0] in ("cpu", "cuda"), "'cpu' or 'cuda[:N]'"),
+    "amp": (lambda v: v in AMP_CHOICES, f"one of {AMP_CHOICES}"),
+    "n_samples": (lambda v: v is None or _positive_int(v), "a positive integer or None (all)"),
+    "epochs": (_positive_int, "a positive integer"),
+    "patience": (_positive_int, "a positive integer"),
+    "lr": (_positive_num, "a positive number"),
+    "seed": (_nonneg_int, "an integer >= 0"),
+    "checkpoint_minutes": (_positive_num, "a positive number of minutes"),
+}
+
+
+class PlanError(ValueError):
+    """An override or mode that colab_kit cannot use; the message says what is allowed."""
+
+
+def make_plan(machine: Machine, mode: str = "debug", **overrides: Any) -> Plan:
+    """Decide everything for a run on ``machine`` in ``mode``.
+
+    Args:
+        machine: facts from :func:`colab_kit.detect.detect`.
+        mode: one of :data:`MODES` (debug, quick, full).
+        **overrides: any field in :data:`OVERRIDABLE`; validated, recorded as "set by user".
+
+    Raises:
+        PlanError: unknown mode, unknown override key, or a value that fails its check.
+    """
+    if mode not in MODES:
+        raise PlanError(f"mode must be one of {tuple(MODES)} (got {mode!r})")
+    for key, value in overrides.items():
+        if key not in OVERRIDABLE:
+            raise PlanError(
+                f"unknown plan setting {key!r}; settings you can override: {', '.join(sorted(OVERRIDABLE))}"
+            )
+        check, allowed = OVERRIDABLE[key]
+        if not check(value):
+            raise PlanError(f"plan setting {key} must be {allowed} (got {value!r})")
+    if "workers" in overrides and overrides["workers"] > machine.cpus:
+        raise PlanError(
+            f"plan setting workers must be at most the {machine.cpus} usable CPUs (got {overrides['workers']})"
+        )
+
+    v: dict[str, Any] = {}
+    r: dict[str, str] = {}
+    warnings: list[str] = []
+
+    def set_(name: str, value: Any, reason: str) -> None:
+        if name in overrides:
+            v[name], r[name] = overrides[name], "set by user"
+        else:
+            v[name], r[name] = value, reason
+
+    preset = MODES[mode]
+    v["mode"], r["mode"] = mode, "requested"
+    set_("converter", "chgnet", "CHGNet graphs: fine-tunes the pretrained CHGNet (best accuracy per sample)")
+    set_("model", MODEL_FOR_CONVERTER[v["converter"]], f"the model that trains on {v['converter']} graphs")
+    if MODEL_FOR_CONVERTER[v["converter"]] != v["model"]:
+        raise PlanError(
+            f"model {v['model']!r} cannot train on {v['converter']!r} graphs; "
+            f"use --model {MODEL_FOR_CONVERTER[v['converter']]} or --converter "
+            f"{next(c for c, m in MODEL_FOR_CONVERTER.items() if m == v['model'])}"
+        )
+    gpu = machine.gpu
+    avail = machine.ram_available
+
+    # Graph resolution: CHGNet's pretrained weights fix 6/3 Å; radius graphs shrink on small RAM.
+    if v["converter"] == "chgnet":
+        set_("cutoff", 6.0, "CHGNet's pretrained atom-graph cutoff")
+        set_("bond_cutoff", 3.0, "CHGNet's pretrained bond-graph cutoff")
+        set_("max_neighbors", None, "CHGNet graphs keep every neighbour within the cutoff")
+    elif avail < LOW_RAM and gpu is None:
+        set_("cutoff", 6.0, f"{avail / GIB:.1f} GiB RAM free: smaller graphs than the usual 8 Å")
+        set_("bond_cutoff", 0.0, "not used by radius graphs")
+        set_("max_neighbors", 8, "low RAM: 8 nearest neighbours instead of 12")
+    else:
+        set_("cutoff", 8.0, "CGCNN/ComFormer-style radius graph")
+        set_("bond_cutoff", 0.0, "not used by radius graphs")
+        set_("max_neighbors", 12, "CGCNN-style cap on neighbours per atom")
+
+    # Batch budget from the memory the model will train in.
+    if gpu is not None:
+        train_mem = int(gpu.free_bytes * 0.7)
+        where = f"70% of {gpu.free_bytes / GIB:.1f} GiB free on {gpu.name}"
+        set_("device", "cuda", f"{gpu.name} found")
+    else:
+        train_mem = int(min(avail * 0.4, 8 * GIB))
+        where = f"40% of {avail / GIB:.1f} GiB free RAM (max 8 GiB)"
+        set_("device", "cpu", "no CUDA GPU found")
+    model = v["model"]
+    set_("batch_edges", max(2_000, train_mem // BYTES_PER_EDGE[model]),
+         f"static estimate: {where} / {BYTES_PER_EDGE[model]} B per edge; calibrated at train start")
+    set_("batch_atoms", max(200, train_mem // BYTES_PER_ATOM[model]),
+         f"static estimate: {where} / {BYTES_PER_ATOM[model]} B per atom")
+    set_("batch_size", 64 if gpu is not None else 32, "upper bound on graphs per batch; the budget decides")
+    eval_factor = 4 if (gpu is None or gpu.free_bytes > 6 * GIB) else 2
+    set_("eval_batch_size", v["batch_size"] * eval_factor,
+         f"{eval_factor}x train: no gradients in evaluation" + ("" if eval_factor >= 4 else ", GPU is small"))
+
+    # DataLoader workers: each is a process; tiny RAM cannot afford them.
+    if avail < LOW_RAM:
+        set_("workers", 0, f"only {avail / GIB:.1f} GiB RAM free: load in the main process")
+    elif gpu is not None:
+        set_("workers", min(machine.cpus, 4), f"GPU training: up to 4 loader processes on {machine.cpus} CPUs")
+    elif machine.cpus <= 2:
+        set_("workers", 0, f"CPU training on {machine.cpus} CPUs: workers would steal compute")
+    else:
+        set_("workers", min(machine.cpus // 2, 4), f"CPU training: half of {machine.cpus} CPUs load data")
+    set_("pin_memory", v["device"].startswith("cuda"), "pinned host memory only helps CUDA copies")
+    set_("persistent_workers", v["workers"] > 0, "keep loader processes between epochs (needs workers > 0)")
+    set_("prefetch_factor", 2 if v["workers"] > 0 else None, "batches prefetched per worker (needs workers > 0)")
+
+    n_convert = max(1, min(machine.cpus, (avail - 1 * GIB) // CONVERT_WORKER_BYTES))
+    set_("convert_workers", int(n_convert),
+         f"{machine.cpus} CPUs, {CONVERT_WORKER_BYTES // 1024**2} MB per worker within {avail / GIB:.1f} GiB free")
+    set_("on_bad_structure", "warn", "skip bad structures, record and report each one")
+
+    # Places: fast local disk for work, Drive only for persistence.
+    local = machine.content_dir + "/colab_kit" if machine.is_colab else machine.home_cache
+    local_free = _free_for(machine, machine.content_dir if machine.is_colab else machine.home_cache)
+    work_reason = "Colab's local disk (fast; Drive is slow for many reads)" if machine.is_colab else "per-user cache dir"
+    shard_size, shard_reason = 1000, "~1000 graphs per shard: few large files, cheap to redo one"
+    if local_free is not None and local_free < LOW_DISK:
+        best = max(
+            ((d, b) for d, b in machine.disk_free.items() if not _on_drive(d, machine)),
+            key=lambda db: db[1],
+            default=(None, 0),
+        )
+        if best[0] is not None and best[1] >= LOW_DISK:
+            local, work_reason = best[0], f"{best[0]} has the most free disk ({best[1] / GIB:.1f} GiB)"
+            warnings.append(f"only {local_free / GIB:.1f} GiB free at the default work dir; using {best[0]}")
+        else:
+            shard_size, shard_reason = 200, "low disk: small shards keep the in-flight files small"
+            warnings.append(
+                f"only {local_free / GIB:.1f} GiB free disk for the work dir {local}; a large dataset will not "
+                "fit: free space or pass --work-dir on a bigger disk"
+            )
+    set_("work_dir", local, work_reason)
+    if machine.drive_mounted:
+        set_("persist_dir", machine.drive_dir + "/colab_kit", "Google Drive is mounted: survives a disconnect")
+    else:
+        set_("persist_dir", None, "no Google Drive mounted: nothing to mirror to")
+    if v["persist_dir"] is not None and v["work_dir"].startswith(machine.drive_dir):
+        raise PlanError(
+            f"work_dir {v['work_dir']!r} is on Google Drive, which is too slow for the store; "
+            "use a local dir (e.g. /content/colab_kit) and persist_dir for Drive"
+        )
+    set_("shard_size", shard_size, shard_reason)
+
+    # Training.
+    if gpu is None:
+        set_("amp", "off", "mixed precision is for CUDA")
+    elif gpu.supports_bf16:
+        set_("amp", "bf16", f"{gpu.name} supports bfloat16 (no loss scaling needed)")
+    else:
+        set_("amp", "fp16", f"{gpu.name} has no bfloat16: float16 with loss scaling")
+    set_("n_samples", preset["n_samples"], f"{mode} mode")
+    set_("epochs", preset["epochs"], f"{mode} mode")
+    set_("patience", preset["patience"], f"{mode} mode: epochs without improvement before stopping")
+    set_("lr", 1e-3 if v["model"] == "chgnet" else 3e-3, "AdamW learning rate for this model")
+    set_("seed", 0, "fixed seed: same split and order on every run and resume")
+    set_("checkpoint_minutes", preset["checkpoint_minutes"], f"{mode} mode: checkpoint interval")
+    return Plan(**v, reasons=r, warnings=tuple(warnings))
+
+
+def _free_for(machine: Machine, path: str) -> int | None:
+    for d, b in machine.disk_free.items():
+        if os.path.normpath(path).startswith(os.path.normpath(d)):
+            return b
+    return None
+
+
+def _on_drive(path: str, machine: Machine) -> bool:
+    return os.path.normpath(path).startswith(os.path.normpath(machine.drive_dir))

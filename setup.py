@@ -1,0 +1,36 @@
+"""Install colab_kit: ``pip install -e .`` (runtime) or ``pip install -e ".[test]"`` (tests)."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+
+def requirements() -> list[str]:
+    lines = (HERE / "requirements.txt").read_text().splitlines()
+    return [ln.split("#")[0].strip() for ln in lines if ln.split("#")[0].strip()]
+
+
+setup(
+    name="colab_kit",
+    version="0.1.0",
+    description="Train crystal graph neural networks on a free Google Colab runtime without running out of memory",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["colab_kit", "colab_kit.*"]),
+    package_data={"colab_kit": ["data/*.json.gz", "data/*.md"]},
+    include_package_data=True,
+    install_requires=requirements(),
+    extras_require={
+        "test": ["pytest>=8", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6", "ruff>=0.5"],
+    },
+    entry_points={"console_scripts": ["colab_kit=colab_kit.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Chemistry",
+        "Topic :: Scientific/Engineering :: Physics",
+    ],
+)

@@ -1,0 +1,133 @@
+"""plan: concrete decisions on fixture machines, override validation, purity."""
+
+from __future__ import annotations
+
+import pytest
+
+from colab_kit.detect import GIB, Gpu, Machine
+from colab_kit.plan import MODES, PlanError, make_plan
+
+
+def colab_free(drive: bool = True) -> Machine:
+    return Machine(
+        ram_total=int(12.7 * GIB), ram_available=int(11.5 * GIB), cgroup_limit=None, cpus=2,
+        gpu=Gpu("Tesla T4", 15 * GIB, int(14.5 * GIB), (7, 5)), is_colab=True, drive_mounted=drive,
+        disk_free={"/content": 80 * GIB, "/root/.cache/colab_kit": 80 * GIB}, home_cache="/root/.cache/colab_kit",
+    )
+
+
+def colab_pro_a100() -> Machine:
+    return Machine(
+        ram_total=51 * GIB, ram_available=49 * GIB, cgroup_limit=None, cpus=8,
+        gpu=Gpu("NVIDIA A100-SXM4-40GB", 40 * GIB, 39 * GIB, (8, 0)), is_colab=True, drive_mounted=False,
+        disk_free={"/content": 160 * GIB}, home_cache="/root/.cache/colab_kit",
+    )
+
+
+def colab_pro_l4() -> Machine:
+    return Machine(
+        ram_total=51 * GIB, ram_available=50 * GIB, cgroup_limit=None, cpus=8,
+        gpu=Gpu("NVIDIA L4", 22 * GIB, 22 * GIB, (8, 9)), is_colab=True, drive_mounted=True,
+        disk_free={"/content": 200 * GIB}, home_cache="/root/.cache/colab_kit",
+    )
+
+
+def laptop_8gb() -> Machine:
+    return Machine(
+        ram_total=8 * GIB, ram_available=5 * GIB, cgroup_limit=None, cpus=4, gpu=None, is_colab=False,
+        drive_mounted=False, disk_free={"/home/u/.cache/colab_kit": 50 * GIB}, home_cache="/home/u/.cache/colab_kit",
+    )
+
+
+def container_3gb() -> Machine:
+    # what detect() returns for a 64 GiB host with a 3 GiB cgroup limit (see test_detect)
+    return Machine(
+        ram_total=3 * GIB, ram_available=int(2.5 * GIB), cgroup_limit=3 * GIB, cpus=16, gpu=None, is_colab=False,
+        drive_mounted=False, disk_free={"/root/.cache/colab_kit": 500 * GIB}, home_cache="/root/.cache/colab_kit",
+    )
+
+
+def test_colab_free_t4() -> None:
+    p = make_plan(colab_free(), "debug")
+    assert p.device == "cuda" and p.amp == "fp16"  # T4 has no bf16
+    assert p.work_dir == "/content/colab_kit"
+    assert p.persist_dir == "/content/drive/MyDrive/colab_kit"
+    assert p.workers == 2 and p.pin_memory and p.persistent_workers and p.prefetch_factor == 2
+    assert p.batch_edges == int(14.5 * GIB * 0.7) // 6000
+    assert p.eval_batch_size == 4 * p.batch_size == 256
+    assert p.convert_workers == 2
+    assert (p.cutoff, p.bond_cutoff, p.max_neighbors) == (6.0, 3.0, None)
+    assert (p.n_samples, p.epochs) == (300, 2)
+    assert all(p.reasons[name] for name, _, _ in p.rows())
+
+
+def test_colab_without_drive_does_not_persist() -> None:
+    p = make_plan(colab_free(drive=False), "quick")
+    assert p.persist_dir is None and p.work_dir == "/content/colab_kit"
+    assert (p.n_samples, p.epochs) == (3000, 10)
+
+
+def test_colab_pro_a100_and_l4_use_bf16() -> None:
+    a = make_plan(colab_pro_a100(), "full")
+    assert a.amp == "bf16" and a.workers == 4 and a.convert_workers == 8
+    assert a.n_samples is None and a.epochs == MODES["full"]["epochs"]
+    assert a.batch_edges == int(39 * GIB * 0.7) // 6000
+    l4 = make_plan(colab_pro_l4(), "full", converter="radius")
+    assert l4.amp == "bf16" and l4.model == "cgcnn" and (l4.cutoff, l4.max_neighbors) == (8.0, 12)
+    assert l4.persist_dir == "/content/drive/MyDrive/colab_kit"
+
+
+def test_cpu_laptop_8gb() -> None:
+    p = make_plan(laptop_8gb(), "quick")
+    assert p.device == "cpu" and p.amp == "off" and not p.pin_memory
+    assert p.workers == 2 and p.persistent_workers  # 4 CPUs: half load data
+    assert p.work_dir == "/home/u/.cache/colab_kit" and p.persist_dir is None
+    assert p.batch_edges == int(5 * GIB * 0.4) // 6000
+    assert p.convert_workers == 4
+
+
+def test_container_follows_cgroup_not_host() -> None:
+    p = make_plan(container_3gb(), "full", converter="radius")
+    assert p.workers == 0 and not p.persistent_workers and p.prefetch_factor is None  # 2.5 GiB < 4 GiB
+    assert p.convert_workers == 3  # (2.5 GiB - 1 GiB) / 450 MB, not 16 CPUs
+    assert (p.cutoff, p.max_neighbors) == (6.0, 8)  # low RAM: coarser radius graphs
+    assert p.batch_edges == int(2.5 * GIB * 0.4) // 2000
+
+
+def test_low_disk_moves_work_dir_or_shrinks_shards() -> None:
+    m = Machine(
+        ram_total=16 * GIB, ram_available=14 * GIB, cgroup_limit=None, cpus=4, gpu=None, is_colab=False,
+        drive_mounted=False, disk_free={"/root/.cache/colab_kit": int(1.5 * GIB), "/mnt/big": 40 * GIB},
+        home_cache="/root/.cache/colab_kit",
+    )
+    p = make_plan(m, "debug")
+    assert p.work_dir == "/mnt/big" and p.shard_size == 1000
+    assert any("1.5 GiB free" in w for w in p.warnings)
+    m2 = Machine(**{**m.__dict__, "disk_free": {"/root/.cache/colab_kit": int(1.5 * GIB)}})
+    p2 = make_plan(m2, "debug")
+    assert p2.work_dir == "/root/.cache/colab_kit" and p2.shard_size == 200
+    assert any("--work-dir" in w for w in p2.warnings)
+
+
+def test_overrides_validated_and_recorded() -> None:
+    p = make_plan(colab_free(), "debug", batch_edges=5000, workers=1, cutoff=5.0, converter="radius")
+    assert (p.batch_edges, p.workers, p.cutoff, p.model) == (5000, 1, 5.0, "cgcnn")
+    assert p.reasons["batch_edges"] == "set by user"
+    with pytest.raises(PlanError, match="unknown plan setting 'batch'.*batch_edges"):
+        make_plan(colab_free(), "debug", batch=3)
+    with pytest.raises(PlanError, match=r"converter must be one of \('chgnet', 'radius'\) \(got 'alignn'\)"):
+        make_plan(colab_free(), "debug", converter="alignn")
+    with pytest.raises(PlanError, match="workers must be at most the 2 usable CPUs"):
+        make_plan(colab_free(), "debug", workers=3)
+    with pytest.raises(PlanError, match="mode must be one of"):
+        make_plan(colab_free(), "huge")
+    with pytest.raises(PlanError, match="cannot train on 'radius' graphs"):
+        make_plan(colab_free(), "debug", converter="radius", model="chgnet")
+
+
+def test_plan_is_pure_and_round_trips() -> None:
+    a, b = make_plan(colab_free(), "quick"), make_plan(colab_free(), "quick")
+    assert a == b and a.to_dict() == b.to_dict()
+    from colab_kit.plan import Plan
+
+    assert Plan.from_dict(a.to_dict()) == a
