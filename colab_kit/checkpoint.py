@@ -1,0 +1,101 @@
+"""Atomic checkpoints that load with ``torch.load(weights_only=True)`` and survive damage.
+
+``latest.pt`` is written to a temporary file in the same directory, fsynced and renamed over the
+old one, which is first kept as ``previous.pt``. Loading verifies the latest and falls back to the
+previous (with a warning naming the file) when it is truncated or otherwise unreadable.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from colab_kit.store import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+LATEST = "latest.pt"
+PREVIOUS = "previous.pt"
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint although one was expected; the message names the files."""
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch (and CUDA) RNG states as tensors / lists: no pickled objects."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": [name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(directory: str | Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` as the new latest checkpoint, keeping the old one as previous."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    latest = directory / LATEST
+    if latest.exists():
+        os.replace(latest, directory / PREVIOUS)
+    atomic_write_bytes(latest, buf.getvalue())
+    return latest
+
+
+def _try_load(path: Path, map_location: str | torch.device) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file means "damaged"; we report it and fall back
+        log.warning("checkpoint %s is damaged (%s: %s); trying the previous one", path, type(exc).__name__, exc)
+        return None
+    if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
+        log.warning("checkpoint %s is incomplete (no model/epoch); trying the previous one", path)
+        return None
+    return state
+
+
+def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+    """The newest readable checkpoint in ``directory``, or None when there is none at all.
+
+    Raises:
+        CheckpointError: checkpoint files exist but none can be read.
+    """
+    directory = Path(directory)
+    for name in (LATEST, PREVIOUS):
+        state = _try_load(directory / name, map_location)
+        if state is not None:
+            if name == PREVIOUS:
+                log.warning("resuming from the previous checkpoint %s", directory / name)
+            return state
+    present = [p.name for p in (directory / LATEST, directory / PREVIOUS) if p.exists()]
+    if present:
+        raise CheckpointError(
+            f"every checkpoint in {directory} ({', '.join(present)}) is damaged; delete them to start "
+            "training again from scratch (the graph store is kept)"
+        )
+    return None

@@ -1,0 +1,294 @@
+"""Resumable, parallel conversion of a structure source into a graph store.
+
+The main process only streams raw items (cheap dicts / texts) and hands chunks of ``shard_size``
+to a bounded pool of worker processes; each worker parses, converts and writes one whole shard,
+then reports a few numbers back. At most ``2 x workers`` chunks are in flight, so memory stays flat
+however large the source. Re-running the same conversion skips every shard the manifest lists and
+redoes only those that were in flight. ``part=(i, n)`` builds every n-th shard so n hosts can build
+one store together; a final run without ``part`` adopts their shards and finishes the manifest.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import multiprocessing as mp
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from colab_kit.graphs import BadStructure, Converter
+from colab_kit.sources import RawItem, Source, SourceError, check_target, open_source, parse_structure
+from colab_kit.store import (
+    FORMAT_VERSION,
+    MANIFEST,
+    StoreError,
+    atomic_write_json,
+    fingerprint,
+    shard_name,
+    write_shard,
+)
+
+log = logging.getLogger(__name__)
+POLICIES = ("skip", "warn", "error")
+
+
+class ConversionError(RuntimeError):
+    """Conversion stopped; completed shards are kept and a re-run resumes after them."""
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    path: Path
+    n_graphs: int
+    n_failed: int
+    n_shards: int
+    shards_reused: int
+    seconds: float
+    complete: bool
+
+
+def _compact(g: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Shrink a graph's index arrays right away so a worker's shard in memory stays small."""
+    out = dict(g)
+    for k in ("nbr", "nbr_count", "d2u", "angles"):
+        if k in out:
+            out[k] = out[k].astype(np.int32)
+    out["image"] = out["image"].astype(np.int8 if np.abs(out["image"]).max(initial=0) < 128 else np.int16)
+    return out
+
+
+def convert_items(items: list[RawItem], converter: Converter, policy: str) -> tuple[list, list, list, list]:
+    """Convert raw items; returns (graphs, ids, targets, failures). ``policy='error'`` raises on the first bad item."""
+    graphs, ids, targets, failures = [], [], [], []
+    for item in items:
+        reason = check_target(item)
+        if reason is None:
+            try:
+                graphs.append(_compact(converter.convert(parse_structure(item))))
+                ids.append(item.id)
+                targets.append(float(item.target) if item.target is not None else float("nan"))
+                continue
+            except (SourceError, BadStructure) as exc:
+                reason = str(exc)
+            except (ValueError, KeyError, IndexError, TypeError, RuntimeError) as exc:  # a library choking on odd input
+                reason = f"{type(exc).__name__}: {exc}"
+        if policy == "error":
+            raise ConversionError(
+                f"structure {item.id!r}: {reason}. Fix or remove it, or pass --set on_bad_structure=skip to skip bad structures"
+            )
+        failures.append((item.id, reason))
+    return graphs, ids, targets, failures
+
+
+def _build_shard(root: str, index: int, first_item: int, items: list[RawItem], converter: Converter,
+                 policy: str, fp: str) -> dict[str, Any]:
+    graphs, ids, targets, failures = convert_items(items, converter, policy)
+    entry = write_shard(root, index, graphs, ids, targets, failures, fp, first_item, len(items))
+    entry["failures"] = failures[:50]  # for the main process's warnings only; not stored in the manifest
+    return entry
+
+
+def _chunks(it: Iterable[RawItem], size: int) -> Iterator[list[RawItem]]:
+    it = iter(it)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+def _manifest_path(root: Path, part: tuple[int, int]) -> Path:
+    return root / (MANIFEST if part[1] == 1 else f"manifest.part-{part[0]}-of-{part[1]}.json")
+
+
+def _usable_entries(root: Path, manifest: dict[str, Any], fp: str) -> dict[int, dict[str, Any]]:
+    """Shards a manifest lists whose files are present with the recorded size."""
+    if manifest.get("fingerprint") != fp:
+        return {}
+    ok = {}
+    for e in manifest.get("shards", []):
+        p = root / e["file"]
+        if p.exists() and p.stat().st_size == e["bytes"]:
+            ok[e["index"]] = e
+        else:
+            log.warning("shard %s is missing or damaged; it will be rebuilt", p)
+    return ok
+
+
+def build_store(
+    source: str | Path | Source | Iterable[Any],
+    out: str | Path,
+    converter: Converter,
+    *,
+    workers: int = 1,
+    shard_size: int = 1000,
+    limit: int | None = None,
+    on_bad_structure: str = "warn",
+    part: tuple[int, int] = (0, 1),
+    fmt: str | None = None,
+    target: str | None = None,
+    progress: bool = True,
+) -> ConvertResult:
+    """Convert ``source`` into a store at ``out``, resuming whatever an earlier run completed.
+
+    Args:
+        source: a path/URL-free source (see :func:`colab_kit.sources.open_source`) or an open Source.
+        out: store directory.
+        converter: from :func:`colab_kit.graphs.get_converter`.
+        workers: conversion processes (1 = in this process).
+        shard_size: source items per shard.
+        limit: convert only the first ``limit`` items of the source.
+        on_bad_structure: skip (record), warn (record + log) or error (stop).
+        part: (i, n): build only shards with index % n == i (several hosts, one store).
+
+    Raises:
+        StoreError: ``out`` holds a store built from other data or settings.
+        ConversionError: ``on_bad_structure='error'`` met a bad structure, or nothing converted.
+    """
+    if on_bad_structure not in POLICIES:
+        raise ValueError(f"on_bad_structure must be one of {POLICIES} (got {on_bad_structure!r})")
+    i_part, n_parts = part
+    if not (n_parts >= 1 and 0 <= i_part < n_parts):
+        raise ValueError(f"part must be i/N with 0 <= i < N (got {i_part}/{n_parts})")
+    t0 = time.perf_counter()
+    src = source if isinstance(source, Source) else open_source(source, fmt=fmt, target=target)
+    fp = fingerprint(converter.name, converter.params, src.identity(), limit)
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    mpath = _manifest_path(root, part)
+    manifest = _load_manifest(root / MANIFEST) or {}
+    if manifest and manifest.get("fingerprint") != fp:
+        raise StoreError(
+            f"{root} holds a store built with other data or settings (converter {manifest.get('converter')}, "
+            f"params {manifest.get('params')}, fingerprint {manifest.get('fingerprint')}; this run needs {fp}). "
+            "Use another --out directory, or delete this one (`--fresh` in `run`) to rebuild it"
+        )
+    if manifest.get("complete"):
+        log.info("store %s is complete (%d graphs): nothing to convert", root, manifest["n_graphs"])
+        return _result(root, manifest, len(manifest["shards"]), t0)
+    own = _load_manifest(mpath) or {}
+    done = _usable_entries(root, own, fp) if own else {}
+    if n_parts == 1:  # adopt shards that parallel parts built into this directory
+        for p in sorted(root.glob("manifest.part-*-of-*.json")):
+            done.update(_usable_entries(root, _load_manifest(p) or {}, fp))
+    manifest = {
+        "format_version": FORMAT_VERSION, "fingerprint": fp, "converter": converter.name,
+        "params": converter.params, "source": src.identity(), "limit": limit, "shard_size": shard_size,
+        "part": [i_part, n_parts], "complete": False, "shards": sorted(done.values(), key=lambda e: e["index"]),
+    }
+    if own.get("shard_size", shard_size) != shard_size and done:
+        raise StoreError(f"{root} was started with shard_size={own['shard_size']}; resume with the same shard size")
+    reused = len(done)
+    if reused:
+        log.info("resuming %s: %d shards already done, redoing the rest", root, reused)
+    total = src.count()
+    total = min(total, limit) if (total is not None and limit is not None) else (total if limit is None else limit)
+    items = itertools.islice(iter(src), limit) if limit is not None else iter(src)
+
+    pool = _make_pool(workers)
+    pending: dict[Future, int] = {}
+    n_failed_warned = 0
+    bar = _bar(total, progress)
+    try:
+        for index, chunk in enumerate(_chunks(items, shard_size)):
+            first = index * shard_size
+            if index in done or index % n_parts != i_part:
+                bar.update(len(chunk))
+                continue
+            if pool is None:
+                entry = _build_shard(str(root), index, first, chunk, converter, on_bad_structure, fp)
+                n_failed_warned = _commit(mpath, manifest, entry, on_bad_structure, n_failed_warned, bar)
+                continue
+            while len(pending) >= 2 * workers:
+                n_failed_warned = _drain(pending, mpath, manifest, on_bad_structure, n_failed_warned, bar)
+            pending[pool.submit(_build_shard, str(root), index, first, chunk, converter, on_bad_structure, fp)] = len(chunk)
+        while pending:
+            n_failed_warned = _drain(pending, mpath, manifest, on_bad_structure, n_failed_warned, bar)
+    except BaseException:
+        for f in pending:
+            f.cancel()
+        raise
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    manifest["complete"] = True
+    manifest["n_graphs"] = sum(e["n_graphs"] for e in manifest["shards"])
+    manifest["n_failed"] = sum(e["n_failed"] for e in manifest["shards"])
+    manifest["n_items"] = sum(e["n_items"] for e in manifest["shards"])
+    if n_parts == 1 and manifest["n_items"] == 0:
+        raise ConversionError(f"source {src.path or src.format} has no structures; check the file or --format")
+    if n_parts == 1 and manifest["n_graphs"] == 0:
+        raise ConversionError(
+            f"none of the {manifest['n_items']} structures could be converted; see the warnings above "
+            "(e.g. isolated atoms: try a larger --set cutoff=...)"
+        )
+    atomic_write_json(mpath, manifest)
+    if n_parts == 1:
+        for p in root.glob("manifest.part-*-of-*.json"):
+            p.unlink()
+    log.info("store %s: %d graphs, %d skipped, %d shards (%d reused) in %.1f s", root, manifest["n_graphs"],
+             manifest["n_failed"], len(manifest["shards"]), reused, time.perf_counter() - t0)
+    return _result(root, manifest, reused, t0)
+
+
+def _commit(mpath: Path, manifest: dict[str, Any], entry: dict[str, Any], policy: str, warned: int, bar: Any) -> int:
+    failures = entry.pop("failures")
+    manifest["shards"].append(entry)
+    manifest["shards"].sort(key=lambda e: e["index"])
+    atomic_write_json(mpath, manifest)
+    bar.update(entry["n_items"])
+    for item_id, reason in failures:
+        if policy == "warn" and warned < 20:
+            log.warning("skipped structure %s: %s", item_id, reason)
+        elif policy == "warn" and warned == 20:
+            log.warning("more structures skipped; every one is recorded in the store (GraphStore.failures())")
+        else:
+            log.debug("skipped structure %s: %s", item_id, reason)
+        warned += 1
+    return warned
+
+
+def _drain(pending: dict[Future, int], mpath: Path, manifest: dict[str, Any], policy: str, warned: int, bar: Any) -> int:
+    finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+    for fut in finished:
+        pending.pop(fut)
+        warned = _commit(mpath, manifest, fut.result(), policy, warned, bar)
+    return warned
+
+
+def _make_pool(workers: int) -> ProcessPoolExecutor | None:
+    if workers <= 1:
+        return None
+    # fork: workers inherit the imports (pymatgen, torch) instead of paying seconds to import them
+    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+
+
+def _bar(total: int | None, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="struct", desc="convert", disable=not enabled, smoothing=0.1, dynamic_ncols=True)
+
+
+def _load_manifest(path: Path) -> dict[str, Any] | None:
+    import json
+
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise StoreError(f"{path} is not valid JSON ({exc}); delete the store directory and convert again") from exc
+
+
+def _result(root: Path, manifest: dict[str, Any], reused: int, t0: float) -> ConvertResult:
+    return ConvertResult(
+        path=root, n_graphs=int(manifest.get("n_graphs", 0)), n_failed=int(manifest.get("n_failed", 0)),
+        n_shards=len(manifest.get("shards", [])), shards_reused=reused, seconds=time.perf_counter() - t0,
+        complete=bool(manifest.get("complete")),
+    )

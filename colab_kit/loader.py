@@ -1,0 +1,204 @@
+"""Lazy datasets, fixed splits and memory-budgeted batches over a graph store.
+
+Nothing but the current batches is in RAM: the Dataset holds a path, each process maps the store on
+first use, and the batch sampler plans batches from per-graph atom and edge counts (read from the
+shard pointers, not from graphs). Batches are packed up to a budget of atoms *and* edges, so a
+200-atom cell gets a batch to itself instead of crashing a batch sized for 20-atom cells.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from colab_kit.store import GraphStore, atomic_write_bytes
+
+log = logging.getLogger(__name__)
+SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
+
+
+class GraphDataset(Dataset):
+    """Graph ``i`` of a store, as its model consumes it. Pickles to a path: workers reopen lazily."""
+
+    def __init__(self, store: GraphStore | str | Path) -> None:
+        self.root = str(store.root if isinstance(store, GraphStore) else store)
+        self._store = store if isinstance(store, GraphStore) else None
+
+    @property
+    def store(self) -> GraphStore:
+        if self._store is None:
+            self._store = GraphStore(self.root)
+        return self._store
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"root": self.root, "_store": None}
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, i: int) -> tuple[Any, float]:
+        i = int(i)
+        return self.store.get(i), self.store.target(i)
+
+
+# ---------------------------------------------------------------- splits
+
+def load_or_make_splits(store: GraphStore, seed: int = 0, fractions: Sequence[float] = SPLIT_FRACTIONS) -> dict[str, np.ndarray]:
+    """Train/val/test index arrays, made once from ``seed`` and saved next to the store
+    (``splits-seed<seed>.npz``, loaded without pickle) so every run and resume sees the same split."""
+    path = store.root / f"splits-seed{seed}.npz"
+    n = len(store)
+    if path.exists():
+        with np.load(path, allow_pickle=False) as z:
+            splits = {k: z[k] for k in ("train", "val", "test")}
+        if sum(len(v) for v in splits.values()) == n:
+            return splits
+        log.warning("split file %s does not match the store's %d graphs; making a new one", path, n)
+    if n < 3:
+        raise ValueError(f"store {store.root} has {n} graphs; at least 3 are needed for train/val/test splits")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, int(round(fractions[1] * n)))
+    n_test = max(1, int(round(fractions[2] * n)))
+    splits = {"train": np.sort(perm[n_val + n_test:]), "val": np.sort(perm[:n_val]), "test": np.sort(perm[n_val:n_val + n_test])}
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **splits)
+    atomic_write_bytes(path, buf.getvalue())
+    return splits
+
+
+# ---------------------------------------------------------------- batching
+
+def pack(order: np.ndarray, atoms: np.ndarray, edges: np.ndarray, max_atoms: int, max_edges: int,
+         max_graphs: int) -> list[list[int]]:
+    """Greedy packing of ``order`` into batches within the budgets; an oversize graph goes alone."""
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    a_sum = e_sum = 0
+    for i in order.tolist():
+        a, e = int(atoms[i]), int(edges[i])
+        if cur and (a_sum + a > max_atoms or e_sum + e > max_edges or len(cur) >= max_graphs):
+            batches.append(cur)
+            cur, a_sum, e_sum = [], 0, 0
+        cur.append(i)
+        a_sum += a
+        e_sum += e
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+class BudgetBatchSampler(Sampler[list[int]]):
+    """Batches of store indices whose atoms and edges stay within a budget.
+
+    The epoch's order is a permutation drawn from ``(seed, epoch)``; batches are packed greedily
+    from ``offset`` (graphs already consumed this epoch), so resuming at an offset, or changing the
+    budget mid-epoch (OOM back-off), re-packs only what is left and never skips or repeats a graph.
+
+    The trainer calls :meth:`advance` after each step and :meth:`next_epoch` at the epoch's end;
+    ``state_dict()`` holds (epoch, offset, budget) for checkpoints.
+    """
+
+    def __init__(self, indices: np.ndarray, atoms: np.ndarray, edges: np.ndarray, max_atoms: int,
+                 max_edges: int, max_graphs: int, shuffle: bool = True, seed: int = 0) -> None:
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.atoms, self.edges = atoms, edges
+        self.max_atoms, self.max_edges, self.max_graphs = int(max_atoms), int(max_edges), int(max_graphs)
+        self.shuffle, self.seed = shuffle, seed
+        self.epoch = 0
+        self.offset = 0
+        self._warned: set[int] = set()
+
+    def order(self, epoch: int | None = None) -> np.ndarray:
+        epoch = self.epoch if epoch is None else epoch
+        if not self.shuffle:
+            return self.indices
+        return self.indices[np.random.default_rng([self.seed, epoch]).permutation(len(self.indices))]
+
+    def batches(self) -> list[list[int]]:
+        """The rest of this epoch's batches, from the current offset."""
+        rest = self.order()[self.offset:]
+        batches = pack(rest, self.atoms, self.edges, self.max_atoms, self.max_edges, self.max_graphs)
+        for b in batches:
+            if len(b) == 1 and (self.atoms[b[0]] > self.max_atoms or self.edges[b[0]] > self.max_edges) and b[0] not in self._warned:
+                self._warned.add(b[0])
+                log.warning("graph %d (%d atoms, %d edges) exceeds the batch budget (%d atoms, %d edges); it goes alone",
+                            b[0], self.atoms[b[0]], self.edges[b[0]], self.max_atoms, self.max_edges)
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        return len(self.batches())
+
+    def advance(self, n_graphs: int) -> None:
+        self.offset += n_graphs
+
+    def next_epoch(self) -> None:
+        self.epoch += 1
+        self.offset = 0
+
+    def set_budget(self, max_atoms: int, max_edges: int) -> None:
+        self.max_atoms, self.max_edges = int(max_atoms), int(max_edges)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "offset": self.offset, "max_atoms": self.max_atoms,
+                "max_edges": self.max_edges, "max_graphs": self.max_graphs, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
+        self.max_atoms, self.max_edges = int(state["max_atoms"]), int(state["max_edges"])
+        self.max_graphs, self.seed = int(state["max_graphs"]), int(state["seed"])
+
+
+# ---------------------------------------------------------------- collate
+
+def collate_radius(items: list[tuple[Any, float]]) -> Any:
+    """PyG ``Batch`` of radius graphs (targets in ``batch.y``)."""
+    from torch_geometric.data import Batch
+
+    return Batch.from_data_list([d for d, _ in items])
+
+
+def collate_chgnet(items: list[tuple[Any, float]]) -> tuple[list[Any], torch.Tensor]:
+    """CHGNet's batch format: the list of ``CrystalGraph`` its model batches itself, and targets."""
+    return [g for g, _ in items], torch.tensor([t for _, t in items], dtype=torch.float32)
+
+
+COLLATE = {"radius": collate_radius, "chgnet": collate_chgnet}
+
+
+def make_loader(store: GraphStore, sampler: BudgetBatchSampler, workers: int = 0, pin_memory: bool = False,
+                prefetch_factor: int | None = None, persistent_workers: bool = False) -> DataLoader:
+    """A DataLoader over ``store`` driven by ``sampler`` (batches planned in the main process)."""
+    kw: dict[str, Any] = {}
+    if workers > 0:
+        kw.update(prefetch_factor=prefetch_factor or 2, persistent_workers=persistent_workers)
+    return DataLoader(GraphDataset(store), batch_sampler=sampler, collate_fn=COLLATE[store.converter_name],
+                      num_workers=workers, pin_memory=pin_memory, **kw)
+
+
+def make_loaders(store: GraphStore, plan: Any, splits: dict[str, np.ndarray] | None = None,
+                 budget: tuple[int, int] | None = None) -> dict[str, DataLoader]:
+    """train / val / test loaders with the Plan's settings; eval batches are ``eval_batch_size /
+    batch_size`` times larger (no gradients). ``budget`` = (max_atoms, max_edges) overrides the Plan's."""
+    splits = splits or load_or_make_splits(store, plan.seed)
+    atoms, edges = store.sizes()
+    max_atoms, max_edges = budget or (plan.batch_atoms, plan.batch_edges)
+    factor = max(1, plan.eval_batch_size // plan.batch_size)
+    loaders = {}
+    for name, idx in splits.items():
+        train = name == "train"
+        f = 1 if train else factor
+        sampler = BudgetBatchSampler(idx, atoms, edges, max_atoms * f, max_edges * f,
+                                     plan.batch_size if train else plan.eval_batch_size, shuffle=train, seed=plan.seed)
+        loaders[name] = make_loader(store, sampler, plan.workers, plan.pin_memory, plan.prefetch_factor,
+                                    plan.persistent_workers and train)
+    return loaders

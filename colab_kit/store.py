@@ -1,0 +1,326 @@
+"""The sharded on-disk graph store: atomic, pickle-free, mmap'd.
+
+Layout of a store directory::
+
+    manifest.json                 the commit record: fingerprint, parameters, source, completed shards
+    shard-000000.safetensors      ~1000 graphs: concatenated compact arrays + per-graph pointers,
+    shard-000001.safetensors      ids / failures / fingerprint in the safetensors metadata
+    ...
+
+A shard is written to a temporary name in the same directory, fsynced and renamed; only then is it
+added to the manifest (itself replaced atomically). A shard file that the manifest does not list is
+ignored and rebuilt, so a kill at any instant loses at most the shards in flight.
+
+Shards are safetensors files (a JSON header + raw little-endian arrays), readable by any
+safetensors tool and loaded here without executing code: the reader maps each file once per process
+and slices it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SHARD_SUFFIX = ".safetensors"
+
+# per-graph ragged arrays: (name, pointer it is sliced by)
+RAGGED = {
+    "z": "atom_ptr", "frac": "atom_ptr", "nbr_count": "atom_ptr",
+    "nbr": "edge_ptr", "image": "edge_ptr", "d2u": "edge_ptr",
+    "angles": "angle_ptr",
+}
+_ST_DTYPES = {
+    "U8": np.uint8, "I8": np.int8, "U16": np.uint16, "I16": np.int16, "U32": np.uint32, "I32": np.int32,
+    "I64": np.int64, "U64": np.uint64, "F16": np.float16, "F32": np.float32, "F64": np.float64, "BOOL": np.bool_,
+}
+
+
+class StoreError(RuntimeError):
+    """A store that cannot be used as it is; the message names the file and the fix."""
+
+
+def fingerprint(converter: str, params: dict[str, Any], source: dict[str, Any], limit: int | None) -> str:
+    """Names a store: converter + every parameter + format version + source identity + item limit."""
+    key = {"converter": converter, "params": params, "format_version": FORMAT_VERSION, "source": source, "limit": limit}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:06d}{SHARD_SUFFIX}"
+
+
+# ---------------------------------------------------------------- atomic files
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode())
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:  # not supported on this platform/filesystem
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- writing
+
+def _compact_int(a: np.ndarray, signed: bool = False) -> np.ndarray:
+    """Smallest integer dtype that holds ``a`` (uint16 / int32 for indices, int8 / int16 for images)."""
+    if signed:
+        lim = int(np.abs(a).max()) if a.size else 0
+        return a.astype(np.int8 if lim < 128 else np.int16 if lim < 32768 else np.int32)
+    hi = int(a.max()) if a.size else 0
+    return a.astype(np.uint16 if hi < 65536 else np.int32)
+
+
+def pack_shard(graphs: list[dict[str, np.ndarray]], ids: list[str], targets: list[float],
+               failures: list[tuple[str, str]], fp: str) -> bytes:
+    """Concatenate per-graph arrays into one safetensors blob with pointers and metadata."""
+    from safetensors.numpy import save
+
+    names = [k for k in RAGGED if graphs and k in graphs[0]] if graphs else []
+    out: dict[str, np.ndarray] = {}
+    ptr_src = {"atom_ptr": "z", "edge_ptr": "nbr", "angle_ptr": "angles"}
+    for ptr, src in ptr_src.items():
+        if graphs and src in graphs[0]:
+            out[ptr] = np.concatenate(([0], np.cumsum([len(g[src]) for g in graphs]))).astype(np.int64)
+    for k in names:
+        arr = np.concatenate([g[k] for g in graphs]) if graphs else np.zeros(0)
+        if k in ("nbr", "nbr_count", "d2u", "angles"):
+            arr = _compact_int(arr)
+        elif k == "image":
+            arr = _compact_int(arr, signed=True)
+        out[k] = np.ascontiguousarray(arr)
+    out["lattice"] = np.stack([g["lattice"] for g in graphs]).astype(np.float64) if graphs else np.zeros((0, 3, 3))
+    out["target"] = np.asarray(targets, dtype=np.float64)
+    meta = {
+        "format": "colab_kit.store",
+        "format_version": str(FORMAT_VERSION),
+        "fingerprint": fp,
+        "ids": json.dumps(ids),
+        "failures": json.dumps([list(f) for f in failures]),
+    }
+    return save(out, metadata=meta)
+
+
+def write_shard(root: str | Path, index: int, graphs: list[dict[str, np.ndarray]], ids: list[str],
+                targets: list[float], failures: list[tuple[str, str]], fp: str,
+                first_item: int, n_items: int) -> dict[str, Any]:
+    """Write one shard atomically; returns its manifest entry."""
+    blob = pack_shard(graphs, ids, targets, failures, fp)
+    path = Path(root) / shard_name(index)
+    atomic_write_bytes(path, blob)
+    return {
+        "index": index,
+        "file": path.name,
+        "first_item": first_item,
+        "n_items": n_items,
+        "n_graphs": len(graphs),
+        "n_failed": len(failures),
+        "n_atoms": int(sum(len(g["z"]) for g in graphs)),
+        "n_edges": int(sum(len(g["nbr"]) for g in graphs)),
+        "bytes": len(blob),
+        "sha256": hashlib.sha256(blob).hexdigest(),
+    }
+
+
+# ---------------------------------------------------------------- reading
+
+class _Shard:
+    """One mmap'd shard file: arrays are views into the map (nothing copied until sliced)."""
+
+    def __init__(self, path: Path, expect_fp: str | None, expect_bytes: int | None) -> None:
+        size = path.stat().st_size if path.exists() else -1
+        if size < 0:
+            raise StoreError(f"shard {path} listed in the manifest is missing; run `python -m colab_kit convert` again to rebuild it")
+        if expect_bytes is not None and size != expect_bytes:
+            raise StoreError(
+                f"shard {path} is damaged: {size} bytes on disk, {expect_bytes} in the manifest; "
+                "run `python -m colab_kit convert` again to rebuild it"
+            )
+        buf = np.memmap(path, dtype=np.uint8, mode="r")
+        try:
+            n = int(np.frombuffer(buf[:8].tobytes(), dtype="<u8")[0])
+            header = json.loads(buf[8: 8 + n].tobytes())
+        except (ValueError, IndexError) as exc:
+            raise StoreError(f"shard {path} is not a readable safetensors file ({exc}); delete it and run convert again") from exc
+        meta = header.pop("__metadata__", {}) or {}
+        if meta.get("format") != "colab_kit.store" or (expect_fp is not None and meta.get("fingerprint") != expect_fp):
+            raise StoreError(
+                f"shard {path} does not belong to this store (fingerprint {meta.get('fingerprint')!r}, "
+                f"expected {expect_fp!r}); remove it and run `python -m colab_kit convert` again"
+            )
+        base = 8 + n
+        self.arrays: dict[str, np.ndarray] = {}
+        for name, info in header.items():
+            start, end = info["data_offsets"]
+            dtype = np.dtype(_ST_DTYPES[info["dtype"]]).newbyteorder("<")
+            self.arrays[name] = buf[base + start: base + end].view(dtype).reshape(info["shape"])
+        self.ids: list[str] = json.loads(meta.get("ids", "[]"))
+        self.failures: list[tuple[str, str]] = [tuple(f) for f in json.loads(meta.get("failures", "[]"))]
+        self.ptr = {k: np.asarray(v) for k, v in self.arrays.items() if k.endswith("_ptr")}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def graph(self, i: int) -> dict[str, np.ndarray]:
+        out = {}
+        for name, ptr in RAGGED.items():
+            if name in self.arrays:
+                p = self.ptr[ptr]
+                out[name] = self.arrays[name][p[i]: p[i + 1]]
+        out["lattice"] = self.arrays["lattice"][i]
+        return out
+
+
+class GraphStore:
+    """Read-only view of a complete store. Opening reads only ``manifest.json``; shard files are
+    mapped on first use, separately in every process (safe in forked DataLoader workers), and a
+    pickled GraphStore carries only its path."""
+
+    def __init__(self, root: str | Path, allow_partial: bool = False) -> None:
+        self.root = Path(root)
+        path = self.root / MANIFEST
+        if not path.exists():
+            raise StoreError(f"no graph store at {self.root} ({MANIFEST} missing); build one with `python -m colab_kit convert SOURCE --out {self.root}`")
+        try:
+            self.manifest: dict[str, Any] = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise StoreError(f"{path} is not valid JSON ({exc}); delete the store directory and convert again") from exc
+        if self.manifest.get("format_version") != FORMAT_VERSION:
+            raise StoreError(
+                f"store {self.root} has format version {self.manifest.get('format_version')}, this colab_kit reads "
+                f"{FORMAT_VERSION}; convert the data again into a new directory"
+            )
+        if not self.manifest.get("complete") and not allow_partial:
+            done = len(self.manifest.get("shards", []))
+            raise StoreError(f"store {self.root} is incomplete ({done} shards done); run `python -m colab_kit convert` again to finish it")
+        self.shards = sorted(self.manifest.get("shards", []), key=lambda s: s["index"])
+        counts = np.array([s["n_graphs"] for s in self.shards], dtype=np.int64)
+        self._starts = np.concatenate(([0], np.cumsum(counts)))
+        self.converter_name: str = self.manifest["converter"]
+        self.params: dict[str, Any] = self.manifest["params"]
+        self.fingerprint: str = self.manifest["fingerprint"]
+        self._open: dict[int, _Shard] = {}
+        self._pid = os.getpid()
+        self._converter: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"root": str(self.root), "allow_partial": not self.manifest.get("complete")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["root"], allow_partial=state["allow_partial"])  # type: ignore[misc]
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def _shard(self, k: int) -> _Shard:
+        if self._pid != os.getpid():  # forked: maps from the parent are not ours to reuse
+            self._open, self._pid = {}, os.getpid()
+        sh = self._open.get(k)
+        if sh is None:
+            meta = self.shards[k]
+            sh = self._open[k] = _Shard(self.root / meta["file"], self.fingerprint, meta["bytes"])
+        return sh
+
+    def locate(self, i: int) -> tuple[int, int]:
+        if not 0 <= i < len(self):
+            raise IndexError(f"graph index {i} out of range for a store of {len(self)} graphs")
+        k = int(np.searchsorted(self._starts, i, side="right") - 1)
+        return k, i - int(self._starts[k])
+
+    def arrays(self, i: int) -> dict[str, np.ndarray]:
+        """The compact arrays of graph ``i`` (views into the map)."""
+        k, j = self.locate(i)
+        return self._shard(k).graph(j)
+
+    def graph_id(self, i: int) -> str:
+        k, j = self.locate(i)
+        return self._shard(k).ids[j]
+
+    def target(self, i: int) -> float:
+        k, j = self.locate(i)
+        return float(self._shard(k).arrays["target"][j])
+
+    @property
+    def converter(self) -> Any:
+        if self._converter is None:
+            from colab_kit.graphs import Converter
+
+            self._converter = Converter(self.converter_name, self.params)
+        return self._converter
+
+    def get(self, i: int) -> Any:
+        """Graph ``i`` as its model consumes it: PyG ``Data`` (radius) or CHGNet ``CrystalGraph`` (chgnet)."""
+        k, j = self.locate(i)
+        sh = self._shard(k)
+        return self.converter.to_graph(sh.graph(j), target=float(sh.arrays["target"][j]), graph_id=sh.ids[j])
+
+    def _per_graph(self, fn: Any) -> np.ndarray:
+        parts = [fn(self._shard(k)) for k in range(len(self.shards))]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def sizes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(atoms, directed edges) per graph, from the shard pointers; no graph is read."""
+        atoms = self._per_graph(lambda s: np.diff(s.ptr["atom_ptr"]) if len(s) else np.zeros(0, np.int64))
+        edges = self._per_graph(lambda s: np.diff(s.ptr["edge_ptr"]) if len(s) else np.zeros(0, np.int64))
+        return atoms.astype(np.int64), edges.astype(np.int64)
+
+    def targets(self) -> np.ndarray:
+        return self._per_graph(lambda s: np.asarray(s.arrays["target"], dtype=np.float64))
+
+    def ids(self) -> list[str]:
+        return [i for k in range(len(self.shards)) for i in self._shard(k).ids]
+
+    def failures(self) -> list[tuple[str, str]]:
+        """(id, reason) of every structure that was skipped during conversion."""
+        return [f for k in range(len(self.shards)) for f in self._shard(k).failures]
+
+    def verify(self) -> list[str]:
+        """Check every shard's checksum; returns the problems found (empty when the store is sound)."""
+        problems = []
+        for meta in self.shards:
+            p = self.root / meta["file"]
+            if not p.exists():
+                problems.append(f"{p}: missing")
+            elif p.stat().st_size != meta["bytes"] or sha256_file(p) != meta["sha256"]:
+                problems.append(f"{p}: checksum mismatch (damaged or modified)")
+        return problems
