@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from colab_kit.errors import ColabKitError
 from colab_kit.store import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ LATEST = "latest.pt"
 PREVIOUS = "previous.pt"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ColabKitError, RuntimeError):
     """No usable checkpoint although one was expected; the message names the files."""
 
 

@@ -18,10 +18,11 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from colab_kit.errors import ColabKitError
 from colab_kit.graphs import BadStructure, Converter
 from colab_kit.sources import RawItem, Source, SourceError, check_target, open_source, parse_structure
 from colab_kit.store import (
@@ -30,7 +31,6 @@ from colab_kit.store import (
     StoreError,
     atomic_write_json,
     fingerprint,
-    shard_name,
     write_shard,
 )
 
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 POLICIES = ("skip", "warn", "error")
 
 
-class ConversionError(RuntimeError):
+class ConversionError(ColabKitError, RuntimeError):
     """Conversion stopped; completed shards are kept and a re-run resumes after them."""
 
 
@@ -131,6 +131,7 @@ def build_store(
     fmt: str | None = None,
     target: str | None = None,
     progress: bool = True,
+    on_shard: Callable[[dict[str, Any]], None] | None = None,
 ) -> ConvertResult:
     """Convert ``source`` into a store at ``out``, resuming whatever an earlier run completed.
 
@@ -143,6 +144,8 @@ def build_store(
         limit: convert only the first ``limit`` items of the source.
         on_bad_structure: skip (record), warn (record + log) or error (stop).
         part: (i, n): build only shards with index % n == i (several hosts, one store).
+        on_shard: called with each shard's manifest entry once it is committed (the runner mirrors
+            it to Google Drive), and with ``{"manifest": path}`` when the store completes.
 
     Raises:
         StoreError: ``out`` holds a store built from other data or settings.
@@ -200,13 +203,13 @@ def build_store(
                 continue
             if pool is None:
                 entry = _build_shard(str(root), index, first, chunk, converter, on_bad_structure, fp)
-                n_failed_warned = _commit(mpath, manifest, entry, on_bad_structure, n_failed_warned, bar)
+                n_failed_warned = _commit(mpath, manifest, entry, on_bad_structure, n_failed_warned, bar, on_shard)
                 continue
             while len(pending) >= 2 * workers:
-                n_failed_warned = _drain(pending, mpath, manifest, on_bad_structure, n_failed_warned, bar)
+                n_failed_warned = _drain(pending, mpath, manifest, on_bad_structure, n_failed_warned, bar, on_shard)
             pending[pool.submit(_build_shard, str(root), index, first, chunk, converter, on_bad_structure, fp)] = len(chunk)
         while pending:
-            n_failed_warned = _drain(pending, mpath, manifest, on_bad_structure, n_failed_warned, bar)
+            n_failed_warned = _drain(pending, mpath, manifest, on_bad_structure, n_failed_warned, bar, on_shard)
     except BaseException:
         for f in pending:
             f.cancel()
@@ -231,16 +234,21 @@ def build_store(
     if n_parts == 1:
         for p in root.glob("manifest.part-*-of-*.json"):
             p.unlink()
+    if on_shard is not None:
+        on_shard({"manifest": str(mpath)})
     log.info("store %s: %d graphs, %d skipped, %d shards (%d reused) in %.1f s", root, manifest["n_graphs"],
              manifest["n_failed"], len(manifest["shards"]), reused, time.perf_counter() - t0)
     return _result(root, manifest, reused, t0)
 
 
-def _commit(mpath: Path, manifest: dict[str, Any], entry: dict[str, Any], policy: str, warned: int, bar: Any) -> int:
+def _commit(mpath: Path, manifest: dict[str, Any], entry: dict[str, Any], policy: str, warned: int, bar: Any,
+            on_shard: Callable[[dict[str, Any]], None] | None = None) -> int:
     failures = entry.pop("failures")
     manifest["shards"].append(entry)
     manifest["shards"].sort(key=lambda e: e["index"])
     atomic_write_json(mpath, manifest)
+    if on_shard is not None:
+        on_shard(entry)
     bar.update(entry["n_items"])
     for item_id, reason in failures:
         if policy == "warn" and warned < 20:
@@ -253,11 +261,12 @@ def _commit(mpath: Path, manifest: dict[str, Any], entry: dict[str, Any], policy
     return warned
 
 
-def _drain(pending: dict[Future, int], mpath: Path, manifest: dict[str, Any], policy: str, warned: int, bar: Any) -> int:
+def _drain(pending: dict[Future, int], mpath: Path, manifest: dict[str, Any], policy: str, warned: int, bar: Any,
+           on_shard: Callable[[dict[str, Any]], None] | None = None) -> int:
     finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
     for fut in finished:
         pending.pop(fut)
-        warned = _commit(mpath, manifest, fut.result(), policy, warned, bar)
+        warned = _commit(mpath, manifest, fut.result(), policy, warned, bar, on_shard)
     return warned
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from colab_kit.detect import GIB, Machine
+from colab_kit.errors import ColabKitError
 
 CONVERTERS = ("chgnet", "radius")
 MODELS = ("chgnet", "cgcnn")
@@ -34,6 +35,7 @@ MODEL_FOR_CONVERTER = {"chgnet": "chgnet", "radius": "cgcnn"}
 BYTES_PER_EDGE = {"chgnet": 6_000, "cgcnn": 2_000}
 BYTES_PER_ATOM = {"chgnet": 20_000, "cgcnn": 4_000}
 
+DEFAULT_DATA = "mp_eform_cgcnn_3000"
 LOW_DISK = 2 * GIB
 LOW_RAM = 4 * GIB
 # RSS of one conversion worker (python + torch + pymatgen + one shard in flight), measured ~300 MB.
@@ -45,6 +47,8 @@ class Plan:
     """Everything a run needs to know. Sizes in bytes unless named otherwise; cutoffs in Å."""
 
     mode: str
+    data: str
+    target: str | None
     converter: str
     model: str
     # graph resolution
@@ -133,6 +137,8 @@ def _positive_num(v: Any) -> bool:
 
 
 OVERRIDABLE: dict[str, tuple[Any, str]] = {
+    "data": (lambda v: isinstance(v, str) and v != "", "a path, URL, Google Drive id/link or known dataset name"),
+    "target": (lambda v: v is None or (isinstance(v, str) and v != ""), "a column/key name of the label or None"),
     "converter": (lambda v: v in CONVERTERS, f"one of {CONVERTERS}"),
     "model": (lambda v: v in MODELS, f"one of {MODELS}"),
     "cutoff": (_positive_num, "a positive number of Å"),
@@ -159,7 +165,7 @@ OVERRIDABLE: dict[str, tuple[Any, str]] = {
 }
 
 
-class PlanError(ValueError):
+class PlanError(ColabKitError, ValueError):
     """An override or mode that colab_kit cannot use; the message says what is allowed."""
 
 
@@ -201,6 +207,8 @@ def make_plan(machine: Machine, mode: str = "debug", **overrides: Any) -> Plan:
 
     preset = MODES[mode]
     v["mode"], r["mode"] = mode, "requested"
+    set_("data", DEFAULT_DATA, "shipped with colab_kit: 3,000 MP formation energies, no download")
+    set_("target", None, "the label column the source names (matbench: its one target column)")
     set_("converter", "chgnet", "CHGNet graphs: fine-tunes the pretrained CHGNet (best accuracy per sample)")
     set_("model", MODEL_FOR_CONVERTER[v["converter"]], f"the model that trains on {v['converter']} graphs")
     if MODEL_FOR_CONVERTER[v["converter"]] != v["model"]:

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from colab_kit.errors import ColabKitError
+
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SHARD_SUFFIX = ".safetensors"
@@ -43,7 +45,7 @@ _ST_DTYPES = {
 }
 
 
-class StoreError(RuntimeError):
+class StoreError(ColabKitError, RuntimeError):
     """A store that cannot be used as it is; the message names the file and the fix."""
 
 
@@ -111,11 +113,34 @@ def _compact_int(a: np.ndarray, signed: bool = False) -> np.ndarray:
     return a.astype(np.uint16 if hi < 65536 else np.int32)
 
 
+_NP_TO_ST = {np.dtype(v).newbyteorder("<").str: k for k, v in _ST_DTYPES.items()}
+
+
+def safetensors_bytes(arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
+    """Serialise to the safetensors format, byte-for-byte deterministic.
+
+    (The safetensors library writes its metadata map in a per-process random order, so two builds
+    of the same shard would differ in bytes and checksums.) Tensors are laid out widest dtype first
+    so every one is aligned for zero-copy mmap views; the header is padded to 8 bytes.
+    """
+    names = sorted(arrays, key=lambda k: (-arrays[k].dtype.itemsize, k))
+    header: dict[str, Any] = {"__metadata__": metadata}
+    offset = 0
+    blobs = []
+    for k in names:
+        a = np.ascontiguousarray(arrays[k]).astype(arrays[k].dtype.newbyteorder("<"), copy=False)
+        b = a.tobytes()
+        header[k] = {"dtype": _NP_TO_ST[a.dtype.str], "shape": list(a.shape), "data_offsets": [offset, offset + len(b)]}
+        offset += len(b)
+        blobs.append(b)
+    head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    return len(head).to_bytes(8, "little") + head + b"".join(blobs)
+
+
 def pack_shard(graphs: list[dict[str, np.ndarray]], ids: list[str], targets: list[float],
                failures: list[tuple[str, str]], fp: str) -> bytes:
     """Concatenate per-graph arrays into one safetensors blob with pointers and metadata."""
-    from safetensors.numpy import save
-
     names = [k for k in RAGGED if graphs and k in graphs[0]] if graphs else []
     out: dict[str, np.ndarray] = {}
     ptr_src = {"atom_ptr": "z", "edge_ptr": "nbr", "angle_ptr": "angles"}
@@ -138,7 +163,7 @@ def pack_shard(graphs: list[dict[str, np.ndarray]], ids: list[str], targets: lis
         "ids": json.dumps(ids),
         "failures": json.dumps([list(f) for f in failures]),
     }
-    return save(out, metadata=meta)
+    return safetensors_bytes(out, meta)
 
 
 def write_shard(root: str | Path, index: int, graphs: list[dict[str, np.ndarray]], ids: list[str],

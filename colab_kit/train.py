@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from colab_kit.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from colab_kit.errors import ColabKitError
 from colab_kit.loader import COLLATE, GraphDataset, load_or_make_splits, make_loaders
 from colab_kit.memory import Budget, calibrate, static_budget
 from colab_kit.models import build_model
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 MAX_OOM_RETRIES = 6
 
 
-class TrainingError(RuntimeError):
+class TrainingError(ColabKitError, RuntimeError):
     """Training cannot go on; the message says what to change."""
 
 
@@ -202,6 +203,8 @@ def fit(
             "budget": {"max_atoms": budget.max_atoms, "max_edges": budget.max_edges, "how": budget.how},
             "status": status,
         })
+        for cb in callbacks:
+            cb({"event": "checkpoint", "epoch": sampler.epoch, "step": step})
 
     from tqdm.auto import tqdm
 
@@ -284,6 +287,8 @@ def fit(
             buf = __import__("io").BytesIO()
             torch.save(model.state_dict(), buf)
             atomic_write_bytes(out / "best.pt", buf.getvalue())
+            for cb in callbacks:
+                cb({"event": "best", "epoch": epoch + 1})
         else:
             bad_epochs += 1
         metrics.write(history)
@@ -302,3 +307,19 @@ def _cpu_usable_bytes() -> int:
     import psutil
 
     return int(psutil.virtual_memory().available * 0.4)
+
+
+def evaluate_weights(store: GraphStore, plan: Any, weights: str | Path, split: str = "test") -> dict[str, Any]:
+    """Load saved model weights (``best.pt``, weights-only) and evaluate them on a split of ``store``."""
+    device = torch.device(plan.device)
+    path = Path(weights)
+    if not path.exists():
+        raise TrainingError(f"no model weights at {path}; train first (`python -m colab_kit train --store ...`)")
+    kwargs: dict[str, Any] = {"cutoff": float(store.params.get("cutoff", 8.0))} if plan.model == "cgcnn" else {}
+    model = build_model(plan.model, **kwargs)
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    model.to(device)
+    splits = load_or_make_splits(store, plan.seed)
+    loader = make_loaders(store, plan, splits)[split]
+    amp_dtype, _ = _amp(plan, device)
+    return evaluate(model, loader, device, amp_dtype)

