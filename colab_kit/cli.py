@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 from colab_kit.plan import MODES, OVERRIDABLE, PlanError, make_plan
@@ -17,6 +18,27 @@ EXAMPLES = {
   python -m colab_kit detect                      # what this machine has and what colab_kit would do
   python -m colab_kit run --mode debug            # the whole pipeline on the shipped 3,000-structure set
   python -m colab_kit convert data.json.gz --converter radius --out store/
+""",
+    "convert": """examples:
+  python -m colab_kit convert colab_kit/data/mp_eform_cgcnn_3000_matbench.json.gz --converter chgnet --out store/
+  python -m colab_kit convert cifs/ --converter radius --out store/ --workers 2   # folder of CIFs + id_prop.csv
+  python -m colab_kit convert big.json.gz --out /shared/store --shard 0/4         # host 0 of 4; then once without --shard
+Re-running the same command resumes: completed shards are kept, only those in flight are redone.
+""",
+    "train": """examples:
+  python -m colab_kit train --store store/ --model chgnet --mode quick
+  python -m colab_kit train --store store/ --model cgcnn --set epochs=30 --out runs/cgcnn
+Re-running the same command resumes from the last checkpoint at the next batch.
+""",
+    "evaluate": """examples:
+  python -m colab_kit evaluate --store store/ --weights runs/cgcnn/best.pt --model cgcnn
+""",
+    "run": """examples:
+  python -m colab_kit run --mode debug                       # shipped data, CHGNet fine-tuning, ~2 min on 2 CPUs
+  python -m colab_kit run --mode quick --converter radius    # CGCNN on radius graphs
+  python -m colab_kit run --mode full --data matbench_mp_e_form --persist-dir /content/drive/MyDrive/colab_kit
+  python -m colab_kit run --mode full --data https://example.org/my_data.json.gz --set batch_edges=50000
+After a disconnect, run the same command again: it restores from the persist dir and resumes.
 """,
     "detect": """examples:
   python -m colab_kit detect
@@ -94,6 +116,98 @@ def cmd_detect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace, **extra: Any) -> Any:
+    from colab_kit.detect import detect
+
+    work = getattr(args, "work_dir", None)
+    machine = detect(extra_dirs=tuple(d for d in [work] if d))
+    return make_plan(machine, getattr(args, "mode", "debug"), **{**overrides_from_args(args), **extra})
+
+
+def _parse_part(text: str | None) -> tuple[int, int]:
+    if not text:
+        return (0, 1)
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise PlanError(f"--shard must look like i/N, e.g. 0/4 (got {text!r})") from None
+    if not 0 <= i < n:
+        raise PlanError(f"--shard i/N needs 0 <= i < N (got {text!r})")
+    return i, n
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from colab_kit.convert import build_store
+    from colab_kit.graphs import get_converter
+
+    extra = {k: v for k, v in (("convert_workers", args.workers), ("shard_size", args.shard_size),
+                                ("on_bad_structure", args.on_bad)) if v is not None}
+    plan = _plan(args, **extra)
+    out = args.out or str(Path(plan.work_dir) / "stores" / f"{Path(args.source).name.split('.')[0]}-{plan.converter}")
+    conv = get_converter(plan.converter, cutoff=plan.cutoff, bond_cutoff=plan.bond_cutoff or None,
+                         max_neighbors=plan.max_neighbors)
+    res = build_store(args.source, out, conv, workers=plan.convert_workers, shard_size=plan.shard_size,
+                      limit=args.limit, on_bad_structure=plan.on_bad_structure, part=_parse_part(args.shard),
+                      fmt=args.format, target=args.target)
+    print(f"store {res.path}: {res.n_graphs} graphs, {res.n_failed} skipped, {res.n_shards} shards "
+          f"({res.shards_reused} reused), {res.seconds:.1f} s")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from colab_kit.store import GraphStore
+    from colab_kit.train import fit
+
+    store = GraphStore(args.store)
+    plan = _plan(args, **({} if args.model else {"model": {"chgnet": "chgnet", "radius": "cgcnn"}[store.converter_name]}),
+                 converter=store.converter_name)
+    out = Path(args.out or Path(args.store).parent / f"train-{plan.model}-{plan.mode}")
+    if args.fresh and out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    res = fit(store, plan, out, resume=True)
+    print(f"training {res.status}: {res.epochs_done} epochs, best epoch {res.best_epoch} "
+          f"(validation MAE {res.best_val_mae:.4f}); weights: {out / 'best.pt'}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from colab_kit.store import GraphStore
+    from colab_kit.train import evaluate_weights
+
+    store = GraphStore(args.store)
+    plan = _plan(args, converter=store.converter_name,
+                 model=args.model or {"chgnet": "chgnet", "radius": "cgcnn"}[store.converter_name])
+    res = evaluate_weights(store, plan, args.weights, split=args.split)
+    print(json.dumps({"split": args.split, "n": int(len(res["target"])), "mae": res["mae"], "rmse": res["rmse"]}))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from colab_kit.runner import run
+
+    extra: dict[str, Any] = {}
+    if args.data:
+        extra["data"] = args.data
+    if args.persist_dir:
+        extra["persist_dir"] = args.persist_dir
+    plan = _plan(args, **extra)
+    print(f"Plan for --mode {plan.mode}")
+    print(format_table(plan.rows(), header=("setting", "value", "why")))
+    for w in plan.warnings:
+        print(f"WARNING: {w}")
+    res = run(plan, fresh=args.fresh)
+    print()
+    if res.metrics.get("status") == "stopped":
+        print(f"stopped; run the same command again to resume ({res.run_dir})")
+        return 0
+    m = res.metrics
+    print(f"Done: test MAE {m['test_mae']:.4f} (mean predictor {m['mean_predictor_test_mae']:.4f}) on {m['test_n']} structures")
+    print(format_table([(k, v) for k, v in res.files.items()]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m colab_kit",
@@ -113,7 +227,46 @@ def build_parser() -> argparse.ArgumentParser:
     add_plan_args(p)
     p.add_argument("--json", action="store_true", help="print the machine facts as JSON")
     p.set_defaults(func=cmd_detect)
+
+    p = _sub(sub, "run", "the whole pipeline: data, convert, train, evaluate, report (resumes)")
+    add_plan_args(p)
+    p.add_argument("--data", help="path, http(s) URL, Google Drive id/link or dataset name (default: shipped 3,000 MP set)")
+    p.add_argument("--persist-dir", help="mirror the run here (default: Google Drive when mounted)")
+    p.add_argument("--fresh", action="store_true", help="delete this run's earlier work and start over")
+    p.set_defaults(func=cmd_run)
+
+    p = _sub(sub, "convert", "convert structures into a sharded graph store (resumes)")
+    add_plan_args(p, with_mode=False)
+    p.add_argument("source", help="matbench json(.gz), folder of CIF/POSCAR + id_prop.csv, extxyz, JARVIS json")
+    p.add_argument("--out", help="store directory (default: <work dir>/stores/<source>-<converter>)")
+    p.add_argument("--workers", type=int, help="conversion processes (default: from the plan)")
+    p.add_argument("--shard", metavar="i/N", help="build only part i of N (several hosts, one store)")
+    p.add_argument("--shard-size", type=int, help="structures per shard (default: from the plan)")
+    p.add_argument("--format", help="source format if it cannot be told from the path")
+    p.add_argument("--target", help="label column/key (default: the source's only one)")
+    p.add_argument("--limit", type=int, help="convert only the first N structures")
+    p.add_argument("--on-bad", choices=("skip", "warn", "error"), help="what to do with a bad structure")
+    p.set_defaults(func=cmd_convert, mode="debug")
+
+    p = _sub(sub, "train", "train a model on a store (resumes)")
+    add_plan_args(p)
+    p.add_argument("--store", required=True, help="store directory made by `convert`")
+    p.add_argument("--out", help="output directory (default: next to the store)")
+    p.add_argument("--fresh", action="store_true", help="ignore earlier checkpoints in --out")
+    p.set_defaults(func=cmd_train)
+
+    p = _sub(sub, "evaluate", "evaluate saved weights on a split of a store")
+    add_plan_args(p)
+    p.add_argument("--store", required=True, help="store directory")
+    p.add_argument("--weights", required=True, help="best.pt written by training")
+    p.add_argument("--split", choices=("train", "val", "test"), default="test")
+    p.set_defaults(func=cmd_evaluate)
     return parser
+
+
+def _sub(sub: Any, name: str, help_: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help_, description=help_, epilog=EXAMPLES[name],
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -122,8 +275,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from colab_kit.logs import setup_logging
 
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
+    from colab_kit.errors import ColabKitError
+
     try:
         return int(args.func(args) or 0)
     except PlanError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (ColabKitError, MemoryError) as exc:
+        log.debug("details", exc_info=True)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
