@@ -30,7 +30,7 @@ from colab_kit.models import build_model
 from colab_kit.store import GraphStore, atomic_write_bytes
 
 log = logging.getLogger(__name__)
-MAX_OOM_RETRIES = 6
+MAX_OOM_RETRIES = 8
 
 
 class TrainingError(ColabKitError, RuntimeError):
@@ -154,7 +154,7 @@ def fit(
 
     if state is not None:
         budget = Budget(**state["budget"])
-    elif calibrate_budget:
+    elif calibrate_budget and "set by user" not in (plan.reasons.get("batch_edges"), plan.reasons.get("batch_atoms")):
         usable = (torch.cuda.mem_get_info(device)[0] if device.type == "cuda"
                   else _cpu_usable_bytes())
         snapshot = copy.deepcopy(model.state_dict())  # calibration steps must not change the model
@@ -248,7 +248,7 @@ def fit(
                             f"budget {budget.max_atoms} atoms / {budget.max_edges} edges. Use a GPU with more memory, "
                             "--set amp=bf16/fp16, a smaller cutoff (--set cutoff=5), or a smaller model"
                         ) from exc
-                    budget = budget.shrink()
+                    budget = budget.shrink(0.5)
                     sampler.set_budget(budget.max_atoms, budget.max_edges)
                     log.warning("out of memory on a batch of %d graphs: budget shrunk to %d atoms / %d edges; retrying",
                                 n_graphs, budget.max_atoms, budget.max_edges)
@@ -262,7 +262,7 @@ def fit(
                 bar.update(n_graphs)
                 bar.set_postfix(loss=f"{loss_sum / n_seen:.4f}")
                 for cb in callbacks:
-                    cb({"event": "step", "epoch": epoch, "step": step, "loss": loss.detach().item()})
+                    cb({"event": "step", "epoch": epoch, "step": step, "loss": loss.detach().item(), "graphs": n_graphs})
                 if should_stop is not None and should_stop():
                     status = "stopped"
                     break

@@ -49,7 +49,7 @@ def _convert_fn(name: str) -> Callable[..., dict]:
 
 
 def get_converter(name: str, cutoff: float | None = None, bond_cutoff: float | None = None,
-                  max_neighbors: int | None = None) -> Converter:
+                  max_neighbors: int | None = 12) -> Converter:
     """The converter ``name`` with its parameters; defaults are CHGNet's 6/3 Å and CGCNN's 8 Å/12."""
     if name == "chgnet":
         return Converter("chgnet", {"atom_cutoff": float(cutoff or 6.0), "bond_cutoff": float(bond_cutoff or 3.0)})

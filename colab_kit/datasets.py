@@ -1,0 +1,417 @@
+"""Turn what a user passes as ``--data`` into a local file: shipped data, a known name, a URL or a Drive link.
+
+Downloads survive a flaky network and a killed runtime: bytes land in ``<file>.part`` (a rerun sends ``Range``),
+transient failures are retried with backoff, length and sha256 are checked, and only a complete, verified file
+gets its final name. Google Drive goes through ``gdown``, which knows Drive's confirmation pages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import time
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATASET = "mp_eform_cgcnn_3000"
+_PACKAGE_DIR = Path(__file__).parent
+_CHUNK = 1 << 20
+_TIMEOUT_S = (15.0, 60.0)  # (connect, between bytes): a stalled server becomes a retry, not a hang
+_DRIVE_HOSTS = frozenset({"drive.google.com", "docs.google.com", "drive.usercontent.google.com"})
+_DRIVE_ID = re.compile(r"[A-Za-z0-9_-]{25,45}")
+_QUOTA_PHRASES = ("too many users have viewed or downloaded", "quota exceeded", "download quota")
+_QUOTA_FIX = ("wait up to 24 h and run the same command again, or add the file to your own Drive "
+              "(right click > Make a copy), mount Drive and pass the copy's path with --data")
+_MANUAL_FIX = "download the file in a browser, put it on this machine (or in your Drive) and pass its path with --data"
+
+
+class DownloadError(RuntimeError):
+    """A dataset could not be made local; the message names the URL or file and what to do."""
+
+
+class _Transient(Exception):
+    """A failure worth retrying from the ``.part`` file: connection lost, timeout, HTTP 5xx."""
+
+
+@dataclass(frozen=True)
+class KnownDataset:
+    """A dataset that ``--data NAME`` names.
+
+    Attributes:
+        name: what the user types.
+        url: where to download it; ``None`` for shipped data.
+        sha256: hex digest of the file; ``None`` where not known for certain (then only the length is checked).
+        filename: the file's name in the download folder.
+        description: one line for listings, with the label's unit.
+        target: the label column in the file.
+        licence: the data licence.
+        local: path of shipped data inside the package, e.g. ``data/x.json.gz``.
+    """
+
+    name: str
+    url: str | None
+    sha256: str | None
+    filename: str
+    description: str
+    target: str
+    licence: str
+    local: str | None = None
+
+
+_MATBENCH = "https://ml.materialsproject.org/projects/{}.json.gz"
+REGISTRY: dict[str, KnownDataset] = {d.name: d for d in (
+    KnownDataset(DEFAULT_DATASET, None, "085021aa90649155528cfc8853c385573c2bafa8ef4e73e12db3bc1f8c8c0570",
+                 "mp_eform_cgcnn_3000_matbench.json.gz",
+                 "3,000 Materials Project formation energies (CGCNN set via CrysXPP)", "e_form",
+                 "MIT (CrysXPP) / CC BY 4.0 (Materials Project data)", "data/mp_eform_cgcnn_3000_matbench.json.gz"),
+    KnownDataset("matbench_mp_e_form", _MATBENCH.format("matbench_mp_e_form"), None, "matbench_mp_e_form.json.gz",
+                 "132,752 Materials Project structures, formation energy per atom in eV/atom (Matbench v0.1)",
+                 "e_form", "CC BY 4.0 (Matbench / Materials Project)"),
+    KnownDataset("matbench_phonons", _MATBENCH.format("matbench_phonons"), None, "matbench_phonons.json.gz",
+                 "1,265 structures, frequency of the last phonon DOS peak in cm^-1 (Matbench v0.1)",
+                 "last phdos peak", "CC BY 4.0 (Matbench / Materials Project)"),
+)}  # the e_form target is eV/atom; sha256 stays None where not known for certain (then length is checked)
+
+
+def resolve(spec: str | None, download_dir: str | Path, *, progress: bool = True, sha256: str | None = None) -> Path:
+    """Make ``--data`` local: a known name, an existing path, an http(s) URL, a Drive link or a Drive file id.
+
+    Args:
+        spec: what the user passed; ``None`` means :data:`DEFAULT_DATASET` (shipped, no download).
+        download_dir: folder for downloads (created when needed).
+        progress: show a byte progress bar with rate and ETA.
+        sha256: expected hex digest of the downloaded file (overrides the registry's).
+
+    Returns:
+        A path that ``colab_kit.sources.open_source`` can read (file or folder).
+
+    Raises:
+        DownloadError: unknown name, missing path or failed download; the message says what to do.
+    """
+    text = DEFAULT_DATASET if spec is None else os.fspath(spec).strip()
+    if not text:
+        raise DownloadError(f"--data is empty; pass a dataset name ({', '.join(REGISTRY)}), a path or a URL")
+    known = REGISTRY.get(text)
+    if known is not None:
+        if known.local is not None:
+            path = _PACKAGE_DIR / known.local
+            if not path.is_file():
+                raise DownloadError(f"shipped dataset {known.name!r} is missing at {path}; reinstall colab_kit")
+            return path
+        assert known.url is not None
+        return download_url(known.url, download_dir, filename=known.filename, sha256=sha256 or known.sha256,
+                            progress=progress)
+    is_url, path = text.lower().startswith(("http://", "https://")), Path(text).expanduser()
+    if not is_url and path.exists():
+        return path
+    if (drive_id := parse_drive_id(text)) is not None:  # a bare id only once it is not an existing path
+        return download_drive(drive_id, download_dir, sha256=sha256, progress=progress)
+    if is_url:
+        return download_url(text, download_dir, sha256=sha256, progress=progress)
+    if any(c in text for c in "/\\~") or text.startswith(".") or Path(text).suffix:
+        raise DownloadError(f"--data {text!r}: no such file or folder ({path.absolute()}); check the path "
+                            "(on Colab, mount Drive first and use /content/drive/MyDrive/...)")
+    raise DownloadError(f"--data {text!r} is not a known dataset, an existing path, a URL or a Google Drive "
+                        f"link; known datasets: {', '.join(sorted(REGISTRY))}")
+
+
+def parse_drive_id(text: str) -> str | None:
+    """The Google Drive file id in a share link or a bare id, else ``None``.
+
+    Accepts ``drive.google.com/file/d/<ID>/view``, ``.../open?id=<ID>``, ``.../uc?id=<ID>``,
+    ``docs.google.com/uc?id=<ID>``, ``drive.usercontent.google.com/download?id=<ID>`` and a bare id
+    (25-45 of ``[A-Za-z0-9_-]`` with both upper and lower case letters, as Drive's random ids have;
+    that keeps names like ``my_structures_dataset_v2`` from being read as ids).
+    """
+    text = text.strip()
+    if "://" not in text:
+        ok = _DRIVE_ID.fullmatch(text) and re.search("[A-Z]", text) and re.search("[a-z]", text)
+        return text if ok else None
+    parts = urllib.parse.urlsplit(text)
+    if (parts.hostname or "").lower() not in _DRIVE_HOSTS:
+        return None
+    ids = urllib.parse.parse_qs(parts.query).get("id", [])
+    match = re.fullmatch(r"/file/(?:u/\d+/)?d/([^/]+)(?:/.*)?", parts.path)
+    candidate = ids[0] if len(ids) == 1 else (match.group(1) if match else None)
+    return candidate if candidate and _DRIVE_ID.fullmatch(candidate) else None
+
+
+def download_url(url: str, download_dir: str | Path, *, filename: str | None = None, sha256: str | None = None,
+                 progress: bool = True, retries: int = 4, backoff_s: float = 2.0) -> Path:
+    """Resumable, retried, verified download of one http(s) URL into ``download_dir``.
+
+    Args:
+        url: the file's URL.
+        download_dir: destination folder.
+        filename: final name; default: the URL path's last part, or the server's Content-Disposition name
+            when that part has no suffix (e.g. ``.../ndownloader/files/123``).
+        sha256: expected hex digest; a mismatch moves the file to ``<name>.bad`` and raises.
+        progress: show a byte progress bar.
+        retries: further attempts after a transient failure, each resuming from the ``.part`` file.
+        backoff_s: wait before the first retry (s), doubled after each.
+
+    Returns:
+        The final path; an already-complete file (matching ``sha256`` when given) is not fetched again.
+    """
+    import requests
+
+    job = _Download(url=url, dest_dir=Path(download_dir).expanduser(), name=filename or _name_from_url(url),
+                    sha256=sha256.lower() if sha256 else None, progress=progress)
+    job.fixed = filename is not None or bool(Path(job.name).suffix)
+    if job.fixed and (done := _complete(job.dest_dir / job.name, job.sha256)):
+        return done
+    try:
+        job.dest_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DownloadError(f"cannot create download folder {job.dest_dir} ({exc}); pass a writable one") from exc
+    reason = ""
+    with requests.Session() as session:
+        session.headers.update({"Accept-Encoding": "identity", "User-Agent": "colab_kit"})
+        for attempt in range(retries + 1):
+            if attempt:
+                delay = backoff_s * 2 ** (attempt - 1)
+                log.warning("download of %s: %s; retry %d/%d in %.0f s", url, reason, attempt, retries, delay)
+                time.sleep(delay)
+            try:
+                return job.attempt(session)
+            except _Transient as exc:
+                reason = str(exc)
+    have = job.part.stat().st_size if job.part.exists() else 0
+    total = f"{job.total:,}" if job.total is not None else "an unknown number of"
+    raise DownloadError(f"download of {url} stopped at {have:,} of {total} bytes ({reason}); run the same command "
+                        f"again to resume (the bytes so far are kept in {job.part})")
+
+
+def download_drive(file_id: str, download_dir: str | Path, *, sha256: str | None = None, progress: bool = True,
+                   retries: int = 4) -> Path:
+    """Download a Google Drive file with ``gdown`` into ``download_dir/gdrive_<id>/<Drive's file name>``.
+
+    The per-id folder lets a rerun find the finished file without asking Drive (whose name is only
+    known from its response); ``gdown``'s ``resume=True`` continues its own ``.part`` file.
+    """
+    import gdown
+    import requests
+    from gdown.exceptions import FileURLRetrievalError
+
+    folder = Path(download_dir).expanduser() / f"gdrive_{file_id}"
+    done = sorted(p for p in folder.glob("*") if p.is_file() and p.suffix not in (".part", ".bad"))
+    if done and (path := _complete(done[0], sha256)):
+        return path
+    what = f"Google Drive file {file_id}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # use_cookies=False: gdown would otherwise write ~/.cache/gdown/cookies.txt, outside download_dir.
+        out = gdown.download(id=file_id, output=f"{folder}{os.sep}", quiet=not progress, resume=True,
+                             retries=retries, timeout=_TIMEOUT_S, use_cookies=False)
+    except FileURLRetrievalError as exc:
+        if _is_quota(str(exc)):
+            raise DownloadError(f"{what}: Google Drive download quota exceeded; {_QUOTA_FIX}") from exc
+        raise DownloadError(f"{what}: permission denied or not found; check the link's sharing is 'Anyone with "
+                            f"the link' and the id is right; if it is, the file may have been downloaded too often: "
+                            f"{_QUOTA_FIX} (gdown said: {' '.join(str(exc).split())})") from exc
+    except requests.HTTPError as exc:
+        error = _status_error(exc.response.status_code, what)
+        if isinstance(error, _Transient):
+            error = DownloadError(f"download of {what} stopped ({error}); run the same command again to resume")
+        raise error from exc
+    except (gdown.exceptions.DownloadError, requests.RequestException) as exc:
+        if _is_unreachable(exc):
+            raise DownloadError(f"{what}: no network (cannot reach Google Drive); {_MANUAL_FIX}") from exc
+        raise DownloadError(f"download of {what} stopped ({exc}); run the same command again to resume") from exc
+    except OSError as exc:
+        raise DownloadError(f"{what}: cannot write into {folder} ({exc}); free disk space or pass another "
+                            "download folder") from exc
+    if not out:
+        raise DownloadError(f"{what}: gdown returned nothing; check the link's sharing, or {_MANUAL_FIX}")
+    path = Path(str(out))
+    if sha256 and (actual := _sha256(path)) != sha256.lower():
+        raise _bad_checksum(path, path, sha256, actual, what)
+    return path
+
+
+@dataclass
+class _Download:
+    """State of one URL download across its attempts."""
+
+    url: str
+    dest_dir: Path
+    name: str
+    sha256: str | None
+    progress: bool
+    fixed: bool = True
+    total: int | None = None
+    validator: str | None = None
+    responded: bool = False
+
+    @property
+    def part(self) -> Path:
+        return self.dest_dir / f"{self.name}.part"
+
+    def attempt(self, session: Any) -> Path:
+        """One request: append to (or restart) the ``.part`` file; raise :class:`_Transient` to be retried."""
+        import http.client
+
+        import requests
+        import urllib3
+        from tqdm.auto import tqdm
+
+        offset = self.part.stat().st_size if self.part.exists() else 0
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        if offset and self.validator:
+            headers["If-Range"] = self.validator  # a file changed upstream must not be spliced onto old bytes
+        try:
+            response = session.get(self.url, headers=headers, stream=True, timeout=_TIMEOUT_S)
+        except requests.RequestException as exc:
+            if not self.responded and _is_unreachable(exc):
+                raise DownloadError(f"no network: cannot connect to {self.url} ({_root(exc)}); {_MANUAL_FIX}") from exc
+            raise _Transient(_root(exc)) from exc
+        self.responded = True
+        with response:
+            final = self.dest_dir / (self.name if self.fixed else _name_from_disposition(response) or self.name)
+            if response.status_code == 416:  # .part already holds everything (killed before the rename)
+                total = re.fullmatch(r"bytes \*/(\d+)", response.headers.get("Content-Range", ""))
+                if total and int(total.group(1)) == offset:
+                    return self._finish(final)
+                self.part.unlink()
+                raise _Transient("server refused the byte range of the partial file; starting again")
+            if response.status_code >= 400:
+                raise _status_error(response.status_code, self.url)
+            etag = response.headers.get("ETag", "")
+            self.validator = self.validator or (etag if etag and not etag.startswith("W/") else None)
+            if response.status_code == 206:
+                cr = re.fullmatch(r"bytes (\d+)-\d+/(\d+)", response.headers.get("Content-Range", ""))
+                if not cr or int(cr.group(1)) != offset:
+                    self.part.unlink()
+                    raise _Transient(f"server answered the range request with {cr and cr.group(0)!r}; starting again")
+                self.total = int(cr.group(2))
+            else:  # 200: the whole file, from zero; raw bytes are stored, so Content-Length counts them
+                offset, length = 0, response.headers.get("Content-Length", "")
+                self.total = int(length) if length.isdigit() else None
+                if not self.fixed and (done := _complete(final, self.sha256, self.total)):
+                    return done
+            _reject_web_page(response, final, self.url)
+            bar = tqdm(total=self.total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+                       desc=final.name, disable=not self.progress, dynamic_ncols=True)
+            try:
+                with open(self.part, "ab" if response.status_code == 206 else "wb") as f:
+                    # raw bytes: a server that gzips a .json.gz in transit must not get it unpacked on disk
+                    for chunk in response.raw.stream(_CHUNK, decode_content=False):
+                        f.write(chunk)
+                        bar.update(len(chunk))
+                    f.flush()
+                    os.fsync(f.fileno())
+            except (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException,
+                    ConnectionError, TimeoutError) as exc:
+                raise _Transient(_root(exc)) from exc
+            except OSError as exc:
+                raise DownloadError(f"cannot write {self.part} ({exc}); free disk space or pass another download "
+                                    "folder, then run the same command again to resume") from exc
+            finally:
+                bar.close()
+        have = self.part.stat().st_size
+        if self.total is not None and have != self.total:
+            if have > self.total:
+                self.part.unlink()
+            raise _Transient(f"connection closed at {have:,} of {self.total:,} bytes")
+        return self._finish(final)
+
+    def _finish(self, final: Path) -> Path:
+        if self.sha256 and (actual := _sha256(self.part)) != self.sha256:
+            raise _bad_checksum(self.part, final, self.sha256, actual, self.url)
+        os.replace(self.part, final)
+        return final
+
+
+def _complete(path: Path, sha256: str | None, size: int | None = None) -> Path | None:
+    """``path`` when it is a finished download (right size and checksum where known); a wrong one moves aside."""
+    if not path.is_file() or (size is not None and path.stat().st_size != size):
+        return None
+    if sha256 is None or _sha256(path) == sha256.lower():
+        return path
+    os.replace(path, path.with_name(path.name + ".bad"))
+    log.warning("%s does not match sha256 %s; moved to %s.bad and downloading again", path, sha256, path.name)
+    return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _bad_checksum(src: Path, final: Path, expected: str, actual: str, what: str) -> DownloadError:
+    bad = final.with_name(final.name + ".bad")
+    os.replace(src, bad)
+    return DownloadError(f"checksum mismatch for {what}: expected sha256 {expected}, got {actual}; the file was moved "
+                         f"to {bad}; delete it and run again, or check the URL (the file may have changed upstream)")
+
+
+def _status_error(status: int, what: str) -> Exception:
+    if status in (401, 403):
+        return DownloadError(f"permission denied (HTTP {status}) for {what}; check that the link is public "
+                             f"(sharing set to 'Anyone with the link'), or {_MANUAL_FIX}")
+    if status in (404, 410):
+        return DownloadError(f"not found (HTTP {status}): {what}; check the URL (copy the download link again)")
+    if status == 429:
+        return DownloadError(f"quota exceeded (HTTP 429) for {what}: too many downloads; {_QUOTA_FIX}")
+    if status >= 500:
+        return _Transient(f"server error HTTP {status}")
+    return DownloadError(f"HTTP {status} for {what}; check the URL, or {_MANUAL_FIX}")
+
+
+def _reject_web_page(response: Any, final: Path, url: str) -> None:
+    """A quota notice or a login page saved as ``data.json.gz`` would only fail later, far from its cause."""
+    is_html = response.headers.get("Content-Type", "").lower().startswith("text/html")
+    if not is_html or final.suffix in (".html", ".htm"):
+        return
+    page = response.raw.read(65536, decode_content=True).decode("utf-8", "replace")
+    if _is_quota(page):
+        raise DownloadError(f"quota exceeded for {url} (the server sent a quota page); {_QUOTA_FIX}")
+    raise DownloadError(f"{url} returned a web page, not the file; use a direct download link (for Drive, the "
+                        f"share link or file id), or {_MANUAL_FIX}")
+
+
+def _is_quota(text: str) -> bool:
+    return any(phrase in text.lower() for phrase in _QUOTA_PHRASES)
+
+
+def _is_unreachable(exc: BaseException) -> bool:
+    """Connection refused or DNS failure (urllib3 ``NewConnectionError``), anywhere in the cause chain."""
+    from urllib3.exceptions import NewConnectionError
+
+    seen: BaseException | None = exc
+    for _ in range(10):  # bounded: cause chains can loop
+        if seen is None or isinstance(seen, NewConnectionError) or isinstance(getattr(seen, "reason", None),
+                                                                                NewConnectionError):
+            return seen is not None
+        seen = seen.__cause__ or seen.__context__ or next((a for a in seen.args if isinstance(a, BaseException)), None)
+    return False
+
+
+def _root(exc: BaseException) -> str:
+    """The innermost message, without urllib3's pool and object reprs."""
+    text = str(getattr(exc.args[0], "reason", exc) if exc.args else exc)
+    return re.sub(r"<[^>]*>: ", "", text)[:200] or type(exc).__name__
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", Path(name.replace("\\", "/")).name).lstrip(".")
+
+
+def _name_from_url(url: str) -> str:
+    name = _safe_name(urllib.parse.unquote(urllib.parse.urlsplit(url).path))
+    return name or "download-" + hashlib.sha1(url.encode()).hexdigest()[:10]
+
+
+def _name_from_disposition(response: Any) -> str | None:
+    header = response.headers.get("Content-Disposition", "")  # filename*=UTF-8''x, filename="x" or filename=x
+    match = re.search(r"filename\*?\s*=\s*(?:[\w-]*'[^']*')?\"?([^\";]+)", header)
+    return (_safe_name(urllib.parse.unquote(match.group(1).strip())) or None) if match else None

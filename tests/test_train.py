@@ -1,0 +1,137 @@
+"""train + checkpoint: SIGKILL resume gives identical weights, damaged checkpoints, OOM back-off,
+and models that learn (better than predicting the mean)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import SHIPPED, kill_when, run_cli
+
+from colab_kit.checkpoint import LATEST, PREVIOUS, load_checkpoint
+from colab_kit.convert import build_store
+from colab_kit.detect import detect
+from colab_kit.graphs import get_converter
+from colab_kit.plan import make_plan
+from colab_kit.store import GraphStore
+from colab_kit.train import fit
+
+
+@pytest.fixture(scope="module")
+def radius_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("train") / "store"
+    build_store(SHIPPED, out, get_converter("radius"), workers=2, shard_size=200, limit=600, progress=False)
+    return out
+
+
+def _plan(**kw):
+    base = dict(converter="radius", epochs=2, batch_size=16, batch_atoms=4000, batch_edges=60000, workers=0)
+    return make_plan(detect(), "debug", **{**base, **kw})
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def test_sigkill_mid_epoch_resume_gives_identical_weights(radius_store: Path, tmp_path: Path) -> None:
+    args = ["train", "--store", str(radius_store), "--converter", "radius", "--set", "epochs=2",
+            "--set", "batch_size=8", "--set", "batch_atoms=4000", "--set", "batch_edges=60000",
+            "--set", "checkpoint_minutes=0.002"]
+    ref = run_cli(*args, "--out", str(tmp_path / "ref"))
+    assert ref.returncode == 0, ref.stderr
+    out = tmp_path / "killed"
+    latest = out / "checkpoints" / LATEST
+    kills = []
+    for k in range(3):
+        def mid_epoch(k: int = k) -> bool:
+            if not latest.exists():
+                return False
+            state = torch.load(latest, map_location="cpu", weights_only=True)
+            return state["step"] >= 8 + 12 * k and state["sampler"]["offset"] > 0
+        if kill_when([*args, "--out", str(out)], mid_epoch):
+            state = torch.load(latest, map_location="cpu", weights_only=True)
+            kills.append((state["epoch"], state["sampler"]["offset"]))
+    assert len(kills) >= 2 and all(off > 0 for _, off in kills), kills
+    done = run_cli(*args, "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    a, b = _weights(tmp_path / "ref" / "checkpoints" / LATEST), _weights(latest)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_truncated_checkpoint_falls_back_to_previous(radius_store: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = GraphStore(radius_store)
+    fit(store, _plan(epochs=2), tmp_path, progress=False)
+    ck = tmp_path / "checkpoints"
+    prev_state = torch.load(ck / PREVIOUS, weights_only=True)
+    data = (ck / LATEST).read_bytes()
+    (ck / LATEST).write_bytes(data[: len(data) // 2])
+    with caplog.at_level(logging.WARNING):
+        state = load_checkpoint(ck)
+    assert state is not None and state["step"] == prev_state["step"]
+    assert f"checkpoint {ck / LATEST} is damaged" in caplog.text
+    # training picks up from the previous checkpoint and finishes
+    res = fit(store, _plan(epochs=2), tmp_path, progress=False)
+    assert res.resumed_from is not None and res.epochs_done == 2
+    (ck / PREVIOUS).write_bytes(b"garbage")
+    (ck / LATEST).write_bytes(b"garbage")
+    from colab_kit.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="every checkpoint in .* is damaged; delete them"):
+        load_checkpoint(ck)
+
+
+def test_oom_backoff_shrinks_budget_and_skips_nothing(radius_store: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = GraphStore(radius_store)
+    plan = _plan(epochs=1, batch_size=64)
+    limit = 6000  # "device memory": a batch with more edges than this runs out of memory
+
+    def hook(batch) -> None:
+        if batch.edge_index.shape[1] > limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated above 6000 edges)")
+
+    seen: list[int] = []
+    with caplog.at_level(logging.WARNING):
+        res = fit(store, plan, tmp_path, progress=False, step_hook=hook,
+                  callbacks=[lambda ev: seen.append(ev["graphs"]) if ev["event"] == "step" else None])
+    n_train = len(np.load(radius_store / "splits-seed0.npz")["train"])
+    assert sum(seen) == n_train  # every training graph was trained on exactly once
+    assert res.budget.max_edges < 60000 and "shrunk" in res.budget.how
+    assert "out of memory on a batch" in caplog.text
+    state = load_checkpoint(tmp_path / "checkpoints")
+    assert state["budget"]["max_edges"] == res.budget.max_edges  # a resume does not re-probe
+
+    def always(batch) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    from colab_kit.train import TrainingError
+
+    with pytest.raises(TrainingError, match="out of memory .* Use a GPU with more memory"):
+        fit(store, plan, tmp_path / "never", progress=False, step_hook=always)
+
+
+def _baseline(store: GraphStore, split: str) -> float:
+    sp = np.load(store.root / "splits-seed0.npz")
+    y = store.targets()
+    return float(np.mean(np.abs(y[sp[split]] - y[sp["train"]].mean())))
+
+
+def test_cgcnn_learns(radius_store: Path, tmp_path: Path) -> None:
+    store = GraphStore(radius_store)
+    res = fit(store, _plan(epochs=4, batch_size=16, lr=3e-3), tmp_path, progress=False)
+    assert res.best_val_mae < 0.8 * _baseline(store, "val"), (res.history, _baseline(store, "val"))
+
+
+def test_chgnet_fine_tuning_learns(tmp_path: Path) -> None:
+    out = tmp_path / "store"
+    build_store(SHIPPED, out, get_converter("chgnet"), workers=2, shard_size=100, limit=300, progress=False)
+    store = GraphStore(out)
+    plan = make_plan(detect(), "debug", epochs=1, batch_size=16, batch_atoms=4000, batch_edges=200000, workers=0)
+    res = fit(store, plan, tmp_path / "run", progress=False)
+    assert res.best_val_mae < 0.8 * _baseline(store, "val"), (res.history, _baseline(store, "val"))
+    assert os.path.exists(tmp_path / "run" / "best.pt")
