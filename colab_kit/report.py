@@ -31,7 +31,7 @@ def loss_curve(history: list[dict[str, Any]], path: Path) -> Path:
     ax.set_xlabel("epoch")
     ax.set_ylabel("train loss")
     ax2.set_ylabel("validation MAE")
-    fig.legend(loc="upper right")
+    fig.legend(loc="upper right", bbox_to_anchor=(0.85, 0.85))
     ax.set_title("Training")
     _save_png(fig, path)
     return path

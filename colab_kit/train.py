@@ -184,8 +184,11 @@ def fit(
         history, best, bad_epochs = list(state["history"]), dict(state["best"]), int(state["bad_epochs"])
         set_rng_state(state["rng"])
         resumed_from = {"epoch": sampler.epoch, "offset": sampler.offset, "step": int(state["step"])}
-        log.info("resuming training at epoch %d, graph %d of %d (step %d)", sampler.epoch + 1, sampler.offset,
-                 len(splits["train"]), state["step"])
+        if sampler.epoch >= plan.epochs or state.get("status") == "early-stopped":
+            log.info("training already finished (%d epochs, step %d): nothing to train", len(history), state["step"])
+        else:
+            log.info("resuming training at epoch %d, graph %d of %d (step %d)", sampler.epoch + 1, sampler.offset,
+                     len(splits["train"]), state["step"])
     elif plan.model == "chgnet":
         import itertools
 

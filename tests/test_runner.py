@@ -1,0 +1,105 @@
+"""runner: the whole pipeline in a subprocess, disconnect + restore from the persist dir, Colab plan."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from helpers import kill_when, run_cli, shard_count
+
+from colab_kit.detect import GIB, Gpu, detect
+from colab_kit.persist import Mirror, restore
+from colab_kit.plan import make_plan
+
+
+def test_run_debug_end_to_end(tmp_path: Path) -> None:
+    res = run_cli("run", "--mode", "debug", "--work-dir", str(tmp_path))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Plan for --mode debug" in res.stdout and "Done: test MAE" in res.stdout
+    run_dir = tmp_path / "mp_eform_cgcnn_3000-chgnet-chgnet-debug"
+    for rel in ("plan.json", "run.log", "best.pt", "store/manifest.json", "checkpoints/latest.pt",
+                "report/metrics.json", "report/loss_curve.png", "report/parity.png", "report/summary.txt"):
+        assert (run_dir / rel).is_file(), rel
+    m = json.loads((run_dir / "report" / "metrics.json").read_text())
+    assert m["n_graphs"] == 300 and m["test_mae"] < m["mean_predictor_test_mae"]
+    assert (run_dir / "report" / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    again = run_cli("run", "--mode", "debug", "--work-dir", str(tmp_path))
+    assert again.returncode == 0 and "nothing to convert" in again.stderr and "training already finished" in again.stderr
+
+
+def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "latest.pt", map_location="cpu", weights_only=True)["model"]
+
+
+def _shards(run_dir: Path) -> list[tuple[int, str]]:
+    m = json.loads((run_dir / "store" / "manifest.json").read_text())
+    return [(e["index"], e["sha256"]) for e in m["shards"]]
+
+
+def test_disconnect_restore_from_persist_dir(tmp_path: Path) -> None:
+    """SIGKILL during conversion, then during training; then the work dir is wiped (a new runtime);
+    the same command restores from the persist dir and ends with the uninterrupted run's store and weights."""
+    common = ["run", "--mode", "debug", "--converter", "radius", "--set", "n_samples=800", "--set", "shard_size=20",
+              "--set", "convert_workers=1", "--set", "epochs=2", "--set", "batch_size=16", "--set", "batch_atoms=4000",
+              "--set", "batch_edges=60000", "--set", "checkpoint_minutes=0.002"]
+    ref = run_cli(*common, "--work-dir", str(tmp_path / "ref"))
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    name = "mp_eform_cgcnn_3000-radius-cgcnn-debug"
+    work, persist = tmp_path / "work", tmp_path / "drive"
+    args = [*common, "--work-dir", str(work), "--persist-dir", str(persist)]
+    store = work / name / "store"
+    assert kill_when(args, lambda: shard_count(store) >= 5)  # mid-conversion
+    assert 5 <= shard_count(store) < 40 and shard_count(persist / name / "store") >= 4
+    latest = work / name / "checkpoints" / "latest.pt"
+
+    def mid_training() -> bool:
+        try:
+            state = torch.load(latest, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError):
+            return False
+        return state["step"] >= 10 and state["sampler"]["offset"] > 0
+    assert kill_when(args, mid_training)  # mid-epoch
+    assert (persist / name / "checkpoints" / "latest.pt").exists()
+    shutil.rmtree(work)  # the runtime is gone; only Drive survives
+    done = run_cli(*args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "restored" in done.stderr and "resuming training" in done.stderr
+    assert _shards(work / name) == _shards(tmp_path / "ref" / name)
+    a, b = _final_weights(tmp_path / "ref" / name), _final_weights(work / name)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (persist / name / "report" / "parity.png").exists()
+
+
+def test_persist_failure_is_not_fatal_and_damaged_shards_not_restored(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    (run_dir / "store").mkdir(parents=True)
+    (run_dir / "plan.json").write_text("{}")
+    blocker = tmp_path / "file-not-dir"
+    blocker.write_text("x")
+    m = Mirror(run_dir, blocker / "sub", retries=2, wait=0.01)  # cannot create a dir under a file
+    assert m.push("plan.json") is False and "could not copy" in m.failures[0]
+    # a persisted shard whose checksum does not match its manifest is not restored
+    p = tmp_path / "drive"
+    (p / "store").mkdir(parents=True)
+    (p / "store" / "shard-000000.safetensors").write_bytes(b"corrupted")
+    (p / "store" / "manifest.json").write_text(json.dumps(
+        {"shards": [{"file": "shard-000000.safetensors", "bytes": 9, "sha256": "0" * 64}]}))
+    got = restore(p, tmp_path / "fresh")
+    assert got == ["store/manifest.json"]
+
+
+def test_colab_machine_plans_local_work_and_drive_persistence(tmp_path: Path) -> None:
+    content = tmp_path / "content"
+    drive = content / "drive" / "MyDrive"
+    drive.mkdir(parents=True)
+    m = detect(environ={"COLAB_RELEASE_TAG": "release-colab_20261101", "COLAB_GPU": "1"},
+               memory=lambda: (int(12.7 * GIB), int(11.8 * GIB)), cgroup_root=tmp_path / "none", cpus=lambda: 2,
+               gpu=lambda: Gpu("Tesla T4", 15 * GIB, 14 * GIB, (7, 5)), disk_free=lambda p: 80 * GIB,
+               home_cache=str(tmp_path / "cache"), content_dir=str(content), drive_dir=str(drive))
+    plan = make_plan(m, "full")
+    assert plan.work_dir == str(content / "colab_kit") and not plan.work_dir.startswith(str(drive))
+    assert plan.persist_dir == str(drive / "colab_kit")
+    assert np.isclose(plan.batch_edges, int(14 * GIB * 0.7) // 6000)
