@@ -25,7 +25,7 @@ setup(
     include_package_data=True,
     install_requires=requirements(),
     extras_require={
-        "test": ["pytest>=8", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6", "ruff>=0.5"],
+        "test": ["pytest>=8", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6", "ruff>=0.5", "cryptography>=42"],
     },
     entry_points={"console_scripts": ["colab_kit=colab_kit.cli:main"]},
     classifiers=[

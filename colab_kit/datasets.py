@@ -17,17 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from colab_kit.gdrive import _QUOTA_FIX, _is_quota, download_drive, parse_drive_id
+
 log = logging.getLogger(__name__)
 
 DEFAULT_DATASET = "mp_eform_cgcnn_3000"
 _PACKAGE_DIR = Path(__file__).parent
 _CHUNK = 1 << 20
 _TIMEOUT_S = (15.0, 60.0)  # (connect, between bytes): a stalled server becomes a retry, not a hang
-_DRIVE_HOSTS = frozenset({"drive.google.com", "docs.google.com", "drive.usercontent.google.com"})
-_DRIVE_ID = re.compile(r"[A-Za-z0-9_-]{25,45}")
-_QUOTA_PHRASES = ("too many users have viewed or downloaded", "quota exceeded", "download quota")
-_QUOTA_FIX = ("wait up to 24 h and run the same command again, or add the file to your own Drive "
-              "(right click > Make a copy), mount Drive and pass the copy's path with --data")
 _MANUAL_FIX = "download the file in a browser, put it on this machine (or in your Drive) and pass its path with --data"
 
 
@@ -121,27 +118,6 @@ def resolve(spec: str | None, download_dir: str | Path, *, progress: bool = True
                         f"link; known datasets: {', '.join(sorted(REGISTRY))}")
 
 
-def parse_drive_id(text: str) -> str | None:
-    """The Google Drive file id in a share link or a bare id, else ``None``.
-
-    Accepts ``drive.google.com/file/d/<ID>/view``, ``.../open?id=<ID>``, ``.../uc?id=<ID>``,
-    ``docs.google.com/uc?id=<ID>``, ``drive.usercontent.google.com/download?id=<ID>`` and a bare id
-    (25-45 of ``[A-Za-z0-9_-]`` with both upper and lower case letters, as Drive's random ids have;
-    that keeps names like ``my_structures_dataset_v2`` from being read as ids).
-    """
-    text = text.strip()
-    if "://" not in text:
-        ok = _DRIVE_ID.fullmatch(text) and re.search("[A-Z]", text) and re.search("[a-z]", text)
-        return text if ok else None
-    parts = urllib.parse.urlsplit(text)
-    if (parts.hostname or "").lower() not in _DRIVE_HOSTS:
-        return None
-    ids = urllib.parse.parse_qs(parts.query).get("id", [])
-    match = re.fullmatch(r"/file/(?:u/\d+/)?d/([^/]+)(?:/.*)?", parts.path)
-    candidate = ids[0] if len(ids) == 1 else (match.group(1) if match else None)
-    return candidate if candidate and _DRIVE_ID.fullmatch(candidate) else None
-
-
 def download_url(url: str, download_dir: str | Path, *, filename: str | None = None, sha256: str | None = None,
                  progress: bool = True, retries: int = 4, backoff_s: float = 2.0) -> Path:
     """Resumable, retried, verified download of one http(s) URL into ``download_dir``.
@@ -186,53 +162,6 @@ def download_url(url: str, download_dir: str | Path, *, filename: str | None = N
     total = f"{job.total:,}" if job.total is not None else "an unknown number of"
     raise DownloadError(f"download of {url} stopped at {have:,} of {total} bytes ({reason}); run the same command "
                         f"again to resume (the bytes so far are kept in {job.part})")
-
-
-def download_drive(file_id: str, download_dir: str | Path, *, sha256: str | None = None, progress: bool = True,
-                   retries: int = 4) -> Path:
-    """Download a Google Drive file with ``gdown`` into ``download_dir/gdrive_<id>/<Drive's file name>``.
-
-    The per-id folder lets a rerun find the finished file without asking Drive (whose name is only
-    known from its response); ``gdown``'s ``resume=True`` continues its own ``.part`` file.
-    """
-    import gdown
-    import requests
-    from gdown.exceptions import FileURLRetrievalError
-
-    folder = Path(download_dir).expanduser() / f"gdrive_{file_id}"
-    done = sorted(p for p in folder.glob("*") if p.is_file() and p.suffix not in (".part", ".bad"))
-    if done and (path := _complete(done[0], sha256)):
-        return path
-    what = f"Google Drive file {file_id}"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        # use_cookies=False: gdown would otherwise write ~/.cache/gdown/cookies.txt, outside download_dir.
-        out = gdown.download(id=file_id, output=f"{folder}{os.sep}", quiet=not progress, resume=True,
-                             retries=retries, timeout=_TIMEOUT_S, use_cookies=False)
-    except FileURLRetrievalError as exc:
-        if _is_quota(str(exc)):
-            raise DownloadError(f"{what}: Google Drive download quota exceeded; {_QUOTA_FIX}") from exc
-        raise DownloadError(f"{what}: permission denied or not found; check the link's sharing is 'Anyone with "
-                            f"the link' and the id is right; if it is, the file may have been downloaded too often: "
-                            f"{_QUOTA_FIX} (gdown said: {' '.join(str(exc).split())})") from exc
-    except requests.HTTPError as exc:
-        error = _status_error(exc.response.status_code, what)
-        if isinstance(error, _Transient):
-            error = DownloadError(f"download of {what} stopped ({error}); run the same command again to resume")
-        raise error from exc
-    except (gdown.exceptions.DownloadError, requests.RequestException) as exc:
-        if _is_unreachable(exc):
-            raise DownloadError(f"{what}: no network (cannot reach Google Drive); {_MANUAL_FIX}") from exc
-        raise DownloadError(f"download of {what} stopped ({exc}); run the same command again to resume") from exc
-    except OSError as exc:
-        raise DownloadError(f"{what}: cannot write into {folder} ({exc}); free disk space or pass another "
-                            "download folder") from exc
-    if not out:
-        raise DownloadError(f"{what}: gdown returned nothing; check the link's sharing, or {_MANUAL_FIX}")
-    path = Path(str(out))
-    if sha256 and (actual := _sha256(path)) != sha256.lower():
-        raise _bad_checksum(path, path, sha256, actual, what)
-    return path
 
 
 @dataclass
@@ -377,10 +306,6 @@ def _reject_web_page(response: Any, final: Path, url: str) -> None:
         raise DownloadError(f"quota exceeded for {url} (the server sent a quota page); {_QUOTA_FIX}")
     raise DownloadError(f"{url} returned a web page, not the file; use a direct download link (for Drive, the "
                         f"share link or file id), or {_MANUAL_FIX}")
-
-
-def _is_quota(text: str) -> bool:
-    return any(phrase in text.lower() for phrase in _QUOTA_PHRASES)
 
 
 def _is_unreachable(exc: BaseException) -> bool:

@@ -1,0 +1,107 @@
+"""Streaming readers of labelled crystal structures: cheap raw items out, parsing in the workers.
+
+The main process streams small picklable :class:`RawItem` s in a fixed order (never a whole file);
+:func:`parse_structure` builds the pymatgen ``Structure`` inside a worker. A bad record is a bad item
+(its ``error`` is raised by :func:`parse_structure`), never the end of the stream; a damaged file raises
+:class:`SourceError` only after every good item before the damage.
+
+Modules: :mod:`.records` (RawItem, labels, parsing), :mod:`.base` (the Source class), :mod:`.streams` (gzip,
+damage, ijson), one per format (:mod:`.json_files`, :mod:`.folders`, :mod:`.extxyz`, :mod:`.memory`); this one
+tells the format and opens a source.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from colab_kit.sources.base import Source
+from colab_kit.sources.extxyz import _Extxyz
+from colab_kit.sources.folders import _DIR_SUFFIXES, _Folder, _is_structure_file
+from colab_kit.sources.json_files import _Jarvis, _Matbench
+from colab_kit.sources.memory import _Memory
+from colab_kit.sources.records import (
+    _HOW_TO_CHOOSE,
+    FORMATS,
+    KINDS,
+    RawItem,
+    SourceError,
+    check_target,
+    parse_structure,
+)
+from colab_kit.sources.streams import _first_char
+from colab_kit.sources.streams import _open_binary as _open_binary  # every reader opens files through this name
+
+__all__ = ["FORMATS", "KINDS", "RawItem", "Source", "SourceError", "check_target", "detect_format", "open_source",
+           "parse_structure"]
+
+
+def detect_format(path: str | os.PathLike[str]) -> str:
+    """Tells the format of a file or folder from its name and first bytes.
+
+    Raises:
+        SourceError: the path does not exist or fits no format (the message lists them and ``fmt=``).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise SourceError(f"{p}: no such file or folder; check the path (on Colab, mount Drive first)")
+    if p.is_dir():
+        if not (p / "id_prop.csv").is_file():
+            raise SourceError(f"{p}: a structure folder needs an id_prop.csv (lines 'id,target', no header) beside its *.cif / POSCAR files; write one, or {_HOW_TO_CHOOSE}")
+        with os.scandir(p) as entries:
+            first = next((e.name for e in entries if e.is_file() and _is_structure_file(e.name)), None)
+        if first is not None:
+            return "cif_dir" if first.lower().endswith(".cif") else "poscar_dir"
+        if _Folder(str(p), "cif_dir", None).count() == 0:
+            return "cif_dir"  # nothing listed and nothing to list: an empty data set, not a mistake
+        raise SourceError(f"{p}: id_prop.csv lists structures but the folder has no *.cif, *.vasp or POSCAR files; add them, or {_HOW_TO_CHOOSE}")
+    name = p.name.lower().removesuffix(".gz")
+    if name.endswith((".extxyz", ".xyz")):
+        return "extxyz"
+    if name.endswith(".json"):
+        first_char = _first_char(str(p))
+        if first_char and first_char in "[{":
+            return "jarvis" if first_char == "[" else "matbench"
+        raise SourceError(f"{p}: {'starts with ' + repr(first_char) + ', not a JSON object or list' if first_char else 'is empty'}; re-download it")
+    raise SourceError(f"{p}: cannot tell the format from the name {p.name!r}; supported: matbench (*.json[.gz] with index/columns/data), "
+                      "jarvis (*.json[.gz], a list of records), extxyz (*.extxyz, *.xyz), cif_dir / poscar_dir (a folder with id_prop.csv); "
+                      f"or {_HOW_TO_CHOOSE}")
+
+
+def open_source(source: str | os.PathLike[str] | Iterable[Any], fmt: str | None = None, target: str | None = None,
+                name: str | None = None) -> Source:
+    """Opens a file, a folder or in-memory structures as a :class:`Source`; reads headers only.
+
+    Args:
+        source: a path (matbench json[.gz], JARVIS json, extxyz, a folder with id_prop.csv), or an iterable of
+            pymatgen Structures or ``(id, Structure, target)`` tuples (a one-shot iterator is kept as a list).
+        fmt: one of :data:`FORMATS`; detected from the path when None.
+        target: the label: matbench column, JARVIS key, extxyz info key or ``Structure.properties`` key.
+            Needed only where the source has several; for id_prop.csv it only names the second column.
+        name: names an in-memory source in :meth:`Source.identity` (required for one).
+
+    Raises:
+        SourceError: the path does not exist, the format is unknown, or the header does not fit it.
+    """
+    if fmt is not None and fmt not in FORMATS:
+        raise SourceError(f"fmt={fmt!r} is not a supported format; choose one of {FORMATS}")
+    if not isinstance(source, (str, os.PathLike)):
+        from pymatgen.core import Structure
+
+        if isinstance(source, Structure) or fmt not in (None, "memory"):
+            raise SourceError(f"open_source got a {type(source).__name__} with fmt={fmt!r}; pass a path, or a list of Structures (fmt='memory')")
+        if not name:
+            raise SourceError("in-memory structures need a name for the store: open_source(structures, name='my_set')")
+        return _Memory(source, target, name)
+    path = os.fspath(source)
+    if not os.path.exists(path):
+        raise SourceError(f"{path}: no such file or folder; check the path (on Colab, mount Drive first)")
+    fmt = fmt or detect_format(path)
+    if fmt == "memory" or (fmt in _DIR_SUFFIXES) != os.path.isdir(path):
+        kind = "a folder with id_prop.csv" if fmt in _DIR_SUFFIXES else "a file" if fmt != "memory" else "Python objects"
+        raise SourceError(f"{path}: fmt={fmt!r} reads {kind}, not this path; {_HOW_TO_CHOOSE}")
+    if fmt in _DIR_SUFFIXES:
+        return _Folder(path, fmt, target)
+    return {"matbench": _Matbench, "jarvis": _Jarvis, "extxyz": _Extxyz}[fmt](path, target)

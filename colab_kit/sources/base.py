@@ -1,0 +1,52 @@
+"""The :class:`Source` base class: identity (a content fingerprint) and the iteration contract."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from colab_kit.sources.records import RawItem
+
+
+def _sha256_file(path: str | Path) -> Any:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h
+
+
+class Source:
+    """A labelled structure collection from :func:`open_source`; iterate it for :class:`RawItem` s.
+
+    Every ``iter()`` streams from the beginning, in the same order.
+    """
+
+    format = ""
+
+    def __init__(self, path: str | None, target_name: str) -> None:
+        self.path, self.target_name = path, target_name
+        self._hashed: tuple[int, int, str] | None = None
+
+    def identity(self) -> dict[str, Any]:
+        """JSON-able description that names the graph store: format, target name, content fingerprint."""
+        return {"format": self.format, "target_name": self.target_name, **self._fingerprint()}
+
+    def _fingerprint(self) -> dict[str, Any]:
+        st = os.stat(self.path)
+        if self._hashed is None or self._hashed[:2] != (st.st_size, st.st_mtime_ns):  # rehash only a changed file
+            self._hashed = (st.st_size, st.st_mtime_ns, _sha256_file(self.path).hexdigest())
+        return {"sha256": self._hashed[2], "bytes": st.st_size}
+
+    def __iter__(self) -> Iterator[RawItem]:
+        raise NotImplementedError
+
+    def count(self) -> int | None:
+        """Number of items, learnt without parsing structures; None where that is not cheap."""
+        return None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(path={self.path!r}, format={self.format!r}, target_name={self.target_name!r})"

@@ -1,0 +1,68 @@
+"""Extended XYZ files (plain or gzip), split into frames without parsing atoms; the label comes from the comment line."""
+
+from __future__ import annotations
+
+import io
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+from colab_kit.sources.base import Source
+from colab_kit.sources.records import RawItem, SourceError, _to_target
+from colab_kit.sources.streams import _DAMAGED, _failure, _open
+
+_EXTXYZ_RESERVED = frozenset({"Lattice", "Properties", "pbc"})
+
+
+class _Extxyz(Source):
+    format = "extxyz"
+
+    def __init__(self, path: str, target: str | None) -> None:
+        super().__init__(path, target or "")
+        if target is None:  # the first float in the first frame's info, e.g. energy
+            first = next(self._frames(), None)
+            info = self._info(first[1])[0] if first else {}
+            self.target_name = next((k for k, v in info.items() if isinstance(v, float) and k not in _EXTXYZ_RESERVED), "")
+
+    def _frames(self) -> Iterator[tuple[int, str, str]]:
+        """(frame index, comment line, frame text), split at the atom-count lines without parsing atoms."""
+        index = line_no = 0
+        try:
+            with io.TextIOWrapper(_open(self.path), encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    line_no += 1
+                    if not line.strip():
+                        continue
+                    try:
+                        n = int(line)
+                    except ValueError:
+                        raise SourceError(f"{self.path} line {line_no}: expected the atom count of frame {index}, got {line.strip()[:60]!r}; "
+                                          "the file is not extended XYZ, or the frame before has the wrong number of atom lines") from None
+                    lines = [line, *itertools.islice(f, n + 1)]
+                    line_no += len(lines) - 1
+                    if len(lines) < n + 2:
+                        raise SourceError(f"{self.path}: file is truncated after {index} frames (frame {index} declares {n} atoms, "
+                                          f"{max(len(lines) - 2, 0)} follow); re-download or rewrite it")
+                    yield index, lines[1], "".join(lines)
+                    index += 1
+        except _DAMAGED as exc:
+            raise _failure(self.path, exc, f"after {index} frames", line_no) from exc
+
+    @staticmethod
+    def _info(comment: str) -> tuple[dict[str, Any], str | None]:
+        from ase.io.extxyz import key_val_str_to_dict
+
+        try:
+            return key_val_str_to_dict(comment), None
+        except (ValueError, KeyError, IndexError, TypeError, SyntaxError) as exc:  # this frame's problem, not the file's
+            return {}, f"cannot read the comment line {comment.strip()[:60]!r}: {exc}"
+
+    def count(self) -> int:
+        return sum(1 for _ in self._frames())
+
+    def __iter__(self) -> Iterator[RawItem]:
+        for index, comment, text in self._frames():
+            info, error = self._info(comment)
+            rid = next((str(info[k]) for k in ("id", "material_id") if k in info), str(index))
+            target, label_error = _to_target(info.get(self.target_name)) if self.target_name else (None, None)
+            yield RawItem(rid, text, target, "extxyz", error or label_error)

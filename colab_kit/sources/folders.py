@@ -1,0 +1,69 @@
+"""``cif_dir`` / ``poscar_dir``: a folder of structure files listed, with their labels, in ``id_prop.csv``."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from colab_kit.sources.base import Source, _sha256_file
+from colab_kit.sources.records import RawItem, SourceError, _to_target
+
+_STRUCTURE_SUFFIXES = (".cif", ".vasp", ".poscar")
+_DIR_SUFFIXES = {"cif_dir": (".cif",), "poscar_dir": (".vasp", ".poscar")}
+
+
+class _Folder(Source):
+    """``cif_dir`` / ``poscar_dir``: structure files named by the first column of ``id_prop.csv``."""
+
+    def __init__(self, path: str, fmt: str, target: str | None) -> None:
+        self.format, self._csv = fmt, Path(path) / "id_prop.csv"
+        if not self._csv.is_file():
+            raise SourceError(f"{path}: no id_prop.csv (lines 'id,target', no header) in this folder; write one next to the structure files")
+        super().__init__(path, target or "target")
+
+    def _candidates(self, name: str) -> list[str]:
+        return [name, *(name + s for s in _DIR_SUFFIXES[self.format])]
+
+    def _resolve(self, name: str) -> Path | None:
+        return next((p for c in self._candidates(name) if (p := Path(self.path) / c).is_file()), None)
+
+    def _rows(self) -> Iterator[list[str]]:
+        with open(self._csv, newline="", encoding="utf-8-sig") as f:
+            for i, row in enumerate(csv.reader(f)):
+                if not row or not row[0].strip():
+                    continue
+                if i == 0 and len(row) > 1 and _to_target(row[1])[1] and self._resolve(row[0].strip()) is None:
+                    continue  # a header line such as "id,target"
+                yield row
+
+    def count(self) -> int:
+        return sum(1 for _ in self._rows())
+
+    def __iter__(self) -> Iterator[RawItem]:
+        for row in self._rows():
+            name = row[0].strip()
+            stem = next((name.removesuffix(s) for s in _STRUCTURE_SUFFIXES if name.endswith(s)), name)
+            target, error = _to_target(row[1]) if len(row) > 1 else (None, None)
+            path = self._resolve(name)
+            if path is None:
+                error = f"no structure file for id {name!r} in {self.path} (tried {self._candidates(name)}); add it or remove its row from id_prop.csv"
+                yield RawItem(stem, None, target, "cif" if self.format == "cif_dir" else "poscar", error)
+            else:
+                text = path.read_text(encoding="utf-8", errors="replace")
+                yield RawItem(stem, text, target, "cif" if path.suffix.lower() == ".cif" else "poscar", error)
+
+    def _fingerprint(self) -> dict[str, Any]:
+        # id_prop.csv by content, structure files by (name, size): cheap, and changes on add / remove / resize
+        h = _sha256_file(self._csv)
+        with os.scandir(self.path) as entries:
+            files = sorted((e.name, e.stat().st_size) for e in entries if e.is_file() and _is_structure_file(e.name))
+        for name, size in files:
+            h.update(f"\0{name}\0{size}".encode())
+        return {"sha256": h.hexdigest(), "files": len(files)}
+
+
+def _is_structure_file(name: str) -> bool:
+    return name.lower().endswith(_STRUCTURE_SUFFIXES) or name.startswith(("POSCAR", "CONTCAR"))

@@ -1,0 +1,108 @@
+"""What a source yields: :class:`RawItem`, its label, and :func:`parse_structure` that builds it in a worker."""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from colab_kit.errors import ColabKitError
+
+if TYPE_CHECKING:
+    from pymatgen.core import Structure
+
+FORMATS: tuple[str, ...] = ("matbench", "cif_dir", "poscar_dir", "extxyz", "jarvis", "memory")
+KINDS = ("pmg_dict", "cif", "poscar", "jarvis", "extxyz", "structure")
+_HOW_TO_CHOOSE = f"pass fmt= one of {FORMATS[:-1]} to open_source"
+_MISSING_LABELS = frozenset({"", "na", "n/a", "none", "null"})
+
+
+class SourceError(ColabKitError, ValueError):
+    """Input that cannot be read as it is; the message names the file or item, the value and the fix."""
+
+
+@dataclass(frozen=True)
+class RawItem:
+    """One record as the main process streams it: cheap to pickle, parsed by :func:`parse_structure`.
+
+    Attributes:
+        id: material id, file stem, JARVIS id or ``str(index)``.
+        payload: a ``Structure.as_dict()`` dict, CIF/POSCAR text, a JARVIS Atoms dict, one extxyz frame as
+            text, or a pymatgen ``Structure`` (in-memory source).
+        target: the label; ``nan`` stays ``nan``, a missing label is ``None``.
+        kind: one of :data:`KINDS`, says how to parse ``payload``.
+        error: why the record is unusable, found while streaming (a missing file, a label that is not a
+            number); :func:`parse_structure` raises it, so it is recorded like any other bad item.
+    """
+
+    id: str
+    payload: Any
+    target: float | None
+    kind: str
+    error: str | None = None
+
+
+def check_target(item: RawItem) -> str | None:
+    """Why the item's label cannot be trained on (e.g. ``"label is NaN"``), or None when it is usable."""
+    if item.target is None:
+        return item.error if item.error and item.error.startswith("label") else "label is missing"
+    if math.isnan(item.target):
+        return "label is NaN"
+    return "label is infinite" if math.isinf(item.target) else None
+
+
+def parse_structure(item: RawItem) -> Structure:
+    """Builds the pymatgen Structure of one item; runs in the conversion workers.
+
+    Raises:
+        SourceError: naming ``item.id`` and the reason, for a record found bad while streaming or any
+            failure of its parser.
+    """
+    if item.error:
+        raise SourceError(f"item {item.id!r}: {item.error}")
+    try:
+        return _build(item.kind, item.payload)
+    except Exception as exc:  # any parser failure is this item's failure, reported with its id
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        raise SourceError(f"item {item.id!r} ({item.kind}): cannot build a structure: {reason}; fix or drop this record") from exc
+
+
+def _build(kind: str, payload: Any) -> Structure:
+    from pymatgen.core import Structure
+
+    if kind == "pmg_dict":
+        missing = [k for k in ("lattice", "sites") if k not in payload] if isinstance(payload, dict) else ["a mapping"]
+        if missing:
+            raise ValueError(f"structure dict lacks {missing}; expected Structure.as_dict()")
+        return Structure.from_dict(payload)
+    if kind in ("cif", "poscar"):
+        return Structure.from_str(payload, fmt=kind)
+    if kind == "jarvis":
+        from jarvis.core.atoms import Atoms
+
+        atoms = Atoms.from_dict(payload)  # then what Atoms.pymatgen_converter() does, which prints and returns None on error
+        return Structure(atoms.lattice_mat, atoms.elements, atoms.frac_coords, coords_are_cartesian=False)
+    if kind == "extxyz":
+        from ase.io import read
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        atoms = read(io.StringIO(payload), format="extxyz")
+        if atoms.cell.rank < 3:
+            raise ValueError('frame has no 3-D cell; write it with Lattice="..." pbc="T T T"')
+        return AseAtomsAdaptor.get_structure(atoms)
+    if kind == "structure" and isinstance(payload, Structure):
+        return payload
+    raise ValueError(f"kind {kind!r} with a {type(payload).__name__} payload; kinds are {KINDS}")
+
+
+def _to_target(value: Any) -> tuple[float | None, str | None]:
+    """(label, None); (None, None) when it is missing; (None, reason) when it is not a number."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in _MISSING_LABELS):
+        return None, None
+    if not isinstance(value, bool):
+        try:
+            return float(value), None
+        except (TypeError, ValueError):
+            pass
+    return None, f"label {value!r:.60} is not a number; fix it in the source or drop the record"
