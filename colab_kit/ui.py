@@ -1,0 +1,457 @@
+"""The notebook control panel: widgets that build a Plan and call the same ``run`` as the CLI.
+
+``show_panel()`` displays a :class:`ControlPanel`: mode, data source, graph kind / model, the
+settings people most often change (prefilled from the Plan for this machine, each with the Plan's
+reason beside it), Run / Resume / Stop, a live loss plot and an output area where the progress bars
+and log lines appear. Nothing here decides anything: the panel collects overrides, asks
+:func:`colab_kit.plan.make_plan` and hands the Plan to :func:`colab_kit.runner.run`.
+
+Buttons:
+    Run: run this plan. Like the CLI it continues the earlier work of the same run (same data,
+        graphs, model and mode) unless "start over" is ticked, which maps to ``fresh=True``.
+    Resume: run without ``fresh`` whatever the checkbox says; enabled when earlier work of this run
+        exists locally or in the persist dir (e.g. Drive after a disconnect).
+    Stop: training checkpoints at its next step and returns; Resume continues from there.
+
+ipywidgets and IPython are imported only when a panel is built, so ``import colab_kit.ui`` works
+without them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import html
+import io
+import logging
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+from colab_kit.plan import CONVERTERS, MODEL_FOR_CONVERTER, MODELS, MODES, Plan, PlanError, make_plan
+
+if TYPE_CHECKING:
+    from colab_kit.detect import Machine
+    from colab_kit.runner import RunResult
+
+#: Settings with their own input box: name -> (kind, label).
+SETTINGS: dict[str, tuple[str, str]] = {
+    "batch_edges": ("int", "edges / batch"),
+    "batch_atoms": ("int", "atoms / batch"),
+    "workers": ("int", "loader workers"),
+    "cutoff": ("float", "cutoff (Å)"),
+    "work_dir": ("text", "work dir"),
+    "persist_dir": ("text", "persist dir"),
+}
+CONVERTER_FOR_MODEL = {m: c for c, m in MODEL_FOR_CONVERTER.items()}
+_INSTALL_HINT = "the colab_kit control panel needs ipywidgets and IPython: pip install ipywidgets (then restart the kernel)"
+
+
+def _ipywidgets() -> Any:
+    try:
+        import ipywidgets
+    except ImportError as exc:
+        raise ImportError(_INSTALL_HINT) from exc
+    return ipywidgets
+
+
+def show_panel(**kwargs: Any) -> ControlPanel:
+    """Build a :class:`ControlPanel` with ``kwargs``, display it in the notebook and return it."""
+    panel = ControlPanel(**kwargs)
+    try:
+        from IPython.display import display
+    except ImportError as exc:
+        raise ImportError(_INSTALL_HINT) from exc
+    display(panel.widget)
+    return panel
+
+
+class ControlPanel:
+    """Widgets that build a :class:`~colab_kit.plan.Plan` and run it in a background thread.
+
+    Args:
+        mode: initial mode, one of :data:`colab_kit.plan.MODES`.
+        machine: the machine to plan for (default: :func:`colab_kit.detect.detect` now).
+        background: run in a thread so Stop works; False runs inside ``start()`` (tests, scripts).
+        progress: show progress bars (``tqdm.auto``: widget bars in Jupyter).
+        plot_interval_s: redraw the live loss plot at most this often during an epoch (seconds).
+        **overrides: plan settings to start from (``data``, ``converter``, any key of
+            :data:`SETTINGS`) and fixed extra settings without a box (e.g. ``n_samples=60``).
+
+    Raises:
+        PlanError: ``mode`` or ``overrides`` that :func:`make_plan` refuses.
+        ImportError: ipywidgets is not installed.
+    """
+
+    def __init__(self, *, mode: str = "debug", machine: Machine | None = None, background: bool = True,
+                 progress: bool = True, plot_interval_s: float = 2.0, **overrides: Any) -> None:
+        w = _ipywidgets()
+        if "model" in overrides and "converter" not in overrides:
+            overrides["converter"] = CONVERTER_FOR_MODEL.get(overrides["model"], overrides["model"])
+        if machine is None:
+            from colab_kit.detect import detect
+
+            machine = detect(extra_dirs=tuple(str(overrides[k]) for k in ("work_dir",) if overrides.get(k)))
+        self.machine = machine
+        base = make_plan(machine, mode, **overrides)  # refuse bad arguments here, where the caller sees them
+        self.background, self.progress, self.plot_interval_s = background, progress, plot_interval_s
+        self.result: RunResult | None = None
+        self.error: BaseException | None = None
+        self.messages: list[str] = []  # "resume" messages of the latest run
+        self.plot_updates = 0
+        self._extra = {k: v for k, v in overrides.items() if k not in (*SETTINGS, "data", "converter", "model")}
+        self._initial = {k: v for k, v in overrides.items() if k in SETTINGS}  # what "Reset settings" returns to
+        self._user_set = set(self._initial)
+        self._filling = False
+        self._busy = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._losses: list[float] = []
+        self._epochs: list[dict[str, Any]] = []
+        self._last_draw = self._last_status = 0.0
+
+        desc = {"description_width": "90px"}
+        self.mode = w.ToggleButtons(options=list(MODES), value=mode, description="mode", style=desc,
+                                    tooltips=[f"{m}: {p['n_samples'] or 'all'} structures, {p['epochs']} epochs"
+                                              for m, p in MODES.items()])
+        self.data = w.Text(value=base.data, description="data", style=desc, continuous_update=False,
+                           placeholder="path, http(s) URL, Google Drive link/id or dataset name",
+                           layout=w.Layout(width="95%"))
+        self.converter = w.Dropdown(options=list(CONVERTERS), value=base.converter, description="graphs", style=desc)
+        self.model = w.Dropdown(options=list(MODELS), value=base.model, description="model", style=desc)
+        self.inputs: dict[str, Any] = {}
+        self.reasons: dict[str, Any] = {}
+        rows = []
+        for name, (kind, label) in SETTINGS.items():
+            cls = {"int": w.IntText, "float": w.FloatText, "text": w.Text}[kind]
+            box = cls(description=label, style=desc, continuous_update=False, layout=w.Layout(width="360px"))
+            box.observe(lambda change, name=name: self._on_edit(name, change), "value")
+            self.inputs[name], self.reasons[name] = box, w.HTML()
+            rows.append(w.HBox([box, self.reasons[name]]))
+        self.start_over = w.Checkbox(value=False, indent=False, description="start over (delete this run's earlier work)")
+        self.run_button = w.Button(description="Run", button_style="success", icon="play",
+                                   tooltip="run this plan; continues earlier work of the same run unless 'start over' is ticked")
+        self.resume_button = w.Button(description="Resume", button_style="info", icon="repeat")
+        self.stop_button = w.Button(description="Stop", button_style="danger", icon="stop", disabled=True,
+                                    tooltip="checkpoint at the next training step and stop; Resume continues")
+        self.reset_button = w.Button(description="Reset settings", tooltip="forget edited settings; use the plan's values")
+        self.run_button.on_click(lambda _b: self.start(fresh=self.start_over.value))
+        self.resume_button.on_click(lambda _b: self.start(fresh=False))
+        self.stop_button.on_click(lambda _b: self.stop())
+        self.reset_button.on_click(lambda _b: self.reset_settings())
+        self.error_box, self.status, self.resume_box, self.report = w.HTML(), w.HTML(), w.HTML(), w.HTML()
+        self.plot = w.Image(format="png", layout=w.Layout(display="none", max_width="640px"))
+        self.output = w.Output(layout=w.Layout(max_height="320px", overflow="auto", border="1px solid #ddd"))
+        self.plan_table = w.HTML()
+        details = w.Accordion(children=[self.plan_table])
+        details.set_title(0, "full plan (every setting and why)")
+        details.selected_index = None
+        self.extra = w.HTML(_esc("fixed settings: " + ", ".join(f"{k}={v!r}" for k, v in self._extra.items()))
+                            if self._extra else "")
+        self.widget = w.VBox([
+            w.HTML(f"<b>colab_kit</b> &mdash; {_esc(_machine_line(machine))}"),
+            self.mode, self.data, w.HBox([self.converter, self.model]), *rows, self.extra, self.error_box,
+            w.HBox([self.run_button, self.resume_button, self.stop_button, self.reset_button, self.start_over]),
+            self.status, self.resume_box, self.plot, self.output, self.report, details,
+        ])
+        self._fill(base, every_box=True)
+        self.mode.observe(lambda _c: self._refresh(), "value")
+        self.data.observe(lambda _c: self._refresh(), "value")
+        self.converter.observe(lambda c: self._pair(self.model, MODEL_FOR_CONVERTER.get(c["new"])), "value")
+        self.model.observe(lambda c: self._pair(self.converter, CONVERTER_FOR_MODEL.get(c["new"])), "value")
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+    # -- the Plan from the widgets ---------------------------------------------------------------
+
+    def overrides(self) -> dict[str, Any]:
+        """The plan overrides the widgets stand for: edited settings, a changed data/converter, fixed extras."""
+        out = dict(self._extra)
+        default = make_plan(self.machine, self.mode.value)
+        if self.data.value.strip() and self.data.value.strip() != default.data:
+            out["data"] = self.data.value.strip()
+        if self.converter.value != default.converter:
+            out["converter"] = self.converter.value
+        if self.model.value != MODEL_FOR_CONVERTER.get(self.converter.value):
+            out["model"] = self.model.value
+        for name in self._user_set:
+            value = self.inputs[name].value
+            if SETTINGS[name][0] == "text":
+                value = value.strip() or None
+            out[name] = value
+        return out
+
+    def plan(self) -> Plan | None:
+        """The Plan for the widgets' values, or None after showing why it cannot be made."""
+        try:
+            plan = make_plan(self.machine, self.mode.value, **self.overrides())
+        except PlanError as exc:
+            self.error_box.value = f"<div style='color:#b00020'><b>Cannot plan:</b> {_esc(str(exc))}</div>"
+            return None
+        warn = "".join(f"<div style='color:#a15c00'>warning: {_esc(m)}</div>" for m in plan.warnings)
+        self.error_box.value = warn
+        return plan
+
+    def reset_settings(self) -> None:
+        """Forget edited settings: the boxes show the Plan's values (and the settings the panel was built with)."""
+        self._user_set = set(self._initial)
+        self._filling = True
+        try:
+            for name, value in self._initial.items():
+                self.inputs[name].value = "" if value is None else value
+        finally:
+            self._filling = False
+        self._refresh()
+
+    def _on_edit(self, name: str, change: dict[str, Any]) -> None:
+        if self._filling:
+            return
+        if SETTINGS[name][0] == "text" and name == "work_dir" and not str(change["new"]).strip():
+            self._user_set.discard(name)  # an empty work dir means "the plan's choice"
+        else:
+            self._user_set.add(name)
+        self._refresh()
+
+    def _pair(self, other: Any, value: str | None) -> None:
+        """Keep converter and model consistent (chgnet graphs → CHGNet, radius graphs → CGCNN)."""
+        if value is not None and other.value != value:
+            other.value = value  # fires the other observer, which refreshes
+        else:
+            self._refresh()
+
+    def _refresh(self) -> None:
+        plan = self.plan()
+        if plan is not None:
+            self._fill(plan)
+
+    def _fill(self, plan: Plan, every_box: bool = False) -> None:
+        self._filling = True
+        try:
+            for name, box in self.inputs.items():
+                if every_box or name not in self._user_set:
+                    value = getattr(plan, name)
+                    box.value = "" if value is None else value
+                reason = plan.reasons.get(name, "")
+                self.reasons[name].value = f"<span style='color:#555;font-size:90%'>{_esc(reason)}</span>"
+        finally:
+            self._filling = False
+        self.plan_table.value = _plan_html(plan)
+        self._show_earlier_work(plan)
+
+    def _show_earlier_work(self, plan: Plan) -> None:
+        found = earlier_work(plan)
+        self.resume_button.disabled = self._busy or not found
+        self.resume_button.tooltip = ("continue: " + "; ".join(found)) if found else "no earlier work of this run yet"
+
+    # -- running -----------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._busy
+
+    def start(self, *, fresh: bool = False) -> bool:
+        """Run the panel's Plan (in a thread when ``background``). Returns False when it did not start."""
+        if self._busy:
+            self._set_status("already running: press Stop first")
+            return False
+        plan = self.plan()
+        if plan is None:
+            return False
+        self.result, self.error, self.messages = None, None, []
+        self._stop.clear()
+        self._losses, self._epochs = [], []
+        self.report.value = self.resume_box.value = ""
+        self._set_busy(True)
+        self._set_status("starting" + (" over (fresh)" if fresh else ""))
+        if self.background:
+            # The copied context carries the kernel's parent message, so output from the thread lands in
+            # this panel's Output area rather than in whichever cell runs next.
+            ctx = contextvars.copy_context()
+            self._thread = threading.Thread(target=ctx.run, args=(self._work, plan, fresh), name="colab_kit-run",
+                                            daemon=True)
+            self._thread.start()
+        else:
+            self._work(plan, fresh)
+        return True
+
+    def stop(self) -> None:
+        """Ask the run to stop: training saves a checkpoint at its next step and returns."""
+        if not self._busy:
+            return
+        self._stop.set()
+        self.stop_button.disabled = True
+        self._set_status("stopping: a checkpoint is saved at the next training step "
+                         "(a conversion in progress finishes first)")
+
+    def wait(self, timeout: float | None = None) -> RunResult | None:
+        """Block until the background run ends (or ``timeout`` seconds); returns its result, if any."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.result
+
+    def _work(self, plan: Plan, fresh: bool) -> None:
+        from colab_kit.runner import run
+
+        t0 = time.perf_counter()
+        with self.output, _run_logging():
+            try:
+                result = run(plan, fresh=fresh, progress=self.progress, callbacks=[self._on_event],
+                             should_stop=self._stop.is_set)
+            except Exception as exc:  # noqa: BLE001 - shown in the panel; finished work on disk stays valid
+                self.error = exc
+                traceback.print_exc()
+                self._set_status(f"<b>failed:</b> {_esc(str(exc) or type(exc).__name__)}", color="#b00020")
+            else:
+                self.result = result
+                self._show_result(result, time.perf_counter() - t0)
+            finally:
+                if self._losses or self._epochs:
+                    self._draw()
+                self._set_busy(False)
+                self._show_earlier_work(plan)
+
+    def _on_event(self, ev: dict[str, Any]) -> None:
+        kind = ev.get("event")
+        now = time.monotonic()
+        if kind == "stage":
+            self._set_status(f"<b>{_esc(ev['stage'])}</b>: {_esc(ev.get('message', ''))}")
+        elif kind == "resume":
+            self.messages.append(ev["message"])
+            items = "".join(f"<li>{_esc(m)}</li>" for m in self.messages)
+            self.resume_box.value = ("<div style='background:#e8f5e9;padding:4px 8px'><b>Resumed: picked up earlier "
+                                     f"work of this run</b><ul style='margin:2px 0'>{items}</ul></div>")
+        elif kind == "step":
+            self._losses.append(float(ev["loss"]))
+            if now - self._last_status > 0.5:
+                self._last_status = now
+                self._set_status(f"<b>train</b>: epoch {ev['epoch'] + 1}, step {ev['step']}, loss {ev['loss']:.4f}")
+            if now - self._last_draw > self.plot_interval_s:
+                self._draw()
+        elif kind == "epoch":
+            self._epochs.append({**ev, "at_step": len(self._losses)})
+            self._set_status(f"<b>epoch {ev['epoch']}</b>: train loss {ev['train_loss']:.4f}, "
+                             f"validation MAE {ev['val_mae']:.4f} ({ev['seconds']:.1f} s)")
+            self._draw()
+
+    def _draw(self) -> None:
+        self._last_draw = time.monotonic()
+        self.plot.value = render_loss_plot(self._losses, self._epochs)
+        self.plot.layout.display = ""
+        self.plot_updates += 1
+
+    def _show_result(self, result: RunResult, seconds: float) -> None:
+        m = result.metrics
+        if m.get("status") == "stopped":
+            self._set_status(f"<b>stopped</b>: checkpoint saved in {_esc(str(result.run_dir))}; "
+                             "press Resume to continue from it", color="#a15c00")
+            return
+        self._set_status(f"<b>done</b> in {seconds:.0f} s: test MAE {m.get('test_mae', float('nan')):.4f} (mean predictor "
+                         f"{m.get('mean_predictor_test_mae', float('nan')):.4f}) on {m.get('test_n', '?')} structures",
+                         color="#1b5e20")
+        summary = Path(result.files.get("summary", result.run_dir / "report" / "summary.txt"))
+        text = summary.read_text() if summary.is_file() else ""
+        files = "".join(f"<li>{_esc(k)}: <code>{_esc(v)}</code></li>" for k, v in result.files.items())
+        self.report.value = f"<b>Report</b><pre style='white-space:pre-wrap'>{_esc(text)}</pre><ul>{files}</ul>"
+
+    def _set_status(self, text_html: str, color: str = "#222") -> None:
+        self.status.value = f"<div style='color:{color}'>{text_html}</div>"
+
+    def _set_busy(self, busy: bool) -> None:
+        self._busy = busy
+        for box in (self.mode, self.data, self.converter, self.model, self.start_over, self.run_button,
+                    self.reset_button, self.resume_button, *self.inputs.values()):
+            box.disabled = busy
+        self.stop_button.disabled = not busy
+
+
+def earlier_work(plan: Plan) -> list[str]:
+    """What a run of ``plan`` would pick up: its store, checkpoint and report, locally or in the persist dir."""
+    from colab_kit.runner import run_name
+
+    name = run_name(plan)
+    found = []
+    for root in (Path(plan.work_dir), Path(plan.persist_dir) if plan.persist_dir else None):
+        if root is None:
+            continue
+        d = root / name
+        parts = [what for rel, what in (("store/manifest.json", "graph store"), ("checkpoints/latest.pt", "checkpoint"),
+                                        ("report/metrics.json", "report")) if (d / rel).is_file()]
+        if parts:
+            found.append(f"{', '.join(parts)} in {d}")
+    return found
+
+
+def render_loss_plot(losses: Sequence[float], epochs: Sequence[dict[str, Any]]) -> bytes:
+    """PNG of the training loss per step and the per-epoch train loss / validation MAE (headless Agg).
+
+    Args:
+        losses: training loss of each step so far, in order.
+        epochs: epoch rows ({"epoch", "train_loss", "val_mae", "at_step"}) so far.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 2.8), dpi=80)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    if losses:
+        stride = max(1, len(losses) // 2000)  # keep redraws cheap on long runs
+        xs = list(range(1, len(losses) + 1, stride))
+        ax.plot(xs, losses[::stride], color="tab:blue", alpha=0.35, lw=0.8, label="train loss (step)")
+    if epochs:
+        at = [max(e["at_step"], 1) for e in epochs]
+        ax.plot(at, [e["train_loss"] for e in epochs], "o-", color="tab:blue", label="train loss (epoch)")
+        ax.plot(at, [e["val_mae"] for e in epochs], "s-", color="tab:red", label="validation MAE")
+    ax.set_xlabel("training step (this session)")
+    ax.set_ylabel("loss / MAE")
+    ax.grid(alpha=0.3)
+    if losses or epochs:
+        ax.legend(loc="upper right", fontsize="small")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+@contextlib.contextmanager
+def _run_logging() -> Iterator[None]:
+    """INFO logging through tqdm for one run; afterwards the colab_kit logger is as it was (run.log closed)."""
+    from colab_kit.logs import setup_logging
+
+    logger = logging.getLogger("colab_kit")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    setup_logging(min(logger.getEffectiveLevel(), logging.INFO))
+    try:
+        yield
+    finally:
+        for h in list(logger.handlers):
+            if h not in saved[0]:
+                logger.removeHandler(h)
+                h.close()
+        for h in saved[0]:
+            if h not in logger.handlers:
+                logger.addHandler(h)
+        logger.setLevel(saved[1])
+        logger.propagate = saved[2]
+
+
+def _plan_html(plan: Plan) -> str:
+    rows = "".join(f"<tr><td><code>{_esc(k)}</code></td><td>{_esc(v)}</td><td style='color:#555'>{_esc(r)}</td></tr>"
+                   for k, v, r in plan.rows())
+    return f"<table><tr><th>setting</th><th>value</th><th>why</th></tr>{rows}</table>"
+
+
+def _machine_line(m: Machine) -> str:
+    gpu = f"{m.gpu.name} ({m.gpu.free_bytes / 1024**3:.1f} GiB free)" if m.gpu is not None else "no GPU"
+    where = "Google Colab" if m.is_colab else "local"
+    drive = ", Drive mounted" if m.drive_mounted else ""
+    return f"{where}, {m.cpus} CPUs, {m.ram_available / 1024**3:.1f} GiB RAM free, {gpu}{drive}"
+
+
+def _esc(text: Any) -> str:
+    return html.escape(str(text))
