@@ -1,19 +1,19 @@
 """The notebook control panel: widgets that build a Plan and call the same ``run`` as the CLI.
 
 ``show_panel()`` displays a :class:`ControlPanel`: mode, data source, graph kind / model, the
-settings people most often change (prefilled from the Plan for this machine, each with the Plan's
-reason beside it), Run / Resume / Stop, a live loss plot and an output area where the progress bars
-and log lines appear. Nothing here decides anything: the panel collects overrides, asks
+settings people most often change (prefilled from the Plan for this machine, the Plan's reason
+beside each), Run / Resume / Stop, a live loss plot and an output area with the progress bars and
+log lines. Nothing here decides anything: the panel collects overrides, asks
 :func:`colab_kit.plan.make_plan` and hands the Plan to :func:`colab_kit.runner.run`.
 
 Buttons:
     Run: run this plan. Like the CLI it continues the earlier work of the same run (same data,
         graphs, model and mode) unless "start over" is ticked, which maps to ``fresh=True``.
     Resume: run without ``fresh`` whatever the checkbox says; enabled when earlier work of this run
-        exists locally or in the persist dir (e.g. Drive after a disconnect).
+        exists locally or in the persist dir (e.g. on Drive after a disconnect).
     Stop: training checkpoints at its next step and returns; Resume continues from there.
 
-ipywidgets and IPython are imported only when a panel is built, so ``import colab_kit.ui`` works
+ipywidgets and IPython are imported only when a panel is built: ``import colab_kit.ui`` works
 without them.
 """
 
@@ -28,7 +28,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from colab_kit.plan import CONVERTERS, MODEL_FOR_CONVERTER, MODELS, MODES, Plan, PlanError, make_plan
 
@@ -38,12 +38,9 @@ if TYPE_CHECKING:
 
 #: Settings with their own input box: name -> (kind, label).
 SETTINGS: dict[str, tuple[str, str]] = {
-    "batch_edges": ("int", "edges / batch"),
-    "batch_atoms": ("int", "atoms / batch"),
-    "workers": ("int", "loader workers"),
-    "cutoff": ("float", "cutoff (Å)"),
-    "work_dir": ("text", "work dir"),
-    "persist_dir": ("text", "persist dir"),
+    "batch_edges": ("int", "edges / batch"), "batch_atoms": ("int", "atoms / batch"),
+    "workers": ("int", "loader workers"), "cutoff": ("float", "cutoff (Å)"),
+    "work_dir": ("text", "work dir"), "persist_dir": ("text", "persist dir"),
 }
 CONVERTER_FOR_MODEL = {m: c for c, m in MODEL_FOR_CONVERTER.items()}
 _INSTALL_HINT = "the colab_kit control panel needs ipywidgets and IPython: pip install ipywidgets (then restart the kernel)"
@@ -58,7 +55,7 @@ def _ipywidgets() -> Any:
 
 
 def show_panel(**kwargs: Any) -> ControlPanel:
-    """Build a :class:`ControlPanel` with ``kwargs``, display it in the notebook and return it."""
+    """Build a :class:`ControlPanel` from ``kwargs``, display it in the notebook and return it."""
     panel = ControlPanel(**kwargs)
     try:
         from IPython.display import display
@@ -69,19 +66,19 @@ def show_panel(**kwargs: Any) -> ControlPanel:
 
 
 class ControlPanel:
-    """Widgets that build a :class:`~colab_kit.plan.Plan` and run it in a background thread.
+    """Widgets that build a :class:`~colab_kit.plan.Plan` and run it, by default in a background thread.
 
     Args:
         mode: initial mode, one of :data:`colab_kit.plan.MODES`.
         machine: the machine to plan for (default: :func:`colab_kit.detect.detect` now).
         background: run in a thread so Stop works; False runs inside ``start()`` (tests, scripts).
         progress: show progress bars (``tqdm.auto``: widget bars in Jupyter).
-        plot_interval_s: redraw the live loss plot at most this often during an epoch (seconds).
-        **overrides: plan settings to start from (``data``, ``converter``, any key of
-            :data:`SETTINGS`) and fixed extra settings without a box (e.g. ``n_samples=60``).
+        plot_interval_s: redraw the live loss plot at most this often within an epoch (seconds).
+        **overrides: plan settings to start from (``data``, ``converter``, ``model``, any key of
+            :data:`SETTINGS`) and fixed settings without a box (e.g. ``n_samples=60``).
 
     Raises:
-        PlanError: ``mode`` or ``overrides`` that :func:`make_plan` refuses.
+        PlanError: a ``mode`` or override that :func:`make_plan` refuses.
         ImportError: ipywidgets is not installed.
     """
 
@@ -99,20 +96,18 @@ class ControlPanel:
         self.background, self.progress, self.plot_interval_s = background, progress, plot_interval_s
         self.result: RunResult | None = None
         self.error: BaseException | None = None
-        self.messages: list[str] = []  # "resume" messages of the latest run
+        self.messages: list[str] = []  # the latest run's "resume" messages
         self.plot_updates = 0
         self._extra = {k: v for k, v in overrides.items() if k not in (*SETTINGS, "data", "converter", "model")}
         self._initial = {k: v for k, v in overrides.items() if k in SETTINGS}  # what "Reset settings" returns to
-        self._user_set = set(self._initial)
-        self._filling = False
-        self._busy = False
+        self._user_set, self._filling, self._busy = set(self._initial), False, False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._losses: list[float] = []
         self._epochs: list[dict[str, Any]] = []
         self._last_draw = self._last_status = 0.0
 
-        desc = {"description_width": "90px"}
+        desc = {"description_width": "100px"}
         self.mode = w.ToggleButtons(options=list(MODES), value=mode, description="mode", style=desc,
                                     tooltips=[f"{m}: {p['n_samples'] or 'all'} structures, {p['epochs']} epochs"
                                               for m, p in MODES.items()])
@@ -123,13 +118,11 @@ class ControlPanel:
         self.model = w.Dropdown(options=list(MODELS), value=base.model, description="model", style=desc)
         self.inputs: dict[str, Any] = {}
         self.reasons: dict[str, Any] = {}
-        rows = []
         for name, (kind, label) in SETTINGS.items():
             cls = {"int": w.IntText, "float": w.FloatText, "text": w.Text}[kind]
-            box = cls(description=label, style=desc, continuous_update=False, layout=w.Layout(width="360px"))
-            box.observe(lambda change, name=name: self._on_edit(name, change), "value")
-            self.inputs[name], self.reasons[name] = box, w.HTML()
-            rows.append(w.HBox([box, self.reasons[name]]))
+            self.inputs[name] = cls(description=label, style=desc, continuous_update=False, layout=w.Layout(width="360px"))
+            self.inputs[name].observe(lambda change, name=name: self._on_edit(name, change), "value")
+            self.reasons[name] = w.HTML()
         self.start_over = w.Checkbox(value=False, indent=False, description="start over (delete this run's earlier work)")
         self.run_button = w.Button(description="Run", button_style="success", icon="play",
                                    tooltip="run this plan; continues earlier work of the same run unless 'start over' is ticked")
@@ -145,14 +138,13 @@ class ControlPanel:
         self.plot = w.Image(format="png", layout=w.Layout(display="none", max_width="640px"))
         self.output = w.Output(layout=w.Layout(max_height="320px", overflow="auto", border="1px solid #ddd"))
         self.plan_table = w.HTML()
-        details = w.Accordion(children=[self.plan_table])
+        details = w.Accordion(children=[self.plan_table], selected_index=None)
         details.set_title(0, "full plan (every setting and why)")
-        details.selected_index = None
-        self.extra = w.HTML(_esc("fixed settings: " + ", ".join(f"{k}={v!r}" for k, v in self._extra.items()))
-                            if self._extra else "")
+        fixed = ", ".join(f"{k}={v!r}" for k, v in self._extra.items())
         self.widget = w.VBox([
-            w.HTML(f"<b>colab_kit</b> &mdash; {_esc(_machine_line(machine))}"),
-            self.mode, self.data, w.HBox([self.converter, self.model]), *rows, self.extra, self.error_box,
+            w.HTML(f"<b>colab_kit</b> &mdash; {_esc(_machine_line(machine))}"), self.mode, self.data,
+            w.HBox([self.converter, self.model]), *(w.HBox([self.inputs[n], self.reasons[n]]) for n in SETTINGS),
+            w.HTML(_esc(f"fixed settings: {fixed}") if fixed else ""), self.error_box,
             w.HBox([self.run_button, self.resume_button, self.stop_button, self.reset_button, self.start_over]),
             self.status, self.resume_box, self.plot, self.output, self.report, details,
         ])
@@ -170,10 +162,10 @@ class ControlPanel:
     # -- the Plan from the widgets ---------------------------------------------------------------
 
     def overrides(self) -> dict[str, Any]:
-        """The plan overrides the widgets stand for: edited settings, a changed data/converter, fixed extras."""
+        """The plan overrides the widgets stand for: edited settings, changed data/graphs, fixed settings."""
         out = dict(self._extra)
         default = make_plan(self.machine, self.mode.value)
-        if self.data.value.strip() and self.data.value.strip() != default.data:
+        if self.data.value.strip() not in ("", default.data):
             out["data"] = self.data.value.strip()
         if self.converter.value != default.converter:
             out["converter"] = self.converter.value
@@ -181,24 +173,21 @@ class ControlPanel:
             out["model"] = self.model.value
         for name in self._user_set:
             value = self.inputs[name].value
-            if SETTINGS[name][0] == "text":
-                value = value.strip() or None
-            out[name] = value
+            out[name] = (value.strip() or None) if SETTINGS[name][0] == "text" else value
         return out
 
     def plan(self) -> Plan | None:
-        """The Plan for the widgets' values, or None after showing why it cannot be made."""
+        """The Plan for the widgets' values, or None after showing in the panel why it cannot be made."""
         try:
             plan = make_plan(self.machine, self.mode.value, **self.overrides())
         except PlanError as exc:
-            self.error_box.value = f"<div style='color:#b00020'><b>Cannot plan:</b> {_esc(str(exc))}</div>"
+            self.error_box.value = f"<div style='color:#b00020'><b>Cannot plan:</b> {_esc(exc)}</div>"
             return None
-        warn = "".join(f"<div style='color:#a15c00'>warning: {_esc(m)}</div>" for m in plan.warnings)
-        self.error_box.value = warn
+        self.error_box.value = "".join(f"<div style='color:#a15c00'>warning: {_esc(m)}</div>" for m in plan.warnings)
         return plan
 
     def reset_settings(self) -> None:
-        """Forget edited settings: the boxes show the Plan's values (and the settings the panel was built with)."""
+        """Forget edited settings: the boxes show the Plan's values (and those the panel was built with)."""
         self._user_set = set(self._initial)
         self._filling = True
         try:
@@ -211,7 +200,7 @@ class ControlPanel:
     def _on_edit(self, name: str, change: dict[str, Any]) -> None:
         if self._filling:
             return
-        if SETTINGS[name][0] == "text" and name == "work_dir" and not str(change["new"]).strip():
+        if name == "work_dir" and not str(change["new"]).strip():
             self._user_set.discard(name)  # an empty work dir means "the plan's choice"
         else:
             self._user_set.add(name)
@@ -234,10 +223,9 @@ class ControlPanel:
         try:
             for name, box in self.inputs.items():
                 if every_box or name not in self._user_set:
-                    value = getattr(plan, name)
-                    box.value = "" if value is None else value
-                reason = plan.reasons.get(name, "")
-                self.reasons[name].value = f"<span style='color:#555;font-size:90%'>{_esc(reason)}</span>"
+                    box.value = "" if getattr(plan, name) is None else getattr(plan, name)
+                reason = _esc(plan.reasons.get(name, ""))
+                self.reasons[name].value = f"<span style='color:#555;font-size:90%'>{reason}</span>"
         finally:
             self._filling = False
         self.plan_table.value = _plan_html(plan)
@@ -266,27 +254,26 @@ class ControlPanel:
         self._stop.clear()
         self._losses, self._epochs = [], []
         self.report.value = self.resume_box.value = ""
+        self.output.outputs = ()
         self._set_busy(True)
         self._set_status("starting" + (" over (fresh)" if fresh else ""))
-        if self.background:
-            # The copied context carries the kernel's parent message, so output from the thread lands in
-            # this panel's Output area rather than in whichever cell runs next.
-            ctx = contextvars.copy_context()
-            self._thread = threading.Thread(target=ctx.run, args=(self._work, plan, fresh), name="colab_kit-run",
-                                            daemon=True)
-            self._thread.start()
-        else:
+        if not self.background:
             self._work(plan, fresh)
+            return True
+        # In the click's context, stray prints from the thread belong to the request that started the
+        # run, not to whichever cell happens to run next.
+        ctx = contextvars.copy_context()
+        self._thread = threading.Thread(target=ctx.run, args=(self._work, plan, fresh), name="colab_kit-run", daemon=True)
+        self._thread.start()
         return True
 
     def stop(self) -> None:
         """Ask the run to stop: training saves a checkpoint at its next step and returns."""
-        if not self._busy:
-            return
-        self._stop.set()
-        self.stop_button.disabled = True
-        self._set_status("stopping: a checkpoint is saved at the next training step "
-                         "(a conversion in progress finishes first)")
+        if self._busy:
+            self._stop.set()
+            self.stop_button.disabled = True
+            self._set_status("stopping: a checkpoint is saved at the next training step "
+                             "(a conversion in progress finishes first)")
 
     def wait(self, timeout: float | None = None) -> RunResult | None:
         """Block until the background run ends (or ``timeout`` seconds); returns its result, if any."""
@@ -295,16 +282,16 @@ class ControlPanel:
         return self.result
 
     def _work(self, plan: Plan, fresh: bool) -> None:
-        from colab_kit.runner import run
+        from colab_kit.runner import run, run_name
 
         t0 = time.perf_counter()
-        with self.output, _run_logging():
+        with _into_panel(self.output, Path(plan.work_dir) / run_name(plan) / "run.log"):
             try:
                 result = run(plan, fresh=fresh, progress=self.progress, callbacks=[self._on_event],
-                             should_stop=self._stop.is_set)
+                             should_stop=self._stop.is_set, log_to_file=False)
             except Exception as exc:  # noqa: BLE001 - shown in the panel; finished work on disk stays valid
                 self.error = exc
-                traceback.print_exc()
+                self.output.append_stderr(traceback.format_exc())
                 self._set_status(f"<b>failed:</b> {_esc(str(exc) or type(exc).__name__)}", color="#b00020")
             else:
                 self.result = result
@@ -316,8 +303,7 @@ class ControlPanel:
                 self._show_earlier_work(plan)
 
     def _on_event(self, ev: dict[str, Any]) -> None:
-        kind = ev.get("event")
-        now = time.monotonic()
+        kind, now = ev.get("event"), time.monotonic()
         if kind == "stage":
             self._set_status(f"<b>{_esc(ev['stage'])}</b>: {_esc(ev.get('message', ''))}")
         elif kind == "resume":
@@ -347,11 +333,12 @@ class ControlPanel:
     def _show_result(self, result: RunResult, seconds: float) -> None:
         m = result.metrics
         if m.get("status") == "stopped":
-            self._set_status(f"<b>stopped</b>: checkpoint saved in {_esc(str(result.run_dir))}; "
-                             "press Resume to continue from it", color="#a15c00")
+            self._set_status(f"<b>stopped</b>: checkpoint saved in {_esc(result.run_dir)}; press Resume to continue "
+                             "from it", color="#a15c00")
             return
-        self._set_status(f"<b>done</b> in {seconds:.0f} s: test MAE {m.get('test_mae', float('nan')):.4f} (mean predictor "
-                         f"{m.get('mean_predictor_test_mae', float('nan')):.4f}) on {m.get('test_n', '?')} structures",
+        nan = float("nan")
+        self._set_status(f"<b>done</b> in {seconds:.0f} s: test MAE {m.get('test_mae', nan):.4f} (mean predictor "
+                         f"{m.get('mean_predictor_test_mae', nan):.4f}) on {m.get('test_n', '?')} structures",
                          color="#1b5e20")
         summary = Path(result.files.get("summary", result.run_dir / "report" / "summary.txt"))
         text = summary.read_text() if summary.is_file() else ""
@@ -373,12 +360,9 @@ def earlier_work(plan: Plan) -> list[str]:
     """What a run of ``plan`` would pick up: its store, checkpoint and report, locally or in the persist dir."""
     from colab_kit.runner import run_name
 
-    name = run_name(plan)
     found = []
-    for root in (Path(plan.work_dir), Path(plan.persist_dir) if plan.persist_dir else None):
-        if root is None:
-            continue
-        d = root / name
+    for root in [plan.work_dir] + ([plan.persist_dir] if plan.persist_dir else []):
+        d = Path(root) / run_name(plan)
         parts = [what for rel, what in (("store/manifest.json", "graph store"), ("checkpoints/latest.pt", "checkpoint"),
                                         ("report/metrics.json", "report")) if (d / rel).is_file()]
         if parts:
@@ -387,11 +371,11 @@ def earlier_work(plan: Plan) -> list[str]:
 
 
 def render_loss_plot(losses: Sequence[float], epochs: Sequence[dict[str, Any]]) -> bytes:
-    """PNG of the training loss per step and the per-epoch train loss / validation MAE (headless Agg).
+    """PNG of the training loss per step and per epoch, and the validation MAE per epoch (headless Agg).
 
     Args:
-        losses: training loss of each step so far, in order.
-        epochs: epoch rows ({"epoch", "train_loss", "val_mae", "at_step"}) so far.
+        losses: the training loss of each step so far, in order.
+        epochs: epoch rows so far ({"train_loss", "val_mae", "at_step"}: the step count at the epoch's end).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -401,17 +385,19 @@ def render_loss_plot(losses: Sequence[float], epochs: Sequence[dict[str, Any]]) 
     ax = fig.add_subplot()
     if losses:
         stride = max(1, len(losses) // 2000)  # keep redraws cheap on long runs
-        xs = list(range(1, len(losses) + 1, stride))
-        ax.plot(xs, losses[::stride], color="tab:blue", alpha=0.35, lw=0.8, label="train loss (step)")
+        ax.plot(range(1, len(losses) + 1, stride), losses[::stride], color="tab:blue", alpha=0.35, lw=0.8,
+                label="train loss, per step")
     if epochs:
         at = [max(e["at_step"], 1) for e in epochs]
-        ax.plot(at, [e["train_loss"] for e in epochs], "o-", color="tab:blue", label="train loss (epoch)")
-        ax.plot(at, [e["val_mae"] for e in epochs], "s-", color="tab:red", label="validation MAE")
+        ax.plot(at, [e["train_loss"] for e in epochs], "o-", color="tab:blue", label="train loss, epoch mean")
+        ax2 = ax.twinx()  # MAE is in the target's unit, the loss is not
+        ax2.plot(at, [e["val_mae"] for e in epochs], "s-", color="tab:orange", label="validation MAE")
+        ax2.set_ylabel("validation MAE")
     ax.set_xlabel("training step (this session)")
-    ax.set_ylabel("loss / MAE")
+    ax.set_ylabel("train loss (MSE / std²)")
     ax.grid(alpha=0.3)
     if losses or epochs:
-        ax.legend(loc="upper right", fontsize="small")
+        fig.legend(loc="upper right", fontsize="small", bbox_to_anchor=(0.86, 0.92))
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -419,25 +405,75 @@ def render_loss_plot(losses: Sequence[float], epochs: Sequence[dict[str, Any]]) 
 
 
 @contextlib.contextmanager
-def _run_logging() -> Iterator[None]:
-    """INFO logging through tqdm for one run; afterwards the colab_kit logger is as it was (run.log closed)."""
-    from colab_kit.logs import setup_logging
+def _into_panel(output: Any, log_file: Path) -> Iterator[None]:
+    """Send one run's log lines and progress bars to ``output``, and its log lines to ``log_file``.
+
+    ``with output:`` would tag output with the request current when the run started; for a click
+    handled in a thread that request is over before the run prints, and JupyterLab drops such
+    output. So the panel appends to the widget itself: log records through a handler, and the
+    progress bars ``tqdm.auto`` displays through the kernel's (thread-local) display hook.
+    """
+    from colab_kit.logs import FORMAT
 
     logger = logging.getLogger("colab_kit")
-    saved = (list(logger.handlers), logger.level, logger.propagate)
-    setup_logging(min(logger.getEffectiveLevel(), logging.INFO))
+    handlers = [_LineHandler(output.append_stdout, "%(levelname)s %(message)s"), _LineHandler(_appender(log_file), FORMAT)]
+    level = logger.level
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    for h in handlers:
+        logger.addHandler(h)
+
+    def hook(msg: dict[str, Any]) -> dict[str, Any] | None:
+        if msg.get("msg_type") != "display_data":
+            return msg
+        data, metadata = msg["content"]["data"], msg["content"].get("metadata", {})
+        output.outputs += ({"output_type": "display_data", "data": data, "metadata": metadata},)
+        return None
+
+    try:
+        from IPython import get_ipython
+
+        publisher = getattr(get_ipython(), "display_pub", None)
+    except ImportError:
+        publisher = None
+    hooked = hasattr(publisher, "register_hook")  # ipykernel's publisher (not a plain IPython shell)
+    if hooked:
+        publisher.register_hook(hook)
     try:
         yield
     finally:
-        for h in list(logger.handlers):
-            if h not in saved[0]:
-                logger.removeHandler(h)
-                h.close()
-        for h in saved[0]:
-            if h not in logger.handlers:
-                logger.addHandler(h)
-        logger.setLevel(saved[1])
-        logger.propagate = saved[2]
+        if hooked:
+            publisher.unregister_hook(hook)
+        for h in handlers:
+            logger.removeHandler(h)
+            h.close()
+        logger.setLevel(level)
+
+
+class _LineHandler(logging.Handler):
+    """Hands each record, formatted as one line, to ``write`` (an Output widget or a file; any thread)."""
+
+    def __init__(self, write: Callable[[str], Any], fmt: str) -> None:
+        super().__init__(logging.INFO)
+        self.write = write
+        self.setFormatter(logging.Formatter(fmt))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.write(self.format(record) + "\n")
+        except OSError:
+            self.handleError(record)
+
+
+def _appender(path: Path) -> Callable[[str], None]:
+    """Appends to ``path``, opening it for each line: a fresh run deletes the run dir while it runs."""
+
+    def write(line: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line)
+
+    return write
 
 
 def _plan_html(plan: Plan) -> str:
@@ -448,9 +484,9 @@ def _plan_html(plan: Plan) -> str:
 
 def _machine_line(m: Machine) -> str:
     gpu = f"{m.gpu.name} ({m.gpu.free_bytes / 1024**3:.1f} GiB free)" if m.gpu is not None else "no GPU"
-    where = "Google Colab" if m.is_colab else "local"
     drive = ", Drive mounted" if m.drive_mounted else ""
-    return f"{where}, {m.cpus} CPUs, {m.ram_available / 1024**3:.1f} GiB RAM free, {gpu}{drive}"
+    return (f"{'Google Colab' if m.is_colab else 'local'}, {m.cpus} CPUs, {m.ram_available / 1024**3:.1f} GiB RAM "
+            f"free, {gpu}{drive}")
 
 
 def _esc(text: Any) -> str:
