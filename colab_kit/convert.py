@@ -10,6 +10,7 @@ one store together; a final run without ``part`` adopts their shards and finishe
 
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 import multiprocessing as mp
@@ -191,6 +192,7 @@ def build_store(
     total = min(total, limit) if (total is not None and limit is not None) else (total if limit is None else limit)
     items = itertools.islice(iter(src), limit) if limit is not None else iter(src)
 
+    gc_state = _calm_gc()
     pool = _make_pool(workers)
     pending: dict[Future, int] = {}
     n_failed_warned = 0
@@ -218,6 +220,7 @@ def build_store(
         bar.close()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+        _restore_gc(gc_state)
 
     manifest["complete"] = True
     manifest["n_graphs"] = sum(e["n_graphs"] for e in manifest["shards"])
@@ -268,6 +271,27 @@ def _drain(pending: dict[Future, int], mpath: Path, manifest: dict[str, Any], po
         pending.pop(fut)
         warned = _commit(mpath, manifest, fut.result(), policy, warned, bar, on_shard)
     return warned
+
+
+def _calm_gc() -> tuple[int, int, int]:
+    """Keep Python's cyclic GC from re-scanning the chunks in flight over and over.
+
+    The main process holds up to 2 x workers chunks of 1000 parsed-JSON structure dicts (hundreds of
+    thousands of containers, none in reference cycles) while it allocates more, so the default thresholds
+    trigger full collections that traverse them again and again: measured 730 us of main-process CPU per
+    item with 2 workers, about half of it GC. Freezing what exists (the imports) and raising the gen-0
+    threshold cut it to ~60 % of that; forked workers inherit both. Memory is still freed by reference
+    counting; real cycles are still collected, just less often."""
+    old = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
+    return old
+
+
+def _restore_gc(old: tuple[int, int, int]) -> None:
+    gc.set_threshold(*old)
+    gc.unfreeze()
 
 
 def _make_pool(workers: int) -> ProcessPoolExecutor | None:

@@ -42,8 +42,7 @@ class GraphDataset(Dataset):
         return len(self.store)
 
     def __getitem__(self, i: int) -> tuple[Any, float]:
-        i = int(i)
-        return self.store.get(i), self.store.target(i)
+        return self.store.item(int(i))
 
 
 # ---------------------------------------------------------------- splits

@@ -253,9 +253,17 @@ def make_plan(machine: Machine, mode: str = "debug", **overrides: Any) -> Plan:
     set_("eval_batch_size", v["batch_size"] * eval_factor,
          f"{eval_factor}x train: no gradients in evaluation" + ("" if eval_factor >= 4 else ", GPU is small"))
 
-    # DataLoader workers: each is a process; tiny RAM cannot afford them.
+    # DataLoader workers: each is a process; tiny RAM cannot afford them. Reading a graph from the mmap'd
+    # store is cheaper than receiving it from a worker: torch passes every tensor of a batch through its
+    # own file descriptor, ~0.5 ms of main-process time each (docs/performance.md, "DataLoader throughput").
     if avail < LOW_RAM:
         set_("workers", 0, f"only {avail / GIB:.1f} GiB RAM free: load in the main process")
+    elif v["converter"] == "chgnet":
+        set_("workers", 0, "CHGNet graphs are ~8 tensors each: the main process reads them from the store "
+                           "~16x faster than it can receive them from worker processes")
+    elif machine.cpus <= 2:
+        set_("workers", 0, f"{machine.cpus} CPUs: the main process reads the store ~3x faster than it "
+                           "receives batches from workers")
     elif gpu is not None:
         set_("workers", min(machine.cpus, 4), f"GPU training: up to 4 loader processes on {machine.cpus} CPUs")
     elif machine.cpus <= 2:

@@ -52,7 +52,9 @@ def test_colab_free_t4() -> None:
     assert p.device == "cuda" and p.amp == "fp16"  # T4 has no bf16
     assert p.work_dir == "/content/colab_kit"
     assert p.persist_dir == "/content/drive/MyDrive/colab_kit"
-    assert p.workers == 2 and p.pin_memory and p.persistent_workers and p.prefetch_factor == 2
+    assert p.workers == 0 and p.pin_memory and not p.persistent_workers and p.prefetch_factor is None
+    assert "16x faster" in p.reasons["workers"]  # chgnet graphs: receiving from workers costs more than reading
+    assert make_plan(colab_free(), "debug", converter="radius").workers == 0  # 2 CPUs
     assert p.batch_edges == int(14.5 * GIB * 0.7) // 6000
     assert p.eval_batch_size == 4 * p.batch_size == 256
     assert p.convert_workers == 2
@@ -69,7 +71,8 @@ def test_colab_without_drive_does_not_persist() -> None:
 
 def test_colab_pro_a100_and_l4_use_bf16() -> None:
     a = make_plan(colab_pro_a100(), "full")
-    assert a.amp == "bf16" and a.workers == 4 and a.convert_workers == 8
+    assert a.amp == "bf16" and a.workers == 0 and a.convert_workers == 8  # chgnet graphs: main process
+    assert make_plan(colab_pro_a100(), "full", converter="radius").workers == 4
     assert a.n_samples is None and a.epochs == MODES["full"]["epochs"]
     assert a.batch_edges == int(39 * GIB * 0.7) // 6000
     l4 = make_plan(colab_pro_l4(), "full", converter="radius")
@@ -78,9 +81,10 @@ def test_colab_pro_a100_and_l4_use_bf16() -> None:
 
 
 def test_cpu_laptop_8gb() -> None:
+    assert make_plan(laptop_8gb(), "quick", converter="radius").workers == 2  # 4 CPUs: half load data
     p = make_plan(laptop_8gb(), "quick")
     assert p.device == "cpu" and p.amp == "off" and not p.pin_memory
-    assert p.workers == 2 and p.persistent_workers  # 4 CPUs: half load data
+    assert p.workers == 0 and not p.persistent_workers  # chgnet graphs load in the main process
     assert p.work_dir == "/home/u/.cache/colab_kit" and p.persist_dir is None
     assert p.batch_edges == int(5 * GIB * 0.4) // 6000
     assert p.convert_workers == 4

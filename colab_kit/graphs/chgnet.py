@@ -178,8 +178,9 @@ def to_crystal_graph(g: dict[str, Any], graph_id: str | None = None, mp_id: str 
 def _formula(z: np.ndarray) -> str:
     """Formula by atomic number, e.g. "O3 Fe2" -> "Fe2 O3" sorted by Z; used only for display."""
     symbols = _symbols()
-    zs, counts = np.unique(z, return_counts=True)
-    return " ".join(f"{symbols[a]}{c}" for a, c in zip(zs.tolist(), counts.tolist()))
+    counts = np.bincount(z)
+    zs = np.flatnonzero(counts)
+    return " ".join([symbols[a] + str(c) for a, c in zip(zs.tolist(), counts[zs].tolist())])
 
 
 @functools.cache
