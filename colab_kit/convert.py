@@ -133,6 +133,7 @@ def build_store(
     target: str | None = None,
     progress: bool = True,
     on_shard: Callable[[dict[str, Any]], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> ConvertResult:
     """Convert ``source`` into a store at ``out``, resuming whatever an earlier run completed.
 
@@ -147,6 +148,8 @@ def build_store(
         part: (i, n): build only shards with index % n == i (several hosts, one store).
         on_shard: called with each shard's manifest entry once it is committed (the runner mirrors
             it to Google Drive), and with ``{"manifest": path}`` when the store completes.
+        should_stop: polled before each chunk; True commits the shards in flight and returns an
+            incomplete result (``complete=False``) that a later call resumes.
 
     Raises:
         StoreError: ``out`` holds a store built from other data or settings.
@@ -196,9 +199,13 @@ def build_store(
     pool = _make_pool(workers)
     pending: dict[Future, int] = {}
     n_failed_warned = 0
+    stopped = False
     bar = _bar(total, progress)
     try:
         for index, chunk in enumerate(_chunks(items, shard_size)):
+            if should_stop is not None and should_stop():
+                stopped = True
+                break
             first = index * shard_size
             if index in done or index % n_parts != i_part:
                 bar.update(len(chunk))
@@ -221,6 +228,9 @@ def build_store(
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
         _restore_gc(gc_state)
+    if stopped:
+        log.info("conversion stopped with %d shards done; run again to resume", len(manifest["shards"]))
+        return _result(root, manifest, reused, t0)
 
     manifest["complete"] = True
     manifest["n_graphs"] = sum(e["n_graphs"] for e in manifest["shards"])

@@ -42,9 +42,28 @@ def static_budget(plan: Any) -> Budget:
 
 
 def _peak_rss() -> int:
-    """Peak resident set size of this process in bytes (Linux reports KiB, macOS bytes)."""
+    """Peak resident set size of this process in bytes: ``VmHWM`` on Linux (resettable, see
+    :func:`_reset_peak_rss`), else ``ru_maxrss`` (Linux reports KiB, macOS bytes)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark to the current RSS (Linux >= 4.0: ``5`` > /proc/self/clear_refs).
+    Without it, a process that once used more memory (a notebook kernel) would measure no growth."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def measure_step(step: Callable[[list[int]], None], batch: list[int], device: torch.device) -> int:
@@ -58,6 +77,7 @@ def measure_step(step: Callable[[list[int]], None], batch: list[int], device: to
         return int(torch.cuda.max_memory_allocated(device) - base)
     import psutil
 
+    _reset_peak_rss()
     base = psutil.Process().memory_info().rss
     step(batch)
     return max(0, _peak_rss() - base)

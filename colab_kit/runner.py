@@ -62,7 +62,8 @@ def run(
     Args:
         fresh: delete this run's local and persisted directories first and start over.
         callbacks: receive {"event": ...} dicts: "stage", "resume", "step", "epoch", "checkpoint".
-        should_stop: polled during training; True checkpoints and returns early (status "stopped").
+        should_stop: polled between conversion chunks and training steps; True commits what is done
+            (shards in flight, a checkpoint) and returns early (status "stopped").
     """
     from colab_kit.convert import build_store
     from colab_kit.datasets import resolve
@@ -119,7 +120,11 @@ def run(
     stage("convert", f"{data_path} -> {store_dir} ({plan.converter} graphs, {plan.convert_workers} workers)")
     conv = build_store(data_path, store_dir, converter, workers=plan.convert_workers, shard_size=plan.shard_size,
                        limit=plan.n_samples, on_bad_structure=plan.on_bad_structure, target=plan.target,
-                       progress=progress, on_shard=on_shard)
+                       progress=progress, on_shard=on_shard, should_stop=should_stop)
+    if not conv.complete:
+        log.info("stopped during conversion (%d shards done); run again to resume", conv.n_shards)
+        mirror.push_all()
+        return RunResult(run_dir, {"status": "stopped"}, {}, resumed, mirror.failures)
     if conv.shards_reused:
         resumed.append(f"conversion reused {conv.shards_reused} of {conv.n_shards} shards")
     store = GraphStore(store_dir)

@@ -126,7 +126,7 @@ class ControlPanel:
                                    tooltip="run this plan; continues earlier work of the same run unless 'start over' is ticked")
         self.resume_button = w.Button(description="Resume", button_style="info", icon="repeat")
         self.stop_button = w.Button(description="Stop", button_style="danger", icon="stop", disabled=True,
-                                    tooltip="checkpoint at the next training step and stop; Resume continues")
+                                    tooltip="save what is done (shards, a checkpoint) and stop; Resume continues")
         self.reset_button = w.Button(description="Reset settings", tooltip="forget edited settings; use the plan's values")
         self.run_button.on_click(lambda _b: self.start(fresh=self.start_over.value))
         self.resume_button.on_click(lambda _b: self.start(fresh=False))
@@ -266,12 +266,13 @@ class ControlPanel:
         return True
 
     def stop(self) -> None:
-        """Ask the run to stop: training saves a checkpoint at its next step and returns."""
+        """Ask the run to stop: conversion commits its shards in flight, training saves a checkpoint at its
+        next step, and the run returns; Resume continues from there."""
         if self._busy:
             self._stop.set()
             self.stop_button.disabled = True
-            self._set_status("stopping: a checkpoint is saved at the next training step "
-                             "(a conversion in progress finishes first)")
+            self._set_status("stopping: a conversion commits the shards in flight, training saves a checkpoint "
+                             "at its next step")
 
     def wait(self, timeout: float | None = None) -> RunResult | None:
         """Block until the background run ends (or ``timeout`` seconds); returns its result, if any."""
@@ -331,7 +332,7 @@ class ControlPanel:
     def _show_result(self, result: RunResult, seconds: float) -> None:
         m = result.metrics
         if m.get("status") == "stopped":
-            self._set_status(f"<b>stopped</b>: checkpoint saved in {_esc(result.run_dir)}; press Resume to continue "
+            self._set_status(f"<b>stopped</b>: work so far saved in {_esc(result.run_dir)}; press Resume to continue "
                              "from it", color="#a15c00")
             return
         nan = float("nan")

@@ -186,3 +186,23 @@ def test_sigkill_resume_gives_identical_store(tmp_path: Path) -> None:
     a, b = GraphStore(out), GraphStore(tmp_path / "ref")
     assert a.ids() == b.ids() and np.array_equal(a.targets(), b.targets())
     assert math.isfinite(a.targets().sum())
+
+
+def test_should_stop_commits_done_shards_and_a_rerun_finishes(tmp_path: Path) -> None:
+    ids, rows = shipped_records(100)
+    src = write_matbench(tmp_path / "d.json.gz", ids, rows)
+    conv = get_converter("radius")
+    polls = []
+
+    def stop_after_two_chunks() -> bool:
+        polls.append(1)
+        return len(polls) > 2
+
+    res = build_store(src, tmp_path / "s", conv, shard_size=20, workers=2, progress=False, should_stop=stop_after_two_chunks)
+    assert not res.complete and res.n_shards == 2  # the two chunks submitted were committed, no more
+    with pytest.raises(StoreError, match="incomplete"):
+        GraphStore(tmp_path / "s")
+    again = build_store(src, tmp_path / "s", conv, shard_size=20, workers=2, progress=False)
+    assert again.complete and again.shards_reused == 2 and again.n_graphs == 100
+    build_store(src, tmp_path / "ref", conv, shard_size=20, progress=False)
+    assert _digest(tmp_path / "s") == _digest(tmp_path / "ref")

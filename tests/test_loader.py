@@ -145,3 +145,19 @@ def test_one_epoch_keeps_rss_flat(radius_store: GraphStore) -> None:
     growth = peak - rss0
     # mapped shard pages may count as resident; everything else must stay small
     assert growth < store_bytes + 150 * 2**20, (growth / 2**20, store_bytes / 2**20)
+
+
+def test_cpu_step_measurement_sees_growth_after_an_earlier_bigger_peak() -> None:
+    """A notebook kernel that once used more memory must still measure a step's real growth."""
+    from colab_kit.memory import measure_step
+
+    big = np.ones(400 * 2**20 // 8)  # raise the process's peak RSS by 400 MiB, then free it
+    del big
+    gc.collect()
+    held = []
+
+    def step(_batch: list[int]) -> None:
+        held.append(np.ones(120 * 2**20 // 8))  # a "step" that touches 120 MiB
+
+    used = measure_step(step, [0], torch.device("cpu"))
+    assert 100 * 2**20 < used < 200 * 2**20, used / 2**20

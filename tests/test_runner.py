@@ -103,3 +103,14 @@ def test_colab_machine_plans_local_work_and_drive_persistence(tmp_path: Path) ->
     assert plan.work_dir == str(content / "colab_kit") and not plan.work_dir.startswith(str(drive))
     assert plan.persist_dir == str(drive / "colab_kit")
     assert np.isclose(plan.batch_edges, int(14 * GIB * 0.7) // 6000)
+
+
+def test_stop_during_conversion_returns_stopped_with_shards_kept(tmp_path: Path) -> None:
+    from colab_kit.runner import run
+
+    plan = make_plan(detect(), "debug", converter="radius", shard_size=50,
+                     convert_workers=1, work_dir=str(tmp_path))
+    polls = []
+    res = run(plan, progress=False, log_to_file=False, should_stop=lambda: polls.append(1) or len(polls) > 3)
+    assert res.metrics == {"status": "stopped"}
+    assert shard_count(res.run_dir / "store") == 3 and not (res.run_dir / "checkpoints").exists()
