@@ -92,7 +92,6 @@ if str(HERE) not in sys.path:
 from bench_convert import (  # noqa: E402  (sibling scripts, not a package)
     REPO,
     TreeRss,
-    _anon_bytes,
     dir_bytes,
     loadavg,
     machine_info,
@@ -111,18 +110,6 @@ DISK_RESERVE = 5 * GB
 
 
 # ================================================================ the ceiling: tree-RSS watcher + optional hard limit
-
-def _pss_bytes(pid: int) -> int:
-    """PSS of a process from /proc/<pid>/smaps_rollup (cheap even for a 12 GB process); 0 if unavailable."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
 
 def kill_tree(pid: int) -> None:
     """SIGKILL the process group led by ``pid`` (the child runs in its own session) and, to be sure, every
@@ -160,25 +147,6 @@ class CeilingWatch(TreeRss):
         self.ceiling, self.progress, self.timeline_every = ceiling, progress, timeline_every
         self.exceeded: dict[str, Any] | None = None
         self.last_rss = 0
-
-    def sample(self, with_pss: bool = False) -> tuple[int, int, int]:
-        import psutil
-
-        try:
-            procs = [self.proc, *self.proc.children(recursive=True)]
-        except psutil.Error:
-            return 0, 0, 0
-        rss = pss = anon = 0
-        for p in procs:
-            try:
-                rss += p.memory_info().rss
-            except psutil.Error:
-                continue
-            anon += _anon_bytes(p.pid)
-            if with_pss:
-                pss += _pss_bytes(p.pid)
-        self.peak_procs = max(self.peak_procs, len(procs))
-        return rss, pss, anon
 
     def _run(self) -> None:
         k = 0
@@ -610,14 +578,19 @@ def child_loader_colab_kit(cfg: dict[str, Any]) -> dict[str, Any]:
                                  cfg["batch_size"], shuffle=True, seed=cfg["seed"])
     _batches_io(cfg["batches"], sampler.batches())  # the anchor gets the very same batches (untimed)
     loader = make_loader(store, sampler, workers=cfg["workers"], prefetch_factor=cfg["prefetch_factor"])
+    seen, nb, t_pass = _timed_pass(loader)
+    assert seen == len(store), (seen, len(store))
+    return {"graphs": seen, "batches": nb, "open_s": t_open, "pass_s": t_pass, "graphs_per_s": seen / t_pass}
+
+
+def _timed_pass(loader: Any) -> tuple[int, int, float]:
+    """One pass over ``loader``: (graphs, batches, seconds)."""
     seen = nb = 0
     t1 = time.perf_counter()
     for graphs, _y in loader:
         seen += len(graphs)
         nb += 1
-    t_pass = time.perf_counter() - t1
-    assert seen == len(store), (seen, len(store))
-    return {"graphs": seen, "batches": nb, "open_s": t_open, "pass_s": t_pass, "graphs_per_s": seen / t_pass}
+    return seen, nb, time.perf_counter() - t1
 
 
 def child_loader_per_file(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -646,12 +619,7 @@ def child_loader_per_file(cfg: dict[str, Any]) -> dict[str, Any]:
         kw["prefetch_factor"] = cfg["prefetch_factor"] or 2
     loader = DataLoader(FileDataset(paths, targets, "chgnet"), batch_sampler=batches,  # type: ignore[arg-type]
                         collate_fn=COLLATE["chgnet"], **kw)
-    seen = nb = 0
-    t1 = time.perf_counter()
-    for graphs, _y in loader:
-        seen += len(graphs)
-        nb += 1
-    t_pass = time.perf_counter() - t1
+    seen, nb, t_pass = _timed_pass(loader)
     assert seen == len(paths), (seen, len(paths))
     del torch
     return {"graphs": seen, "batches": nb, "open_s": t_open, "pass_s": t_pass, "graphs_per_s": seen / t_pass}
