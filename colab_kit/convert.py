@@ -195,13 +195,14 @@ def build_store(
     total = min(total, limit) if (total is not None and limit is not None) else (total if limit is None else limit)
     items = itertools.islice(iter(src), limit) if limit is not None else iter(src)
 
-    gc_state = _calm_gc()
-    pool = _make_pool(workers)
     pending: dict[Future, int] = {}
     n_failed_warned = 0
     stopped = False
     bar = _bar(total, progress)
+    gc_state = _calm_gc()  # before the pool: forked workers inherit it
+    pool = None
     try:
+        pool = _make_pool(workers)
         for index, chunk in enumerate(_chunks(items, shard_size)):
             if should_stop is not None and should_stop():
                 stopped = True
@@ -283,7 +284,7 @@ def _drain(pending: dict[Future, int], mpath: Path, manifest: dict[str, Any], po
     return warned
 
 
-def _calm_gc() -> tuple[int, int, int]:
+def _calm_gc() -> tuple[tuple[int, int, int], bool]:
     """Keep Python's cyclic GC from re-scanning the chunks in flight over and over.
 
     The main process holds up to 2 x workers chunks of 1000 parsed-JSON structure dicts (hundreds of
@@ -292,16 +293,18 @@ def _calm_gc() -> tuple[int, int, int]:
     item with 2 workers, about half of it GC. Freezing what exists (the imports) and raising the gen-0
     threshold cut it to ~60 % of that; forked workers inherit both. Memory is still freed by reference
     counting; real cycles are still collected, just less often."""
-    old = gc.get_threshold()
+    old, was_frozen = gc.get_threshold(), gc.get_freeze_count() > 0
     gc.collect()
     gc.freeze()
     gc.set_threshold(100_000, 50, 100)
-    return old
+    return old, was_frozen
 
 
-def _restore_gc(old: tuple[int, int, int]) -> None:
+def _restore_gc(state: tuple[tuple[int, int, int], bool]) -> None:
+    old, was_frozen = state
     gc.set_threshold(*old)
-    gc.unfreeze()
+    if not was_frozen:  # leave alone a freeze the caller made (e.g. a server that forks workers)
+        gc.unfreeze()
 
 
 def _make_pool(workers: int) -> ProcessPoolExecutor | None:

@@ -266,8 +266,6 @@ def make_plan(machine: Machine, mode: str = "debug", **overrides: Any) -> Plan:
                            "receives batches from workers")
     elif gpu is not None:
         set_("workers", min(machine.cpus, 4), f"GPU training: up to 4 loader processes on {machine.cpus} CPUs")
-    elif machine.cpus <= 2:
-        set_("workers", 0, f"CPU training on {machine.cpus} CPUs: workers would steal compute")
     else:
         set_("workers", min(machine.cpus // 2, 4), f"CPU training: half of {machine.cpus} CPUs load data")
     set_("pin_memory", v["device"].startswith("cuda"), "pinned host memory only helps CUDA copies")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import shutil
@@ -198,8 +199,10 @@ def test_should_stop_commits_done_shards_and_a_rerun_finishes(tmp_path: Path) ->
         polls.append(1)
         return len(polls) > 2
 
+    gc_before = gc.get_threshold()
     res = build_store(src, tmp_path / "s", conv, shard_size=20, workers=2, progress=False, should_stop=stop_after_two_chunks)
     assert not res.complete and res.n_shards == 2  # the two chunks submitted were committed, no more
+    assert gc.get_threshold() == gc_before and gc.get_freeze_count() == 0  # the GC tuning is undone
     with pytest.raises(StoreError, match="incomplete"):
         GraphStore(tmp_path / "s")
     again = build_store(src, tmp_path / "s", conv, shard_size=20, workers=2, progress=False)
