@@ -77,6 +77,34 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+class BenchRun:
+    """One benchmark invocation: its results dict (machine, argv, start and end time), written to ``json_out``
+    after every section with :meth:`save`, and its scratch directory (a temporary one unless given, removed
+    on exit). Use as a context manager around the sections."""
+
+    def __init__(self, json_out: str | None, workdir: str | None, prefix: str, **info: Any) -> None:
+        self.json_out, self.keep = json_out, workdir is not None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix=prefix))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.results: dict[str, Any] = {"machine": machine_info(), "argv": sys.argv,
+                                        "started": time.strftime("%Y-%m-%d %H:%M:%S"), **info}
+        print(json.dumps(self.results["machine"]), flush=True)
+
+    def save(self) -> None:
+        if self.json_out:
+            Path(self.json_out).write_text(json.dumps(self.results, indent=1))
+
+    def __enter__(self) -> BenchRun:
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if not self.keep:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        if exc_type is None:
+            self.results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+            self.save()
+
+
 def median(xs: list[float]) -> float:
     return float(statistics.median(xs)) if xs else float("nan")
 
@@ -477,17 +505,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
     if not Path(args.source).exists():
         ap.error(f"{args.source} missing; make it with `python benchmarks/mp_like.py --n 132752 --out {args.source}`")
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="ck-bench-convert-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"machine": machine_info(), "source": args.source, "argv": sys.argv,
-                               "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    print(json.dumps(results["machine"]))
-
-    def save() -> None:
-        if args.json_out:
-            Path(args.json_out).write_text(json.dumps(results, indent=1))
-
-    try:
+    with BenchRun(args.json_out, args.workdir, "ck-bench-convert-", source=args.source) as run:
+        results, save, workdir = run.results, run.save, run.workdir
         if "rate" in sections:
             results["rate"] = bench_rate(args.source, args.sample, args.legacy)
             save()
@@ -501,13 +520,7 @@ def main(argv: list[str] | None = None) -> int:
             sizes = [s.strip() for s in args.rss_sizes.split(",")]
             results["rss"] = bench_rss(args.source, sizes, args.rss_workers, workdir, args.store_out)
             save()
-    finally:
-        if not args.workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
-    results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    save()
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -25,7 +25,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_convert import (  # noqa: E402  (sibling script, not a package)
     DEFAULT_SOURCE,
     REPO,
+    BenchRun,
     TreeRss,
     loadavg,
-    machine_info,
     median,
     print_table,
 )
@@ -399,16 +398,8 @@ def main(argv: list[str] | None = None) -> int:
 
     sections = [s for s in args.sections.split(",") if s]
     kinds = [k for k in args.kinds.split(",") if k]
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="ck-bench-loader-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"machine": machine_info(), "argv": sys.argv, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    print(json.dumps(results["machine"]))
-
-    def save() -> None:
-        if args.json_out:
-            Path(args.json_out).write_text(json.dumps(results, indent=1))
-
-    try:
+    with BenchRun(args.json_out, args.workdir, "ck-bench-loader-") as run:
+        results, save, workdir = run.results, run.save, run.workdir
         stores = {}
         if "chgnet" in kinds:
             stores["chgnet"] = build_if_missing(args.store, "chgnet", args.source, args.build_n, workdir)
@@ -426,13 +417,7 @@ def main(argv: list[str] | None = None) -> int:
                                              [int(w) for w in args.loader_workers.split(",")], args.passes, workdir,
                                              args.seed)
             save()
-    finally:
-        if not args.workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
-    results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    save()
     return 0
-
 
 if __name__ == "__main__":
     assert REPO.exists()

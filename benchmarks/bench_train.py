@@ -53,7 +53,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -63,9 +62,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_convert import (  # noqa: E402  (sibling script, not a package)
     REPO,
+    BenchRun,
     _anon_bytes,
     loadavg,
-    machine_info,
     median,
     print_table,
 )
@@ -434,23 +433,16 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"{args.source} missing")
     threads = args.threads or torch.get_num_threads()
     total = args.warmup + args.steps
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="ck-bench-train-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {
-        "benchmark": "bench_train", "machine": machine_info(), "source": args.source, "argv": sys.argv,
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "torch_threads": threads, "batch_size": args.batch_size,
-        "warmup": args.warmup, "steps": args.steps, "stores": {}, "results": [], "differences": DIFFERENCES,
-        "timing": "step k = end of optimizer step k - end of step k-1 (includes fetching batch k); "
-                  "data = batch k ready - end of step k-1; graphs/s = graphs in timed steps / their summed time; "
-                  "ratio = colab_kit graphs/s / anchor graphs/s",
-    }
-    print(json.dumps(results["machine"]), flush=True)
-
-    def save() -> None:
-        if args.json_out:
-            Path(args.json_out).write_text(json.dumps(results, indent=1))
-
-    try:
+    run = BenchRun(
+        args.json_out, args.workdir, "ck-bench-train-",
+        benchmark="bench_train", source=args.source, torch_threads=threads, batch_size=args.batch_size,
+        warmup=args.warmup, steps=args.steps, stores={}, results=[], differences=DIFFERENCES,
+        timing="step k = end of optimizer step k - end of step k-1 (includes fetching batch k); "
+               "data = batch k ready - end of step k-1; graphs/s = graphs in timed steps / their summed time; "
+               "ratio = colab_kit graphs/s / anchor graphs/s",
+    )
+    results, save, workdir = run.results, run.save, run.workdir
+    with run:
         rows: list[dict[str, Any]] = []
         for model in models:
             given = args.chgnet_store if model == "chgnet" else args.radius_store
@@ -503,11 +495,6 @@ def main(argv: list[str] | None = None) -> int:
                             "median_ratio_of_medians": a["median_step_s"] / r["median_step_s"]}
         save()
         report(rows, results)
-    finally:
-        if not args.workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
-    results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    save()
     return 0
 
 
