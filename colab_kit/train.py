@@ -160,7 +160,7 @@ def fit(
         snapshot = copy.deepcopy(model.state_dict())  # calibration steps must not change the model
         try:
             budget = calibrate(fwd_bwd, splits["train"], atoms, edges, device, usable)
-        except MemoryError as exc:  # CPU peak-RSS growth can read ~0 in a long-lived kernel: not a real limit
+        except MemoryError as exc:  # no room measured (e.g. a peak-RSS mark that cannot be reset off Linux)
             log.warning("batch budget calibration failed (%s); using the plan's static budget", exc)
             budget = static_budget(plan)
         model.load_state_dict(snapshot)
@@ -264,12 +264,13 @@ def fit(
                 ooms = 0
                 sampler.advance(n_graphs)
                 step += 1
-                loss_sum += loss.detach().item() * n_graphs
+                loss_value = loss.detach().item()  # one device sync per step
+                loss_sum += loss_value * n_graphs
                 n_seen += n_graphs
                 bar.update(n_graphs)
                 bar.set_postfix(loss=f"{loss_sum / n_seen:.4f}")
                 for cb in callbacks:
-                    cb({"event": "step", "epoch": epoch, "step": step, "loss": loss.detach().item(), "graphs": n_graphs})
+                    cb({"event": "step", "epoch": epoch, "step": step, "loss": loss_value, "graphs": n_graphs})
                 if should_stop is not None and should_stop():
                     status = "stopped"
                     break
