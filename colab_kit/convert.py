@@ -193,7 +193,15 @@ def build_store(
         log.info("resuming %s: %d shards already done, redoing the rest", root, reused)
     total = src.count()
     total = min(total, limit) if (total is not None and limit is not None) else (total if limit is None else limit)
-    items = itertools.islice(iter(src), limit) if limit is not None else iter(src)
+    # Seek past the leading shards that are done (or belong to other hosts' parts) instead of streaming them:
+    # a source that can skip items without parsing them makes a resume start at once.
+    first = 0
+    while first in done or first % n_parts != i_part:
+        first += 1
+    start = first * shard_size if limit is None else min(first * shard_size, limit)
+    items = src.iter_from(start)
+    if limit is not None:
+        items = itertools.islice(items, limit - start)
 
     pending: dict[Future, int] = {}
     n_failed_warned = 0
@@ -203,21 +211,22 @@ def build_store(
     pool = None
     try:
         pool = _make_pool(workers)
-        for index, chunk in enumerate(_chunks(items, shard_size)):
+        bar.update(min(start, total) if total is not None else start)
+        for index, chunk in enumerate(_chunks(items, shard_size), start=first):
             if should_stop is not None and should_stop():
                 stopped = True
                 break
-            first = index * shard_size
+            first_item = index * shard_size
             if index in done or index % n_parts != i_part:
                 bar.update(len(chunk))
                 continue
             if pool is None:
-                entry = _build_shard(str(root), index, first, chunk, converter, on_bad_structure, fp)
+                entry = _build_shard(str(root), index, first_item, chunk, converter, on_bad_structure, fp)
                 n_failed_warned = _commit(mpath, manifest, entry, on_bad_structure, n_failed_warned, bar, on_shard)
                 continue
             while len(pending) >= 2 * workers:
                 n_failed_warned = _drain(pending, mpath, manifest, on_bad_structure, n_failed_warned, bar, on_shard)
-            pending[pool.submit(_build_shard, str(root), index, first, chunk, converter, on_bad_structure, fp)] = len(chunk)
+            pending[pool.submit(_build_shard, str(root), index, first_item, chunk, converter, on_bad_structure, fp)] = len(chunk)
         while pending:
             n_failed_warned = _drain(pending, mpath, manifest, on_bad_structure, n_failed_warned, bar, on_shard)
     except BaseException:

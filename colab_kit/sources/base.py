@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,6 +44,14 @@ class Source:
 
     def __iter__(self) -> Iterator[RawItem]:
         raise NotImplementedError
+
+    def iter_from(self, start: int) -> Iterator[RawItem]:
+        """The items from index ``start`` on: the same as ``islice(iter(self), start, None)``.
+
+        A resumed conversion calls this to skip the items of completed shards; formats that can skip
+        without parsing what they skip override it.
+        """
+        return itertools.islice(iter(self), start, None)
 
     def count(self) -> int | None:
         """Number of items, learnt without parsing structures; None where that is not cheap."""
