@@ -1,4 +1,12 @@
-"""Shared fixtures: real data paths, and the `slow` / `gpu` markers that skip by themselves."""
+"""Shared fixtures: real data paths, and the `slow` / `gpu` markers that skip by themselves.
+
+Two kinds of real data:
+
+* ``fixture_data``: small real structures vendored in ``tests/data/`` (see its README): always there, so the
+  core correctness tests run on a fresh clone;
+* ``shared_data``: the full shared datasets, at ``$COLAB_KIT_SHARED_DATA`` (default ``../shared/data`` beside
+  the repository); tests that need a whole large set skip when it is absent.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +16,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("COLAB_KIT_SHARED_DATA") or REPO.parent / "shared" / "data")
+FIXTURES = REPO / "tests" / "data"
 SHIPPED = REPO / "colab_kit" / "data" / "mp_eform_cgcnn_3000_matbench.json.gz"
 
 
@@ -33,9 +42,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
+    """The full shared datasets; skips the test when they are absent."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared datasets not found at {SHARED_DATA}")
+        pytest.skip(f"shared datasets not found at {SHARED_DATA} (set COLAB_KIT_SHARED_DATA to their folder)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def fixture_data() -> Path:
+    """The vendored real fixtures (``tests/data/``), present in every checkout."""
+    return FIXTURES
 
 
 @pytest.fixture(scope="session")

@@ -58,3 +58,24 @@ def shard_count(store_dir: Path) -> int:
         return len(json.loads((store_dir / "manifest.json").read_text())["shards"])
     except (OSError, ValueError, KeyError):
         return 0
+
+
+FIXTURES = REPO / "tests" / "data"
+# The vendored real matbench-layout fixtures (tests/data/README.md says what each covers).
+FIXTURE_SETS = ("mp_eform_cgcnn_3000_sample.json.gz", "mp20_subset_sample.json.gz",
+                "matsciml_devsets_sample.json.gz", "matbench_phonons_sample.json.gz")
+
+
+def matbench_structures(path: Path) -> list[tuple[str, Any, float]]:
+    """(id, pymatgen Structure, target) of every record of a matbench-layout json(.gz), in file order."""
+    from pymatgen.core import Structure
+
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt") as f:
+        d = json.load(f)
+    return [(str(i), Structure.from_dict(row[0]), row[1]) for i, row in zip(d["index"], d["data"])]
+
+
+def fixture_structures(*names: str) -> list[tuple[str, Any, float]]:
+    """(id, Structure, target) of the vendored fixture sets ``names`` (default: all of them)."""
+    return [x for name in names or FIXTURE_SETS for x in matbench_structures(FIXTURES / name)]
