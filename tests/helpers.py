@@ -79,3 +79,28 @@ def matbench_structures(path: Path) -> list[tuple[str, Any, float]]:
 def fixture_structures(*names: str) -> list[tuple[str, Any, float]]:
     """(id, Structure, target) of the vendored fixture sets ``names`` (default: all of them)."""
     return [x for name in names or FIXTURE_SETS for x in matbench_structures(FIXTURES / name)]
+
+
+CRYSTAL_GRAPH_TENSORS = ("atomic_number", "atom_frac_coord", "atom_graph", "neighbor_image", "directed2undirected",
+                         "undirected2directed", "bond_graph", "lattice")
+CRYSTAL_GRAPH_FIELDS = ("graph_id", "mp_id", "composition", "atom_graph_cutoff", "bond_graph_cutoff")
+
+
+def crystal_graph_difference(ref: Any, mine: Any) -> str | None:
+    """The first attribute in which two CHGNet ``CrystalGraph`` objects differ, or None when they are identical:
+    every tensor (values, shape, dtype, requires_grad), ids, composition, cutoffs (value and type), repr."""
+    import torch
+
+    for f in CRYSTAL_GRAPH_TENSORS:
+        a, b = getattr(ref, f), getattr(mine, f)
+        if (a.dtype, tuple(a.shape), a.requires_grad) != (b.dtype, tuple(b.shape), b.requires_grad):
+            return f"{f}: {a.dtype} {tuple(a.shape)} grad={a.requires_grad} vs {b.dtype} {tuple(b.shape)} grad={b.requires_grad}"
+        if not torch.equal(a, b):
+            return f"{f}: values differ"
+    for f in CRYSTAL_GRAPH_FIELDS:
+        a, b = getattr(ref, f), getattr(mine, f)
+        if a != b or type(a) is not type(b):
+            return f"{f}: {a!r} vs {b!r}"
+    if repr(ref) != repr(mine):
+        return f"repr: {ref!r} vs {mine!r}"
+    return None

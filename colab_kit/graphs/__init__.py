@@ -6,14 +6,15 @@ writes) and back into the object its model consumes (PyG ``Data`` or CHGNet ``Cr
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from colab_kit.graphs.common import BadStructure
+from colab_kit.graphs.common import ISOLATED_POLICIES, BadStructure, ConverterError, check_policy
 
 CONVERTERS = ("chgnet", "radius")
 
-__all__ = ["BadStructure", "CONVERTERS", "Converter", "get_converter"]
+__all__ = ["BadStructure", "CONVERTERS", "Converter", "ConverterError", "ISOLATED_POLICIES", "get_converter"]
 
 
 @dataclass(frozen=True)
@@ -23,8 +24,9 @@ class Converter:
     name: str
     params: dict[str, Any] = field(default_factory=dict)
 
-    def convert(self, structure: Any) -> dict:
-        return _convert_fn(self.name)(structure, **self.params)
+    def convert(self, structure: Any, graph_id: str | None = None) -> dict:
+        """One structure to the store's arrays; ``graph_id`` names it in an isolated-atom warning."""
+        return _convert_fn(self.name)(structure, **self.params, graph_id=graph_id)
 
     def to_graph(self, arrays: dict, target: float | None = None, graph_id: str | None = None) -> Any:
         """Store arrays to the model's graph object (CrystalGraph for chgnet, Data for radius)."""
@@ -44,15 +46,44 @@ def _convert_fn(name: str) -> Callable[..., dict]:
     elif name == "radius":
         from colab_kit.graphs.radius import convert
     else:
-        raise ValueError(f"converter must be one of {CONVERTERS} (got {name!r})")
+        raise ConverterError(f"converter must be one of {CONVERTERS} (got {name!r})")
     return convert
 
 
-def get_converter(name: str, cutoff: float | None = None, bond_cutoff: float | None = None,
-                  max_neighbors: int | None = 12) -> Converter:
-    """The converter ``name`` with its parameters; defaults are CHGNet's 6/3 Å and CGCNN's 8 Å/12."""
+def _cutoff(what: str, value: float | None, default: float) -> float:
+    x = default if value is None else float(value)
+    if not (math.isfinite(x) and x > 0):
+        raise ConverterError(f"{what} must be a positive number of Å (got {value!r})")
+    return x
+
+
+def get_converter(name: str, cutoff: float | None = None, bond_cutoff: float | None = 3.0,
+                  max_neighbors: int | None = 12, on_isolated_atoms: str = "error") -> Converter:
+    """The converter ``name`` with its parameters.
+
+    Args:
+        name: one of :data:`CONVERTERS`.
+        cutoff: neighbour cutoff, Å; None gives the kind's default (CHGNet's 6, CGCNN's 8).
+        bond_cutoff: chgnet only: bond-graph cutoff, Å (CHGNet's default 3); None means the atom cutoff, as
+            ``CrystalGraphConverter(bond_graph_cutoff=None)`` does.
+        max_neighbors: radius only: the nearest neighbours kept per atom (None: all within the cutoff).
+        on_isolated_atoms: a structure with an atom that has no neighbour within the cutoff: ``"error"``
+            rejects it (recorded as a skipped item), ``"warn"`` logs one line and keeps its graph, ``"ignore"``
+            keeps it. CHGNet's modes and default; the same for both kinds, since an atom without neighbours
+            is as suspect for a radius graph (CGCNN pads it with nothing) as for CHGNet.
+
+    Raises:
+        ConverterError: an unknown name, a non-positive cutoff or an unknown policy.
+    """
+    policy = check_policy(on_isolated_atoms)
     if name == "chgnet":
-        return Converter("chgnet", {"atom_cutoff": float(cutoff or 6.0), "bond_cutoff": float(bond_cutoff or 3.0)})
+        atom = _cutoff("cutoff", cutoff, 6.0)
+        bond = atom if bond_cutoff is None else _cutoff("bond_cutoff", bond_cutoff, 3.0)
+        return Converter("chgnet", {"atom_cutoff": atom, "bond_cutoff": bond, "on_isolated_atoms": policy})
     if name == "radius":
-        return Converter("radius", {"cutoff": float(cutoff or 8.0), "max_neighbors": max_neighbors})
-    raise ValueError(f"converter must be one of {CONVERTERS} (got {name!r})")
+        if max_neighbors is not None and int(max_neighbors) < 1:
+            raise ConverterError(f"max_neighbors must be a positive integer or None (got {max_neighbors!r})")
+        return Converter("radius", {"cutoff": _cutoff("cutoff", cutoff, 8.0),
+                                    "max_neighbors": None if max_neighbors is None else int(max_neighbors),
+                                    "on_isolated_atoms": policy})
+    raise ConverterError(f"converter must be one of {CONVERTERS} (got {name!r})")

@@ -18,36 +18,39 @@ columns of CHGNet's ``bond_graph`` are gathers done at read time (:func:`to_crys
 
 from __future__ import annotations
 
-import functools
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from colab_kit.graphs.common import BadStructure, base_arrays, check_isolated, neighbor_list
+from colab_kit.graphs.common import BadStructure, IsolatedPolicy, base_arrays, check_isolated, formula, neighbor_list
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
 
 
-def convert(structure: Structure, atom_cutoff: float = 6.0, bond_cutoff: float = 3.0) -> dict[str, np.ndarray]:
+def convert(structure: Structure, atom_cutoff: float = 6.0, bond_cutoff: float = 3.0,
+            on_isolated_atoms: IsolatedPolicy = "error", graph_id: str | None = None) -> dict[str, np.ndarray]:
     """One structure to the compact CHGNet graph arrays.
 
     Args:
         structure: an ordered pymatgen Structure.
         atom_cutoff: atom-graph cutoff, Å (CHGNet default 6).
         bond_cutoff: bond-graph cutoff, Å (CHGNet default 3).
+        on_isolated_atoms: CHGNet's modes: ``"error"`` (default) rejects a structure with an atom that has no
+            neighbour within ``atom_cutoff``; ``"warn"`` logs one line and builds the graph; ``"ignore"`` builds it.
+        graph_id: the structure's id, named in the warning.
 
     Returns:
         ``z [A] uint8``, ``frac [A, 3] float32``, ``lattice [3, 3] float64``, ``nbr_count [A]``,
         ``nbr [E]``, ``image [E, 3] int8``, ``d2u [E]``, ``angles [T, 2]`` (directed-edge pairs).
 
     Raises:
-        BadStructure: isolated atoms, or a neighbour list without a reverse for every edge.
+        BadStructure: isolated atoms (``"error"`` mode), or a neighbour list without a reverse for every edge.
     """
     arrays = base_arrays(structure)
     n_atoms = len(arrays["z"])
     center, neighbor, image, distance = neighbor_list(structure, atom_cutoff)
-    check_isolated(center, n_atoms, atom_cutoff)
+    check_isolated(center, arrays["z"], atom_cutoff, on_isolated_atoms, graph_id)
     if np.any(np.diff(center) < 0):  # pymatgen returns centre-sorted pairs; the store relies on it
         raise BadStructure("neighbour list is not sorted by centre atom (unexpected pymatgen output)")
     n_edges = len(center)
@@ -136,7 +139,13 @@ def _line_graph(
 
 def to_crystal_graph(g: dict[str, Any], graph_id: str | None = None, mp_id: str | None = None,
                      atom_cutoff: float = 6.0, bond_cutoff: float = 3.0) -> Any:
-    """Compact arrays (as read from the store) to a ``chgnet.graph.CrystalGraph``."""
+    """Compact arrays (as read from the store) to a ``chgnet.graph.CrystalGraph``.
+
+    Every attribute equals what ``CrystalGraphConverter(atom_graph_cutoff=6, bond_graph_cutoff=3)(structure,
+    graph_id, mp_id)`` gives: the 8 tensors (values, shapes, dtypes, ``requires_grad``), ids, the composition
+    string (pymatgen's ``structure.composition.formula``) and the cutoffs, so ``repr`` is the same too. A whole
+    number of Å is given as an int, as CHGNet's defaults and its pretrained model's converter hold them (6 and 3).
+    """
     import torch
     from chgnet.graph.crystalgraph import CrystalGraph
 
@@ -157,7 +166,6 @@ def to_crystal_graph(g: dict[str, Any], graph_id: str | None = None, mp_id: str 
     else:
         bond_graph = torch.zeros(0, dtype=torch.int32)  # CHGNet's torch.tensor([]) shape
     atom_graph = torch.from_numpy(np.stack([center, nbr], axis=1)) if len(nbr) else torch.zeros(0, dtype=torch.int32)
-    formula = _formula(g["z"])
     return CrystalGraph(
         atomic_number=torch.from_numpy(g["z"].astype(np.int32)),
         atom_frac_coord=torch.from_numpy(np.array(g["frac"], dtype=np.float32)).requires_grad_(True),
@@ -169,22 +177,12 @@ def to_crystal_graph(g: dict[str, Any], graph_id: str | None = None, mp_id: str 
         lattice=torch.from_numpy(g["lattice"].astype(np.float32)).requires_grad_(True),
         graph_id=graph_id,
         mp_id=mp_id,
-        composition=formula,
-        atom_graph_cutoff=atom_cutoff,
-        bond_graph_cutoff=bond_cutoff,
+        composition=formula(g["z"]),
+        atom_graph_cutoff=_as_given(atom_cutoff),
+        bond_graph_cutoff=_as_given(bond_cutoff),
     )
 
 
-def _formula(z: np.ndarray) -> str:
-    """Formula by atomic number, e.g. "O3 Fe2" -> "Fe2 O3" sorted by Z; used only for display."""
-    symbols = _symbols()
-    counts = np.bincount(z)
-    zs = np.flatnonzero(counts)
-    return " ".join([symbols[a] + str(c) for a, c in zip(zs.tolist(), counts[zs].tolist())])
-
-
-@functools.cache
-def _symbols() -> list[str]:
-    from pymatgen.core.periodic_table import Element
-
-    return [""] + [Element.from_Z(zi).symbol for zi in range(1, 119)]
+def _as_given(cutoff: float) -> float:
+    """6.0 -> 6, 5.5 -> 5.5: the store keeps floats (one fingerprint for 6 and 6.0), CHGNet's defaults are ints."""
+    return int(cutoff) if float(cutoff).is_integer() else float(cutoff)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import functools
+import logging
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -11,9 +13,19 @@ from colab_kit.errors import ColabKitError
 if TYPE_CHECKING:
     from pymatgen.core import Structure
 
+log = logging.getLogger(__name__)
+
+IsolatedPolicy = Literal["error", "warn", "ignore"]
+# CHGNet's CrystalGraphConverter modes, same names and meaning; "error" is CHGNet's default.
+ISOLATED_POLICIES: tuple[str, ...] = ("error", "warn", "ignore")
+
 
 class BadStructure(ColabKitError, ValueError):
     """A structure that cannot become a graph; the message says why (recorded with its id)."""
+
+
+class ConverterError(ColabKitError, ValueError):
+    """A converter name or parameter that is not allowed; the message names the value and the choices."""
 
 
 def base_arrays(structure: Structure) -> dict[str, np.ndarray]:
@@ -51,13 +63,74 @@ def neighbor_list(structure: Structure, cutoff: float) -> tuple[np.ndarray, np.n
     )
 
 
-def check_isolated(center: np.ndarray, n_atoms: int, cutoff: float) -> None:
-    """Raise BadStructure when an atom has no neighbour within ``cutoff`` (Å)."""
-    has = np.zeros(n_atoms, dtype=bool)
+def check_isolated(center: np.ndarray, z: np.ndarray, cutoff: float, on_isolated_atoms: IsolatedPolicy = "error",
+                   graph_id: str | None = None) -> int:
+    """Apply the isolated-atom policy: an atom with no neighbour within ``cutoff`` (Å).
+
+    Args:
+        center: centre atom of each directed edge ``[E]``.
+        z: atomic numbers ``[A]`` (the formula names the structure when there is no id).
+        cutoff: the neighbour cutoff used, Å (named in the message).
+        on_isolated_atoms: ``"error"`` raises, ``"warn"`` logs one line and keeps the graph, ``"ignore"`` keeps it.
+        graph_id: the structure's id, for the warning.
+
+    Returns:
+        The number of isolated atoms (0 when there are none).
+
+    Raises:
+        BadStructure: in ``"error"`` mode, when an atom is isolated.
+    """
+    has = np.zeros(len(z), dtype=bool)
     has[center] = True
-    if not has.all():
-        missing = np.flatnonzero(~has)
-        raise BadStructure(
-            f"{len(missing)} isolated atom(s) (site {missing[:5].tolist()}) with no neighbour within {cutoff:g} Å; "
-            "a larger cutoff would connect them"
-        )
+    if has.all():
+        return 0
+    missing = np.flatnonzero(~has)
+    what = f"{len(missing)} isolated atom(s) (site {missing[:5].tolist()}) with no neighbour within {cutoff:g} Å"
+    if on_isolated_atoms == "error":
+        raise BadStructure(f"{what}; a larger cutoff would connect them, or on_isolated_atoms='warn' keeps the graph")
+    if on_isolated_atoms == "warn":
+        # one line, like CHGNet's message on stderr; those atoms get no messages, so their features never update
+        log.warning("structure %s has %s; graph kept (on_isolated_atoms='warn'), predictions will likely be off",
+                    graph_id if graph_id is not None else formula(z), what)
+    return len(missing)
+
+
+def check_policy(on_isolated_atoms: str) -> str:
+    """``on_isolated_atoms`` if it is one of :data:`ISOLATED_POLICIES`, else a ConverterError naming the choices."""
+    if on_isolated_atoms not in ISOLATED_POLICIES:
+        raise ConverterError(f"on_isolated_atoms must be one of {ISOLATED_POLICIES} (got {on_isolated_atoms!r})")
+    return on_isolated_atoms
+
+
+def formula(z: np.ndarray) -> str:
+    """pymatgen's ``Composition.formula`` for atomic numbers ``z [A]``, e.g. "Hf4 S2", without a Composition.
+
+    Elements are ordered as pymatgen orders them (by Pauling electronegativity, NaN last, ties by symbol); the
+    order comes from pymatgen itself (:func:`_formula_rank`), so the string is the one CHGNet stores. ~2 µs.
+    """
+    symbols, rank = _formula_rank()
+    counts = np.bincount(z)
+    zs = np.flatnonzero(counts)
+    zs = zs[np.argsort(rank[zs], kind="stable")]
+    return " ".join([symbols[a] + str(c) for a, c in zip(zs.tolist(), counts[zs].tolist())])
+
+
+@functools.cache
+def _formula_rank() -> tuple[list[str], np.ndarray]:
+    """``symbols[Z]`` and ``rank[Z]``, the position of element Z in pymatgen's formula order.
+
+    pymatgen sorts a formula's elements with a total order (electronegativity, then symbol), so the order of
+    any subset is the order of all elements restricted to it: one Composition of every element, once.
+    """
+    import warnings
+
+    from pymatgen.core import Composition
+    from pymatgen.core.periodic_table import Element
+
+    symbols = [""] + [Element.from_Z(zi).symbol for zi in range(1, 119)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pymatgen warns for each element without an electronegativity
+        order = [token.rstrip("0123456789") for token in Composition(dict.fromkeys(symbols[1:], 1)).formula.split()]
+    rank = np.full(len(symbols), len(symbols), dtype=np.int64)
+    rank[[symbols.index(sym) for sym in order]] = np.arange(len(order))
+    return symbols, rank

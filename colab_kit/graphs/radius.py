@@ -12,19 +12,23 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from colab_kit.graphs.common import base_arrays, check_isolated, neighbor_list
+from colab_kit.graphs.common import IsolatedPolicy, base_arrays, check_isolated, neighbor_list
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
 
 
-def convert(structure: Structure, cutoff: float = 8.0, max_neighbors: int | None = 12) -> dict[str, np.ndarray]:
+def convert(structure: Structure, cutoff: float = 8.0, max_neighbors: int | None = 12,
+            on_isolated_atoms: IsolatedPolicy = "error", graph_id: str | None = None) -> dict[str, np.ndarray]:
     """One structure to compact radius-graph arrays.
 
     Args:
         structure: an ordered pymatgen Structure.
         cutoff: neighbour cutoff, Å.
         max_neighbors: keep at most this many nearest neighbours per atom (None: all).
+        on_isolated_atoms: ``"error"`` (default) rejects a structure with an atom that has no neighbour within
+            ``cutoff``; ``"warn"`` logs one line and keeps the graph (that atom has no edges); ``"ignore"`` keeps it.
+        graph_id: the structure's id, named in the warning.
 
     Returns:
         ``z``, ``frac``, ``lattice`` (see :func:`~colab_kit.graphs.common.base_arrays`), ``nbr_count [A]``,
@@ -34,7 +38,7 @@ def convert(structure: Structure, cutoff: float = 8.0, max_neighbors: int | None
     arrays = base_arrays(structure)
     n_atoms = len(arrays["z"])
     center, neighbor, image, distance = neighbor_list(structure, cutoff)
-    check_isolated(center, n_atoms, cutoff)
+    check_isolated(center, arrays["z"], cutoff, on_isolated_atoms, graph_id)
     # sort by centre, then distance; stable so equal distances keep pymatgen's order
     order = np.lexsort((np.arange(len(center)), distance, center))
     center, neighbor, image, distance = center[order], neighbor[order], image[order], distance[order]
