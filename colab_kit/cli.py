@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from colab_kit.plan import MODES, OVERRIDABLE, PlanError, make_plan
+from colab_kit.errors import ColabKitError
+from colab_kit.plan import MODEL_FOR_CONVERTER, MODES, OVERRIDABLE, PlanError, make_plan
 
 log = logging.getLogger(__name__)
 
@@ -146,42 +147,79 @@ def cmd_convert(args: argparse.Namespace) -> int:
     out = args.out or str(Path(plan.work_dir) / "stores" / f"{Path(args.source).name.split('.')[0]}-{plan.converter}")
     conv = get_converter(plan.converter, cutoff=plan.cutoff, bond_cutoff=plan.bond_cutoff or None,
                          max_neighbors=plan.max_neighbors)
-    res = build_store(args.source, out, conv, workers=plan.convert_workers, shard_size=plan.shard_size,
-                      limit=args.limit, on_bad_structure=plan.on_bad_structure, part=_parse_part(args.shard),
-                      fmt=args.format, target=args.target)
+    from colab_kit.interrupt import stop_on_signals
+
+    with stop_on_signals() as stop:
+        res = build_store(args.source, out, conv, workers=plan.convert_workers, shard_size=plan.shard_size,
+                          limit=args.limit, on_bad_structure=plan.on_bad_structure, part=_parse_part(args.shard),
+                          fmt=args.format, target=args.target, should_stop=stop)
+    if not res.complete:
+        print(f"{stop.signal or 'stop'} received: {res.n_shards} shards of {res.path} are saved; "
+              "run the same command again to resume", file=sys.stderr)
+        return _stopped_code(stop.signal)
     print(f"store {res.path}: {res.n_graphs} graphs, {res.n_failed} skipped, {res.n_shards} shards "
           f"({res.shards_reused} reused), {res.seconds:.1f} s")
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from colab_kit.interrupt import stop_on_signals
     from colab_kit.store import GraphStore
     from colab_kit.train import fit
 
     store = GraphStore(args.store)
-    plan = _plan(args, **({} if args.model else {"model": {"chgnet": "chgnet", "radius": "cgcnn"}[store.converter_name]}),
-                 converter=store.converter_name)
+    plan = _plan(args, **({} if args.model else {"model": MODEL_FOR_CONVERTER[store.converter_name]}),
+                 converter=store.converter_name, **_store_graph_settings(store))
     out = Path(args.out or Path(args.store).parent / f"train-{plan.model}-{plan.mode}")
     if args.fresh and out.exists():
         import shutil
 
         shutil.rmtree(out)
-    res = fit(store, plan, out, resume=True)
+    with stop_on_signals() as stop:
+        res = fit(store, plan, out, resume=True, should_stop=stop)
+    if res.status == "stopped":
+        print(f"{stop.signal or 'stop'} received: checkpoint saved in {out / 'checkpoints'}; "
+              "run the same command again to resume", file=sys.stderr)
+        return _stopped_code(stop.signal)
     print(f"training {res.status}: {res.epochs_done} epochs, best epoch {res.best_epoch} "
           f"(validation MAE {res.best_val_mae:.4f}); weights: {out / 'best.pt'}")
     return 0
 
 
+def _store_graph_settings(store: Any) -> dict[str, Any]:
+    """The Plan's graph settings as the store was built (a Plan must describe the graphs it trains on)."""
+    p = store.params
+    if "atom_cutoff" in p:
+        return {"cutoff": p["atom_cutoff"], "bond_cutoff": p["bond_cutoff"]}
+    return {"cutoff": p["cutoff"], "max_neighbors": p.get("max_neighbors")}
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from colab_kit.evaluate import evaluate_weights
+    from colab_kit.loader import load_or_make_splits
+    from colab_kit.report import format_scores
     from colab_kit.store import GraphStore
-    from colab_kit.train import evaluate_weights
+    from colab_kit.units import target_unit
 
     store = GraphStore(args.store)
-    plan = _plan(args, converter=store.converter_name,
-                 model=args.model or {"chgnet": "chgnet", "radius": "cgcnn"}[store.converter_name])
+    plan = _plan(args, converter=store.converter_name, model=args.model or MODEL_FOR_CONVERTER[store.converter_name],
+                 **_store_graph_settings(store))
     res = evaluate_weights(store, plan, args.weights, split=args.split)
-    print(json.dumps({"split": args.split, "n": int(len(res["target"])), "mae": res["mae"], "rmse": res["rmse"]}))
+    splits, y = load_or_make_splits(store, plan.seed), store.targets()
+    baseline = float(np.mean(np.abs(y[splits[args.split]] - y[splits["train"]].mean())))
+    unit = target_unit(store.manifest.get("source", {}).get("target_name"), None)
+    print(format_scores(args.split, int(len(res["target"])), res["mae"], res["rmse"], baseline, unit))
+    if args.json:
+        print(json.dumps({"split": args.split, "n": int(len(res["target"])), "mae": res["mae"], "rmse": res["rmse"],
+                          "mean_predictor_mae": baseline, "unit": unit}))
     return 0
+
+
+def _stopped_code(signal_name: str | None) -> int:
+    """The shell's convention for a run ended by a signal: 128 + its number."""
+    return {"SIGINT": 130, "SIGTERM": 143}.get(signal_name or "", 0)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -200,8 +238,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     res = run(plan, fresh=args.fresh)
     print()
     if res.metrics.get("status") == "stopped":
-        print(f"stopped; run the same command again to resume ({res.run_dir})")
-        return 0
+        print(f"stopped; work so far is saved in {res.run_dir}: run the same command again to resume", file=sys.stderr)
+        return _stopped_code(res.metrics.get("signal"))
     m = res.metrics
     print(f"Done: test MAE {m['test_mae']:.4f} (mean predictor {m['mean_predictor_test_mae']:.4f}) on {m['test_n']} structures")
     print(format_table([(k, v) for k, v in res.files.items()]))
@@ -260,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True, help="store directory")
     p.add_argument("--weights", required=True, help="best.pt written by training")
     p.add_argument("--split", choices=("train", "val", "test"), default="test")
+    p.add_argument("--json", action="store_true", help="also print the scores as one JSON line")
     p.set_defaults(func=cmd_evaluate)
     return parser
 
@@ -275,17 +314,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     from colab_kit.logs import setup_logging
 
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
-    from colab_kit.errors import ColabKitError
 
     try:
         return int(args.func(args) or 0)
     except PlanError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (ColabKitError, MemoryError) as exc:
+    except ColabKitError as exc:
         log.debug("details", exc_info=True)
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except MemoryError as exc:
+        log.debug("details", exc_info=True)
+        print(f"error: out of memory ({_one_line(exc) or 'MemoryError'}); free RAM or use a smaller --mode / "
+              "--set n_samples=...; work already saved is kept and a rerun resumes", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted; run the same command again to resume", file=sys.stderr)
+        print("\ninterrupted; completed shards and checkpoints are kept: run the same command again to resume",
+              file=sys.stderr)
         return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())

@@ -16,6 +16,7 @@ import logging
 import multiprocessing as mp
 import sys
 import time
+import warnings
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from colab_kit.store import (
     StoreError,
     atomic_write_json,
     fingerprint,
+    remove_stale_temporaries,
     write_shard,
 )
 
@@ -64,14 +66,20 @@ def _compact(g: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def convert_items(items: list[RawItem], converter: Converter, policy: str) -> tuple[list, list, list, list]:
-    """Convert raw items; returns (graphs, ids, targets, failures). ``policy='error'`` raises on the first bad item."""
-    graphs, ids, targets, failures = [], [], [], []
+def convert_items(items: list[RawItem], converter: Converter, policy: str) -> tuple[list, list, list, list, list]:
+    """Convert raw items; returns (graphs, ids, targets, failures, warned). ``policy='error'`` raises on the
+    first bad item. Warnings the parsers raise (pymatgen warns once per odd CIF) are captured per item
+    into ``warned`` as (id, message) instead of flooding the output."""
+    graphs, ids, targets, failures, warned = [], [], [], [], []
     for item in items:
         reason = check_target(item)
         if reason is None:
             try:
-                graphs.append(_compact(converter.convert(parse_structure(item))))
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    graph = _compact(converter.convert(parse_structure(item)))
+                warned.extend((item.id, _warning_text(w)) for w in caught)
+                graphs.append(graph)
                 ids.append(item.id)
                 targets.append(float(item.target) if item.target is not None else float("nan"))
                 continue
@@ -84,14 +92,19 @@ def convert_items(items: list[RawItem], converter: Converter, policy: str) -> tu
                 f"structure {item.id!r}: {reason}. Fix or remove it, or pass --set on_bad_structure=skip to skip bad structures"
             )
         failures.append((item.id, reason))
-    return graphs, ids, targets, failures
+    return graphs, ids, targets, failures, warned
+
+
+def _warning_text(w: warnings.WarningMessage) -> str:
+    return " ".join(f"{w.category.__name__}: {w.message}".split())[:300]
 
 
 def _build_shard(root: str, index: int, first_item: int, items: list[RawItem], converter: Converter,
                  policy: str, fp: str) -> dict[str, Any]:
-    graphs, ids, targets, failures = convert_items(items, converter, policy)
-    entry = write_shard(root, index, graphs, ids, targets, failures, fp, first_item, len(items))
-    entry["failures"] = failures[:50]  # for the main process's warnings only; not stored in the manifest
+    graphs, ids, targets, failures, warned = convert_items(items, converter, policy)
+    entry = write_shard(root, index, graphs, ids, targets, failures, fp, first_item, len(items), warned)
+    # for the main process's log only; not stored in the manifest (the shard holds them all)
+    entry["failures"] = failures[:50]
     return entry
 
 
@@ -156,15 +169,17 @@ def build_store(
         ConversionError: ``on_bad_structure='error'`` met a bad structure, or nothing converted.
     """
     if on_bad_structure not in POLICIES:
-        raise ValueError(f"on_bad_structure must be one of {POLICIES} (got {on_bad_structure!r})")
+        raise ConversionError(f"on_bad_structure must be one of {POLICIES} (got {on_bad_structure!r})")
     i_part, n_parts = part
     if not (n_parts >= 1 and 0 <= i_part < n_parts):
-        raise ValueError(f"part must be i/N with 0 <= i < N (got {i_part}/{n_parts})")
+        raise ConversionError(f"part must be i/N with 0 <= i < N (got {i_part}/{n_parts})")
     t0 = time.perf_counter()
     src = source if isinstance(source, Source) else open_source(source, fmt=fmt, target=target)
     fp = fingerprint(converter.name, converter.params, src.identity(), limit)
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
+    if n_stale := remove_stale_temporaries(root):
+        log.info("removed %d temporary file(s) left in %s by a conversion that was killed", n_stale, root)
     mpath = _manifest_path(root, part)
     manifest = _load_manifest(root / MANIFEST) or {}
     if manifest and manifest.get("fingerprint") != fp:
@@ -246,6 +261,7 @@ def build_store(
     manifest["n_graphs"] = sum(e["n_graphs"] for e in manifest["shards"])
     manifest["n_failed"] = sum(e["n_failed"] for e in manifest["shards"])
     manifest["n_items"] = sum(e["n_items"] for e in manifest["shards"])
+    manifest["n_warned"] = sum(e.get("n_warned", 0) for e in manifest["shards"])
     if n_parts == 1 and manifest["n_items"] == 0:
         raise ConversionError(f"source {src.path or src.format} has no structures; check the file or --format")
     if n_parts == 1 and manifest["n_graphs"] == 0:
@@ -261,6 +277,9 @@ def build_store(
         on_shard({"manifest": str(mpath)})
     log.info("store %s: %d graphs, %d skipped, %d shards (%d reused) in %.1f s", root, manifest["n_graphs"],
              manifest["n_failed"], len(manifest["shards"]), reused, time.perf_counter() - t0)
+    if manifest["n_warned"]:
+        log.info("%d structures converted although their parser warned (e.g. %s); each is listed with its warning "
+                 "by GraphStore(%r).warnings()", manifest["n_warned"], _first_warning(root), str(root))
     return _result(root, manifest, reused, t0)
 
 
@@ -293,6 +312,18 @@ def _drain(pending: dict[Future, int], mpath: Path, manifest: dict[str, Any], po
     return warned
 
 
+def _first_warning(root: Path) -> str:
+    """One warning from the store, quoted, for the summary line."""
+    from colab_kit.store import GraphStore
+
+    store = GraphStore(root)
+    for k in range(len(store.shards)):
+        if store._shard(k).warnings:
+            item, text = store._shard(k).warnings[0]
+            return f"{item}: {text[:120]!r}"
+    return "-"
+
+
 def _calm_gc() -> tuple[tuple[int, int, int], bool]:
     """Keep Python's cyclic GC from re-scanning the chunks in flight over and over.
 
@@ -321,7 +352,15 @@ def _make_pool(workers: int) -> ProcessPoolExecutor | None:
         return None
     # fork: workers inherit the imports (pymatgen, torch) instead of paying seconds to import them
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_ignore_sigint)
+
+
+def _ignore_sigint() -> None:
+    """Ctrl-C reaches every process of the terminal's group: workers ignore it and finish their shard,
+    while the main process stops submitting, commits what is in flight and returns."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _bar(total: int | None, enabled: bool) -> Any:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from colab_kit.errors import ColabKitError
 from colab_kit.gdrive import _QUOTA_FIX, _is_quota, download_drive, parse_drive_id
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ _TIMEOUT_S = (15.0, 60.0)  # (connect, between bytes): a stalled server becomes 
 _MANUAL_FIX = "download the file in a browser, put it on this machine (or in your Drive) and pass its path with --data"
 
 
-class DownloadError(RuntimeError):
+class DownloadError(ColabKitError, RuntimeError):
     """A dataset could not be made local; the message names the URL or file and what to do."""
 
 

@@ -16,10 +16,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from colab_kit.errors import ColabKitError
 from colab_kit.store import GraphStore, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
+
+
+class LoaderError(ColabKitError, ValueError):
+    """A store that cannot be split or batched as asked; the message says what to change."""
 
 
 class GraphDataset(Dataset):
@@ -59,7 +64,8 @@ def load_or_make_splits(store: GraphStore, seed: int = 0, fractions: Sequence[fl
             return splits
         log.warning("split file %s does not match the store's %d graphs; making a new one", path, n)
     if n < 3:
-        raise ValueError(f"store {store.root} has {n} graphs; at least 3 are needed for train/val/test splits")
+        raise LoaderError(f"store {store.root} has {n} graphs; at least 3 are needed for train/val/test splits: "
+                          "convert more structures (--set n_samples=...)")
     perm = np.random.default_rng(seed).permutation(n)
     n_val = max(1, int(round(fractions[1] * n)))
     n_test = max(1, int(round(fractions[2] * n)))

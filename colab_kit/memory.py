@@ -21,6 +21,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from colab_kit.oom import free_memory, is_oom
+
 log = logging.getLogger(__name__)
 
 
@@ -66,6 +68,17 @@ def _reset_peak_rss() -> bool:
         return False
 
 
+def _trim_heap() -> None:
+    """Give the C heap's free pages back to the OS (glibc ``malloc_trim``), so a step that reuses memory
+    freed earlier shows as growth of the resident set instead of hiding in already-resident pages."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def measure_step(step: Callable[[list[int]], None], batch: list[int], device: torch.device) -> int:
     """Bytes a forward+backward on ``batch`` needs beyond what is already in use."""
     if device.type == "cuda":
@@ -75,8 +88,12 @@ def measure_step(step: Callable[[list[int]], None], batch: list[int], device: to
         step(batch)
         torch.cuda.synchronize(device)
         return int(torch.cuda.max_memory_allocated(device) - base)
+    import gc
+
     import psutil
 
+    gc.collect()
+    _trim_heap()
     _reset_peak_rss()
     base = psutil.Process().memory_info().rss
     step(batch)
@@ -117,7 +134,18 @@ def calibrate(step: Callable[[list[int]], None], indices: np.ndarray, atoms: np.
     for batch in trials:
         if time.perf_counter() - t0 > max_seconds and len(samples) >= 2:
             break
-        used = measure_step(step, batch, device)
+        try:
+            used = measure_step(step, batch, device)
+        except Exception as exc:  # noqa: BLE001 - only out-of-memory is expected here; anything else re-raised
+            if not is_oom(exc):
+                raise
+            free_memory(device)
+            if len(samples) < 2:
+                raise MemoryError(f"out of memory in a calibration step on {len(batch)} graph(s) of "
+                                  f"{int(edges[batch].sum())} edges") from None
+            log.info("calibration: out of memory on %d graphs of %d edges; fitting the steps that ran",
+                     len(batch), int(edges[batch].sum()))
+            break
         samples.append((int(atoms[batch].sum()), int(edges[batch].sum()), used))
     a, b, c = fit_memory(samples)
     ratio = float(np.median(edges[indices] / np.maximum(atoms[indices], 1)))  # edges per atom

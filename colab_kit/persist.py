@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 # what is worth keeping, relative to the run directory
 PATTERNS = ("plan.json", "store/manifest*.json", "store/shard-*.safetensors", "store/splits-*.npz",
-            "checkpoints/*.pt", "best.pt", "metrics.jsonl", "metrics.csv", "report/*")
+            "checkpoints/*.pt", "best.pt", "metrics.jsonl", "metrics.csv", "timing.json", "report/*")
 
 
 class Mirror:

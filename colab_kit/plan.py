@@ -56,8 +56,11 @@ class Plan:
     bond_cutoff: float
     max_neighbors: int | None
     # batching (budgets are per batch, summed over its graphs)
+    train_memory: int
     batch_edges: int
     batch_atoms: int
+    calibrate: bool
+    budget_cap: float
     batch_size: int
     eval_batch_size: int
     # data loading
@@ -79,6 +82,9 @@ class Plan:
     epochs: int
     patience: int
     lr: float
+    lr_min: float
+    weight_decay: float
+    grad_clip: float
     seed: int
     checkpoint_minutes: float
     reasons: Mapping[str, str] = field(default_factory=dict, compare=False)
@@ -144,8 +150,11 @@ OVERRIDABLE: dict[str, tuple[Any, str]] = {
     "cutoff": (_positive_num, "a positive number of Å"),
     "bond_cutoff": (_positive_num, "a positive number of Å"),
     "max_neighbors": (lambda v: v is None or _positive_int(v), "a positive integer or None"),
+    "train_memory": (_positive_int, "a positive number of bytes"),
     "batch_edges": (_positive_int, "a positive integer"),
     "batch_atoms": (_positive_int, "a positive integer"),
+    "calibrate": (lambda v: isinstance(v, bool), "true or false"),
+    "budget_cap": (lambda v: _positive_num(v) and v >= 1, "a number >= 1"),
     "batch_size": (_positive_int, "a positive integer"),
     "eval_batch_size": (_positive_int, "a positive integer"),
     "workers": (_nonneg_int, "an integer >= 0"),
@@ -160,6 +169,9 @@ OVERRIDABLE: dict[str, tuple[Any, str]] = {
     "epochs": (_positive_int, "a positive integer"),
     "patience": (_positive_int, "a positive integer"),
     "lr": (_positive_num, "a positive number"),
+    "lr_min": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, "a number >= 0"),
+    "weight_decay": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, "a number >= 0"),
+    "grad_clip": (_positive_num, "a positive number (max gradient norm)"),
     "seed": (_nonneg_int, "an integer >= 0"),
     "checkpoint_minutes": (_positive_num, "a positive number of minutes"),
 }
@@ -217,8 +229,15 @@ def make_plan(machine: Machine, mode: str = "debug", **overrides: Any) -> Plan:
             f"use --model {MODEL_FOR_CONVERTER[v['converter']]} or --converter "
             f"{next(c for c, m in MODEL_FOR_CONVERTER.items() if m == v['model'])}"
         )
-    gpu = machine.gpu
     avail = machine.ram_available
+    if machine.gpu is not None:
+        set_("device", "cuda", f"{machine.gpu.name} found")
+    else:
+        set_("device", "cpu", "no CUDA GPU found")
+    if v["device"].startswith("cuda") and machine.gpu is None:
+        raise PlanError(f"plan setting device is {v['device']!r} but no CUDA GPU was found; use --set device=cpu")
+    # every later decision follows the final device: a GPU the run does not train on plans nothing
+    gpu = machine.gpu if v["device"].startswith("cuda") else None
 
     # Graph resolution: CHGNet's pretrained weights fix 6/3 Å; radius graphs shrink on small RAM.
     if v["converter"] == "chgnet":
@@ -236,18 +255,21 @@ def make_plan(machine: Machine, mode: str = "debug", **overrides: Any) -> Plan:
 
     # Batch budget from the memory the model will train in.
     if gpu is not None:
-        train_mem = int(gpu.free_bytes * 0.7)
-        where = f"70% of {gpu.free_bytes / GIB:.1f} GiB free on {gpu.name}"
-        set_("device", "cuda", f"{gpu.name} found")
+        set_("train_memory", int(gpu.free_bytes * 0.7), f"70% of {gpu.free_bytes / GIB:.1f} GiB free on {gpu.name}")
     else:
-        train_mem = int(min(avail * 0.4, 8 * GIB))
-        where = f"40% of {avail / GIB:.1f} GiB free RAM (max 8 GiB)"
-        set_("device", "cpu", "no CUDA GPU found")
-    model = v["model"]
+        set_("train_memory", int(min(avail * 0.4, 8 * GIB)), f"40% of {avail / GIB:.1f} GiB free RAM (max 8 GiB)")
+    model, train_mem = v["model"], v["train_memory"]
+    where = f"{train_mem / GIB:.1f} GiB for training"
     set_("batch_edges", max(2_000, train_mem // BYTES_PER_EDGE[model]),
-         f"static estimate: {where} / {BYTES_PER_EDGE[model]} B per edge; calibrated at train start")
+         f"static estimate: {where} / {BYTES_PER_EDGE[model]} B per edge")
     set_("batch_atoms", max(200, train_mem // BYTES_PER_ATOM[model]),
          f"static estimate: {where} / {BYTES_PER_ATOM[model]} B per atom")
+    budget_by_user = [k for k in ("batch_edges", "batch_atoms") if k in overrides]
+    if budget_by_user:
+        set_("calibrate", False, f"{' and '.join(budget_by_user)} set by you: that budget is used as given")
+    else:
+        set_("calibrate", True, f"measure real steps at train start and fit the budget into {where}")
+    set_("budget_cap", 4.0, "a calibrated budget stays within 4x the static estimate (guards against an under-measured step)")
     set_("batch_size", 64 if gpu is not None else 32, "upper bound on graphs per batch; the budget decides")
     eval_factor = 4 if (gpu is None or gpu.free_bytes > 6 * GIB) else 2
     set_("eval_batch_size", v["batch_size"] * eval_factor,
@@ -312,6 +334,8 @@ def make_plan(machine: Machine, mode: str = "debug", **overrides: Any) -> Plan:
     # Training.
     if gpu is None:
         set_("amp", "off", "mixed precision is for CUDA")
+        if v["amp"] != "off":
+            raise PlanError(f"plan setting amp={v['amp']!r} needs device cuda (device is {v['device']!r}); use --set amp=off")
     elif gpu.supports_bf16:
         set_("amp", "bf16", f"{gpu.name} supports bfloat16 (no loss scaling needed)")
     else:
@@ -320,9 +344,32 @@ def make_plan(machine: Machine, mode: str = "debug", **overrides: Any) -> Plan:
     set_("epochs", preset["epochs"], f"{mode} mode")
     set_("patience", preset["patience"], f"{mode} mode: epochs without improvement before stopping")
     set_("lr", 1e-3 if v["model"] == "chgnet" else 3e-3, "AdamW learning rate for this model")
+    set_("lr_min", v["lr"] * 0.01, "cosine schedule ends at 1% of lr")
+    set_("weight_decay", 1e-4, "AdamW weight decay")
+    set_("grad_clip", 5.0, "gradients clipped to this norm: one odd batch cannot wreck the weights")
     set_("seed", 0, "fixed seed: same split and order on every run and resume")
     set_("checkpoint_minutes", preset["checkpoint_minutes"], f"{mode} mode: checkpoint interval")
     return Plan(**v, reasons=r, warnings=tuple(warnings))
+
+
+#: Plan fields a checkpoint cannot be resumed under different values of: they fix the model's shape,
+#: its graphs, or the split and batch order the checkpoint is a position in.
+RESUME_FIXED = ("model", "converter", "cutoff", "bond_cutoff", "max_neighbors", "seed")
+
+
+def check_resume(saved: Mapping[str, Any], plan: Plan, where: str) -> None:
+    """Refuse to resume a checkpoint (whose Plan is ``saved``) under a Plan that changes a :data:`RESUME_FIXED` field.
+
+    Raises:
+        PlanError: naming each changed field with both values, and the two ways out.
+    """
+    changed = [f"{k} {saved[k]!r} -> {getattr(plan, k)!r}" for k in RESUME_FIXED
+               if k in saved and saved[k] != getattr(plan, k)]
+    if changed:
+        raise PlanError(
+            f"the checkpoint in {where} was trained with other settings ({', '.join(changed)}); run with the "
+            "checkpoint's values to resume, or pass --fresh (a new --out for `train`) to start training again"
+        )
 
 
 def _free_for(machine: Machine, path: str) -> int | None:

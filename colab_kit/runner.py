@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from colab_kit.errors import ColabKitError
 from colab_kit.plan import Plan
 from colab_kit.store import atomic_write_bytes
 
@@ -48,6 +49,47 @@ def run_name(plan: Plan) -> str:
     return f"{base}-{plan.converter}-{plan.model}-{plan.mode}"
 
 
+class Timing:
+    """Compute time of a run across every call of the same command, in ``<run dir>/timing.json``.
+
+    Conversion time is added as each shard commits and training time comes from the checkpoint, so a
+    killed call loses only the time of the work it lost; ``last_call_seconds`` is the latest call's wall time.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / "timing.json"
+        try:
+            self.data: dict[str, Any] = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.data = {}
+        self.data["calls"] = int(self.data.get("calls", 0)) + 1
+        for k in ("convert_seconds", "evaluate_seconds"):
+            self.data[k] = float(self.data.get(k, 0.0))
+        self.data.setdefault("train_seconds", 0.0)
+        self._mark = time.perf_counter()
+
+    def add(self, key: str) -> None:
+        """Add the time since the last mark to ``key`` and save."""
+        now = time.perf_counter()
+        self.data[key] += now - self._mark
+        self._mark = now
+        self.save()
+
+    def set_train(self, seconds: float) -> None:
+        self.data["train_seconds"] = float(seconds)
+        self._mark = time.perf_counter()
+        self.save()
+
+    def save(self) -> None:
+        atomic_write_bytes(self.path, json.dumps(self.data, indent=1).encode())
+
+    def summary(self, call_seconds: float) -> dict[str, Any]:
+        d = dict(self.data)
+        d["compute_seconds"] = round(d["convert_seconds"] + d["train_seconds"] + d["evaluate_seconds"], 1)
+        d["last_call_seconds"] = round(call_seconds, 1)
+        return d
+
+
 def run(
     plan: Plan,
     *,
@@ -59,39 +101,82 @@ def run(
 ) -> RunResult:
     """Run (or resume) the whole pipeline described by ``plan``.
 
+    Ctrl-C or SIGTERM (when called in the main thread) asks for a clean stop: the shards in flight or
+    a checkpoint at the current step are committed, and the result's status is "stopped".
+
     Args:
         fresh: delete this run's local and persisted directories first and start over.
         callbacks: receive {"event": ...} dicts: "stage", "resume", "step", "epoch", "checkpoint".
         should_stop: polled between conversion chunks and training steps; True commits what is done
             (shards in flight, a checkpoint) and returns early (status "stopped").
+
+    Raises:
+        ColabKitError: the data cannot be had or read, or training cannot go on; a run folder that
+            this call created for nothing is removed first.
     """
-    from colab_kit.convert import build_store
+    from colab_kit.interrupt import stop_on_signals
+
+    with stop_on_signals(should_stop) as stop:
+        result = _run(plan, fresh, progress, list(callbacks or []), stop, log_to_file)
+    if result.metrics.get("status") == "stopped":
+        why = f"{stop.signal} received" if stop.signal else "stop requested"
+        log.info("%s: work so far is saved in %s; run the same command again to resume", why, result.run_dir)
+        result.metrics["signal"] = stop.signal
+    return result
+
+
+def _run(plan: Plan, fresh: bool, progress: bool, callbacks: list[Callable[[dict[str, Any]], None]],
+         should_stop: Callable[[], bool], log_to_file: bool) -> RunResult:
     from colab_kit.datasets import resolve
-    from colab_kit.graphs import get_converter
-    from colab_kit.logs import setup_logging
-    from colab_kit.persist import Mirror, restore
-    from colab_kit.store import GraphStore
-    from colab_kit.train import evaluate_weights, fit
+    from colab_kit.sources import open_source
 
     t0 = time.perf_counter()
-    callbacks = list(callbacks or [])
     name = run_name(plan)
     run_dir = Path(plan.work_dir) / name
     persist = Path(plan.persist_dir) / name if plan.persist_dir else None
-    if fresh:
-        for d in (run_dir, persist):
-            if d is not None and d.exists():
-                log.info("--fresh: deleting %s", d)
-                shutil.rmtree(d)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if log_to_file:
-        setup_logging(logging.getLogger("colab_kit").getEffectiveLevel() or logging.INFO, run_dir / "run.log")
 
     def stage(name_: str, msg: str) -> None:
         log.info("== %s: %s", name_, msg)
         for cb in callbacks:
             cb({"event": "stage", "stage": name_, "message": msg})
 
+    if fresh:
+        for d in (run_dir, persist):
+            if d is not None and d.exists():
+                log.info("--fresh: deleting %s", d)
+                shutil.rmtree(d)
+    # the data first: a misspelled name or a missing file must not leave an empty run folder behind
+    stage("data", f"resolving {plan.data}")
+    data_path = resolve(plan.data, Path(plan.work_dir) / "downloads", progress=progress)
+    open_source(data_path, target=plan.target)  # reads headers only: a wrong format fails here
+
+    created = not run_dir.exists() and not (persist is not None and persist.exists())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _pipeline(plan, run_dir, persist, data_path, progress, callbacks, should_stop, log_to_file, stage, t0)
+    except ColabKitError:
+        if created and not _holds_work(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _holds_work(run_dir: Path) -> bool:
+    """Whether a run folder holds anything worth keeping: a store shard or a checkpoint."""
+    return any(run_dir.glob("store/shard-*")) or any(run_dir.glob("checkpoints/*.pt"))
+
+
+def _pipeline(plan: Plan, run_dir: Path, persist: Path | None, data_path: Path, progress: bool,
+              callbacks: list[Callable[[dict[str, Any]], None]], should_stop: Callable[[], bool],
+              log_to_file: bool, stage: Callable[[str, str], None], t0: float) -> RunResult:
+    from colab_kit.convert import build_store
+    from colab_kit.graphs import get_converter
+    from colab_kit.logs import setup_logging
+    from colab_kit.persist import Mirror, restore
+    from colab_kit.store import GraphStore, remove_stale_temporaries
+    from colab_kit.train import fit
+
+    if log_to_file:
+        setup_logging(logging.getLogger("colab_kit").getEffectiveLevel() or logging.INFO, run_dir / "run.log")
     mirror = Mirror(run_dir, persist)
     resumed: list[str] = []
     if persist is not None:
@@ -99,11 +184,11 @@ def run(
         restored = restore(persist, run_dir)
         if restored:
             resumed.append(f"restored {len(restored)} files from {persist}")
+    for d in (run_dir, run_dir / "report"):
+        remove_stale_temporaries(d)
+    timing = Timing(run_dir)
     atomic_write_bytes(run_dir / "plan.json", plan.to_json().encode())
     mirror.push("plan.json")
-
-    stage("data", f"resolving {plan.data}")
-    data_path = resolve(plan.data, Path(plan.work_dir) / "downloads", progress=progress)
 
     store_dir = run_dir / "store"
     converter = get_converter(plan.converter, cutoff=plan.cutoff, bond_cutoff=plan.bond_cutoff or None,
@@ -112,17 +197,17 @@ def run(
         resumed.append("graph store found: converting only what is missing")
 
     def on_shard(entry: dict[str, Any]) -> None:
+        timing.add("convert_seconds")
         if "file" in entry:
-            mirror.push(f"store/{entry['file']}", "store/manifest.json")
+            mirror.push(f"store/{entry['file']}", "store/manifest.json", "timing.json")
         else:
-            mirror.push("store/manifest.json")
+            mirror.push("store/manifest.json", "timing.json")
 
     stage("convert", f"{data_path} -> {store_dir} ({plan.converter} graphs, {plan.convert_workers} workers)")
     conv = build_store(data_path, store_dir, converter, workers=plan.convert_workers, shard_size=plan.shard_size,
                        limit=plan.n_samples, on_bad_structure=plan.on_bad_structure, target=plan.target,
                        progress=progress, on_shard=on_shard, should_stop=should_stop)
     if not conv.complete:
-        log.info("stopped during conversion (%d shards done); run again to resume", conv.n_shards)
         mirror.push_all()
         return RunResult(run_dir, {"status": "stopped"}, {}, resumed, mirror.failures)
     if conv.shards_reused:
@@ -146,23 +231,33 @@ def run(
     stage("train", f"{plan.model} on {len(store)} graphs, {plan.epochs} epochs, device {plan.device}")
     result = fit(store, plan, run_dir, progress=progress, callbacks=[on_train_event, *callbacks],
                  should_stop=should_stop)
+    timing.set_train(result.train_seconds)
+    mirror.push("timing.json")
     if result.status == "stopped":
         mirror.push_all()
         return RunResult(run_dir, {"status": "stopped"}, {}, resumed, mirror.failures)
+    return _finish(plan, run_dir, store, result, timing, mirror, resumed, stage, t0)
+
+
+def _finish(plan: Plan, run_dir: Path, store: Any, result: Any, timing: Timing, mirror: Any, resumed: list[str],
+            stage: Callable[[str, str], None], t0: float) -> RunResult:
+    """Test-set evaluation with the best weights, the mean-predictor baseline, and the report."""
+    import numpy as np
+
+    from colab_kit.evaluate import evaluate_weights
+    from colab_kit.report import write_report
 
     stage("evaluate", "test set with the best validation weights")
     test = evaluate_weights(store, plan, run_dir / "best.pt")
-    import numpy as np
-
-    splits = np.load(store_dir / f"splits-seed{plan.seed}.npz", allow_pickle=False)
+    splits = np.load(run_dir / "store" / f"splits-seed{plan.seed}.npz", allow_pickle=False)
     targets = store.targets()
     baseline = float(np.mean(np.abs(targets[splits["test"]] - targets[splits["train"]].mean())))
-
-    from colab_kit.report import write_report
-
     stage("report", str(run_dir / "report"))
+    _write_item_records(run_dir / "report", store)
+    timing.add("evaluate_seconds")
     metrics = write_report(run_dir / "report", plan=plan, store=store, result=result, test=test,
-                           baseline_mae=baseline, seconds=time.perf_counter() - t0, data_name=plan.data)
+                           baseline_mae=baseline, timing=timing.summary(time.perf_counter() - t0),
+                           data_name=plan.data, target_name=store.manifest.get("source", {}).get("target_name"))
     files = dict(metrics.pop("files"))
     files["model"] = str(run_dir / "best.pt")
     files["run_dir"] = str(run_dir)
@@ -171,3 +266,19 @@ def run(
         log.warning("%d copies to the persist dir failed; see the warnings above", len(mirror.failures))
     atomic_write_bytes(run_dir / "report" / "files.json", json.dumps(files, indent=2).encode())
     return RunResult(run_dir, metrics, files, resumed, mirror.failures)
+
+
+def _write_item_records(report_dir: Path, store: Any) -> None:
+    """report/skipped.csv (id, reason) and report/warnings.csv (id, warning): the structures conversion
+    dropped, and those it kept although their parser warned."""
+    import csv
+    import io
+
+    report_dir.mkdir(parents=True, exist_ok=True)
+    for name, rows, header in (("skipped.csv", store.failures(), ("id", "reason")),
+                               ("warnings.csv", store.warnings(), ("id", "warning"))):
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(header)
+        w.writerows(rows)
+        atomic_write_bytes(report_dir / name, buf.getvalue().encode())

@@ -18,12 +18,16 @@ and slices it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import mmap
 import os
+import re
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -63,10 +67,18 @@ def shard_name(index: int) -> str:
 
 # ---------------------------------------------------------------- atomic files
 
+TMP_SUFFIX = ".tmp"
+_HOST = socket.gethostname().replace(".", "_")
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part."""
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part.
+
+    The temporary file is ``.<name>.<host>-<pid>.<random>.tmp`` beside it: a writer that is killed leaves
+    it behind, and :func:`remove_stale_temporaries` can tell it from a live writer's.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_HOST}-{os.getpid()}.", suffix=TMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -77,6 +89,51 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def remove_stale_temporaries(directory: str | Path, legacy_age_s: float = 600.0) -> int:
+    """Delete the temporary files that killed writers on this host left in ``directory``; returns how many.
+
+    A temporary file names its writer (host and pid); it is stale when that process is gone. Files of
+    other hosts (a store on a shared disk built by several) are left alone; unnamed ones (older
+    versions) go once they are ``legacy_age_s`` old.
+    """
+    removed = 0
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return 0
+    for e in entries:
+        if not (e.name.startswith(".") and e.name.endswith(TMP_SUFFIX) and e.is_file(follow_symlinks=False)):
+            continue
+        parts = e.name.split(".")  # "", <name parts>, <host>-<pid>, <random>, "tmp"
+        owner = re.fullmatch(r"(.+)-(\d+)", parts[-3]) if len(parts) >= 5 else None
+        if owner and owner[1] == _HOST:
+            stale = not _alive(int(owner[2]))
+        elif owner:
+            stale = False
+        else:
+            try:
+                stale = time.time() - e.stat().st_mtime > legacy_age_s
+            except OSError:
+                continue
+        if stale:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(e.path)
+                removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
@@ -141,7 +198,7 @@ def safetensors_bytes(arrays: dict[str, np.ndarray], metadata: dict[str, str]) -
 
 
 def pack_shard(graphs: list[dict[str, np.ndarray]], ids: list[str], targets: list[float],
-               failures: list[tuple[str, str]], fp: str) -> bytes:
+               failures: list[tuple[str, str]], fp: str, warned: list[tuple[str, str]] = ()) -> bytes:
     """Concatenate per-graph arrays into one safetensors blob with pointers and metadata."""
     names = [k for k in RAGGED if graphs and k in graphs[0]] if graphs else []
     out: dict[str, np.ndarray] = {}
@@ -165,14 +222,16 @@ def pack_shard(graphs: list[dict[str, np.ndarray]], ids: list[str], targets: lis
         "ids": json.dumps(ids),
         "failures": json.dumps([list(f) for f in failures]),
     }
+    if warned:  # (id, warning) of items converted despite a library warning, e.g. a CIF pymatgen had to fix
+        meta["warnings"] = json.dumps([list(w) for w in warned])
     return safetensors_bytes(out, meta)
 
 
 def write_shard(root: str | Path, index: int, graphs: list[dict[str, np.ndarray]], ids: list[str],
                 targets: list[float], failures: list[tuple[str, str]], fp: str,
-                first_item: int, n_items: int) -> dict[str, Any]:
+                first_item: int, n_items: int, warned: list[tuple[str, str]] = ()) -> dict[str, Any]:
     """Write one shard atomically; returns its manifest entry."""
-    blob = pack_shard(graphs, ids, targets, failures, fp)
+    blob = pack_shard(graphs, ids, targets, failures, fp, warned)
     path = Path(root) / shard_name(index)
     atomic_write_bytes(path, blob)
     return {
@@ -182,6 +241,7 @@ def write_shard(root: str | Path, index: int, graphs: list[dict[str, np.ndarray]
         "n_items": n_items,
         "n_graphs": len(graphs),
         "n_failed": len(failures),
+        "n_warned": len({w[0] for w in warned}),
         "n_atoms": int(sum(len(g["z"]) for g in graphs)),
         "n_edges": int(sum(len(g["nbr"]) for g in graphs)),
         "bytes": len(blob),
@@ -245,6 +305,10 @@ class _Shard:
     @functools.cached_property
     def failures(self) -> list[tuple[str, str]]:
         return [tuple(f) for f in json.loads(self._meta.get("failures", "[]"))]
+
+    @functools.cached_property
+    def warnings(self) -> list[tuple[str, str]]:
+        return [tuple(w) for w in json.loads(self._meta.get("warnings", "[]"))]
 
     def __len__(self) -> int:
         return self.n
@@ -368,6 +432,11 @@ class GraphStore:
     def failures(self) -> list[tuple[str, str]]:
         """(id, reason) of every structure that was skipped during conversion."""
         return [f for k in range(len(self.shards)) for f in self._shard(k).failures]
+
+    def warnings(self) -> list[tuple[str, str]]:
+        """(id, warning) of every structure that converted although its parser warned (e.g. pymatgen
+        rounding a CIF's coordinates)."""
+        return [w for k in range(len(self.shards)) for w in self._shard(k).warnings]
 
     def verify(self) -> list[str]:
         """Check every shard's checksum; returns the problems found (empty when the store is sound)."""

@@ -11,13 +11,16 @@ from typing import Any
 MODELS = ("chgnet", "cgcnn")
 
 
-def build_model(name: str, target_mean: float = 0.0, target_std: float = 1.0, **kwargs: Any) -> Any:
+def build_model(name: str, target_mean: float = 0.0, target_std: float = 1.0,
+                graph_params: dict[str, Any] | None = None, **kwargs: Any) -> Any:
     """The model ``name`` (``chgnet``: pretrained CHGNet fine-tuned on a scalar; ``cgcnn``: CGCNN in PyG).
 
     Args:
         target_mean, target_std: training-target statistics for the output normalisation.
+        graph_params: the store's converter parameters (a model takes what fixes its input, e.g. the cutoff, Å).
         **kwargs: model options (e.g. ``freeze_layers`` for chgnet, ``hidden`` for cgcnn).
     """
+    graph_params = graph_params or {}
     if name == "chgnet":
         from colab_kit.models.chgnet import CHGNetRegressor
 
@@ -25,5 +28,8 @@ def build_model(name: str, target_mean: float = 0.0, target_std: float = 1.0, **
     if name == "cgcnn":
         from colab_kit.models.cgcnn import CGCNN
 
+        kwargs.setdefault("cutoff", float(graph_params.get("cutoff", 8.0)))
         return CGCNN(target_mean=target_mean, target_std=target_std, **kwargs)
-    raise ValueError(f"model must be one of {MODELS} (got {name!r})")
+    from colab_kit.plan import PlanError
+
+    raise PlanError(f"model must be one of {MODELS} (got {name!r})")

@@ -27,6 +27,31 @@ class GaussianExpansion(nn.Module):
         return torch.exp(-self.gamma * (d.unsqueeze(-1) - self.centers) ** 2)
 
 
+class BatchNormAnySize(nn.BatchNorm1d):
+    """BatchNorm1d that normalises a one-row input with its running statistics instead of failing.
+
+    In training mode ``BatchNorm1d`` needs two or more values per channel; a batch that is one single-site
+    cell (real MP sets have them; an epoch's last batch or a calibration step can be just that) has one
+    node. Such a step uses the running mean/variance (as in evaluation) and leaves them unchanged.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] <= 1:
+            return nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                            False, 0.0, self.eps)
+        return super().forward(x)
+
+
+def _tolerate_single_rows(module: nn.Module) -> None:
+    """Swap every BatchNorm1d inside ``module`` (PyG's CGConv makes its own) for :class:`BatchNormAnySize`,
+    keeping its parameters and buffers."""
+    for child in module.children():
+        if type(child) is nn.BatchNorm1d:
+            child.__class__ = BatchNormAnySize
+        else:
+            _tolerate_single_rows(child)
+
+
 class CGCNN(nn.Module):
     """CGConv layers on learned element embeddings, mean pooling, MLP head; predicts a scalar per graph.
 
@@ -45,6 +70,7 @@ class CGCNN(nn.Module):
         self.embed = nn.Embedding(101, hidden)
         self.expand = GaussianExpansion(cutoff, n_gaussians)
         self.convs = nn.ModuleList(CGConv(hidden, dim=n_gaussians, batch_norm=True) for _ in range(n_conv))
+        _tolerate_single_rows(self.convs)
         self.head = nn.Sequential(nn.Linear(hidden, 128), nn.SiLU(), nn.Linear(128, 1))
         self.register_buffer("target_mean", torch.tensor(float(target_mean)))
         self.register_buffer("target_std", torch.tensor(float(target_std)))

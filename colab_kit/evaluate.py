@@ -1,0 +1,89 @@
+"""Evaluation: a chunked, no-gradient pass over a split with budgeted batches (halved after an
+out-of-memory error), and saved weights loaded back into their model."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from colab_kit.errors import ColabKitError
+from colab_kit.loader import load_or_make_splits, make_loaders
+from colab_kit.models import build_model
+from colab_kit.oom import memory_fix, retry_on_oom
+from colab_kit.store import GraphStore
+
+log = logging.getLogger(__name__)
+
+
+class EvaluationError(ColabKitError, RuntimeError):
+    """Weights that cannot be evaluated as asked; the message names the file and the fix."""
+
+
+def amp_dtype_for(plan: Any, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, whether a GradScaler is needed) for the Plan's ``amp`` on ``device``."""
+    if device.type != "cuda" or plan.amp == "off":
+        return None, False
+    return (torch.bfloat16, False) if plan.amp == "bf16" else (torch.float16, True)
+
+
+def evaluate(model: Any, loader: Any, device: torch.device, amp_dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """MAE / RMSE over a loader, plus predictions and targets (chunked, no gradients)."""
+    model.eval()
+    preds, ys = [], []
+    with torch.no_grad():
+        for batch in loader:
+            batch = model.to_device(batch, device)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                pred = model(batch)
+            preds.append(pred.float().cpu())
+            ys.append(model.targets(batch).float().cpu())
+    p = torch.cat(preds) if preds else torch.zeros(0)
+    y = torch.cat(ys) if ys else torch.zeros(0)
+    err = p - y
+    return {"mae": float(err.abs().mean()) if len(err) else float("nan"),
+            "rmse": float(err.pow(2).mean().sqrt()) if len(err) else float("nan"),
+            "pred": p.numpy(), "target": y.numpy()}
+
+
+def evaluate_with_backoff(model: Any, loader: Any, device: torch.device, amp_dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """:func:`evaluate`, halving the loader's batches after an out-of-memory error until it fits."""
+    sampler = loader.batch_sampler
+
+    def shrink(exc: BaseException) -> None:
+        if sampler.max_graphs <= 1:
+            raise EvaluationError(f"out of memory evaluating single graphs on {device}; {memory_fix(device)}") from exc
+        sampler.set_budget(max(1, sampler.max_atoms // 2), max(1, sampler.max_edges // 2))
+        sampler.max_graphs = max(1, sampler.max_graphs // 2)
+        log.warning("out of memory in evaluation: batches shrunk to %d graphs / %d edges; evaluating again",
+                    sampler.max_graphs, sampler.max_edges)
+
+    return retry_on_oom(lambda: evaluate(model, loader, device, amp_dtype), shrink, device)
+
+
+def load_weights(store: GraphStore, plan: Any, weights: str | Path) -> Any:
+    """The model of ``plan.model`` for ``store`` with saved weights (``best.pt``, weights-only) loaded."""
+    path = Path(weights)
+    if not path.exists():
+        raise EvaluationError(f"no model weights at {path}; train first (`python -m colab_kit train --store ...`)")
+    model = build_model(plan.model, graph_params=store.params)
+    try:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except (RuntimeError, ValueError, OSError, EOFError) as exc:
+        raise EvaluationError(
+            f"{path} does not hold {plan.model} weights for this store ({' '.join(str(exc).split())[:200]}); "
+            "pass the best.pt of a run with the same --model and graphs"
+        ) from exc
+    return model.to(torch.device(plan.device))
+
+
+def evaluate_weights(store: GraphStore, plan: Any, weights: str | Path, split: str = "test") -> dict[str, Any]:
+    """Load saved model weights and evaluate them on a split of ``store``."""
+    device = torch.device(plan.device)
+    model = load_weights(store, plan, weights)
+    splits = load_or_make_splits(store, plan.seed)
+    loader = make_loaders(store, plan, splits)[split]
+    amp_dtype, _ = amp_dtype_for(plan, device)
+    return evaluate_with_backoff(model, loader, device, amp_dtype)
