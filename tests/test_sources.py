@@ -336,10 +336,10 @@ def test_malformed_json_names_file_and_position(shared_data: Path, tmp_path: Pat
     with pytest.raises(SourceError, match=r"broken\.json: malformed JSON after \d+ items, in the JSON text before byte \d+") as err:
         got.extend(open_source(broken))
     assert f"after {len(got)} items" in str(err.value) and 0 < len(got) < 200
-    nan = tmp_path / "nan.json"
+    nan = tmp_path / "nan.json"  # bare NaN (json.dump's default) is read, not a malformed file: tests/test_sources_nan.py
     nan.write_text(json.dumps({"index": ["a"], "columns": ["structure", "y"], "data": [[{}, float("nan")]]}))
-    with pytest.raises(SourceError, match="nan.json.*NaN.*null"):
-        list(open_source(nan))
+    (item,) = open_source(nan)
+    assert check_target(item) == "label is NaN"
     empty = tmp_path / "empty.json"
     empty.write_text("")
     with pytest.raises(SourceError, match="empty.json: is empty"):

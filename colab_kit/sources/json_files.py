@@ -1,13 +1,24 @@
-"""Matbench and JARVIS JSON files (plain or gzip), streamed record by record through ijson."""
+"""Matbench and JARVIS JSON files (plain or gzip), streamed record by record through ijson; a resume seeks."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
 from colab_kit.sources.base import Source
 from colab_kit.sources.records import _HOW_TO_CHOOSE, RawItem, SourceError, _to_target
-from colab_kit.sources.streams import _NOT_ELEMENTS, _count, _first_char, _json
+from colab_kit.sources.seek import seek_element
+from colab_kit.sources.streams import (
+    _DAMAGED,
+    _NOT_ELEMENTS,
+    _bare_in,
+    _BareConstants,
+    _count,
+    _first_char,
+    _json,
+    _unbare,
+)
 
 _ID_KEYS = ("jid", "id", "material_id")
 
@@ -60,24 +71,44 @@ class _Matbench(Source):
         return self._n_index if self._n_index is not None else _count(self.path, "data.item")
 
     def __iter__(self) -> Iterator[RawItem]:
+        return self._items(0)
+
+    def iter_from(self, start: int) -> Iterator[RawItem]:
+        """The items from index ``start`` on, seeking past the rows before it (see :mod:`.seek`)."""
+        return self._items(max(start, 0))
+
+    def _items(self, start: int) -> Iterator[RawItem]:
         # ids come from a second reader of "index" in step with "data": no memory for them, in any key order
         ids = _json(self.path, "items", "index.item", what="index entries") if self._n_index is not None else None
-        rows = 0
+        rows = _Elements(self.path, "data", start, "items")
+        skipped = False
         try:
-            for rows, row in enumerate(_json(self.path, "items", "data.item"), 1):
-                rid = rows - 1 if ids is None else next(ids, ids)
+            for row in rows:
+                if not skipped and ids is not None:  # the ids of the rows sought past, never built into items
+                    skipped = self._skip_ids(ids, rows.n - 1)
+                rid = rows.n - 1 if ids is None else next(ids, ids)
                 if rid is ids:
                     raise SourceError(f"{self.path}: \"data\" has more rows than the {self._n_index} \"index\" entries; re-download the file")
                 if not isinstance(row, list) or len(row) != len(self._columns):
                     yield RawItem(str(rid), None, None, "pmg_dict", f"data row {str(row)[:80]!r} does not match columns {self._columns}")
                     continue
-                target, error = _to_target(row[self._ti]) if self._ti is not None else (None, None)
-                yield RawItem(str(rid), row[self._si], target, "pmg_dict", error)
-            if ids is not None and rows < self._n_index:  # count, not another next(): that would scan to the end
-                raise SourceError(f"{self.path}: \"index\" has {self._n_index} entries but \"data\" only {rows} rows; re-download the file")
+                target, error = _to_target(_unbare(row[self._ti])) if self._ti is not None else (None, None)
+                structure = row[self._si]
+                if rows.rewrote and (bare := _bare_in(structure)) is not None:
+                    error = _bare_error("structure", bare)
+                yield RawItem(str(rid), structure, target, "pmg_dict", error)
+            if ids is not None and not skipped:
+                self._skip_ids(ids, rows.n)
+            if ids is not None and rows.n < self._n_index:  # count, not another next(): that would scan to the end
+                raise SourceError(f"{self.path}: \"index\" has {self._n_index} entries but \"data\" only {rows.n} rows; re-download the file")
         finally:
             if ids is not None:
                 ids.close()
+
+    def _skip_ids(self, ids: Iterator[Any], n: int) -> bool:
+        if n and sum(1 for _ in itertools.islice(ids, n)) < n:
+            raise SourceError(f"{self.path}: \"data\" has more rows than the {self._n_index} \"index\" entries; re-download the file")
+        return True
 
 
 class _Jarvis(Source):
@@ -90,7 +121,7 @@ class _Jarvis(Source):
             records = _json(path, "items", "item", what="records")
             first = next(records, None)
             records.close()
-            labels = [k for k, v in first.items() if k not in (*_ID_KEYS, "atoms") and _to_target(v)[1] is None] if isinstance(first, dict) else []
+            labels = [k for k, v in first.items() if k not in (*_ID_KEYS, "atoms") and _to_target(_unbare(v))[1] is None] if isinstance(first, dict) else []
             if len(labels) > 1:
                 raise SourceError(f"{path}: several label keys {labels} in the first record; choose one with target=")
             target = labels[0] if labels else ""
@@ -100,10 +131,63 @@ class _Jarvis(Source):
         return _count(self.path, "item")
 
     def __iter__(self) -> Iterator[RawItem]:
-        for pos, rec in enumerate(_json(self.path, "items", "item", what="records")):
+        return self._items(0)
+
+    def iter_from(self, start: int) -> Iterator[RawItem]:
+        """The items from index ``start`` on, seeking past the records before it (see :mod:`.seek`)."""
+        return self._items(max(start, 0))
+
+    def _items(self, start: int) -> Iterator[RawItem]:
+        records = _Elements(self.path, None, start, "records")
+        for rec in records:
             rec = rec if isinstance(rec, dict) else {}
-            rid = next((str(rec[k]) for k in _ID_KEYS if rec.get(k) is not None), str(pos))
-            target, error = _to_target(rec.get(self.target_name)) if self.target_name else (None, None)
-            if not isinstance(rec.get("atoms"), dict):
+            rid = next((str(rec[k]) for k in _ID_KEYS if rec.get(k) is not None), str(records.n - 1))
+            target, error = _to_target(_unbare(rec.get(self.target_name))) if self.target_name else (None, None)
+            atoms = rec.get("atoms")
+            if not isinstance(atoms, dict):
                 error = f"record has no 'atoms' mapping (keys {sorted(rec)[:8]}); expected jarvis Atoms.to_dict() under 'atoms'"
-            yield RawItem(rid, rec.get("atoms"), target, "jarvis", error)
+            elif records.rewrote and (bare := _bare_in(atoms)) is not None:
+                error = _bare_error("atoms", bare)
+            yield RawItem(rid, atoms, target, "jarvis", error)
+
+
+def _bare_error(what: str, found: tuple[str, str]) -> str:
+    where, marker = found
+    return (f"{what} has a bare {marker[1:]} at {where} (JSON has no NaN/Infinity, Python's json.dump writes them); "
+            "fix that value in the source or drop the record")
+
+
+class _Elements:
+    """The elements of a JSON array from index ``start`` on, as ijson builds them, seeking past the ones before.
+
+    Bare NaN / Infinity: the first read goes without :class:`_BareConstants` (files without them pay nothing);
+    a parse error restarts the read at the element that failed, with it. A second error is the file's.
+
+    Attributes:
+        n: elements passed so far (the skipped ones included): inside the loop, the current element's index + 1.
+        rewrote: bare constants were rewritten into markers, so the current element may hold some.
+    """
+
+    def __init__(self, path: str, key: str | None, start: int, what: str) -> None:
+        self.path, self.key, self.start, self.what = path, key, start, what
+        self.prefix = "item" if key is None else f"{key}.item"
+        self.n, self.rewrote = 0, False
+
+    def __iter__(self) -> Iterator[Any]:
+        at, bare = self.start, False
+        while True:
+            sought = seek_element(self.path, self.key, at) if at else None
+            stream, self.n = sought if sought is not None else (None, 0)
+            filters: list[_BareConstants] = []
+            try:
+                for element in _json(self.path, "items", self.prefix, what=self.what, stream=stream, first=self.n,
+                                     bare=bare, filters=filters):
+                    self.n += 1
+                    if self.n > at:  # elements before ``at`` come only where no seek could be made
+                        self.rewrote = bool(filters) and filters[0].replaced > 0
+                        yield element
+                return
+            except SourceError as exc:
+                if bare or isinstance(exc.__cause__, _DAMAGED):
+                    raise
+                at, bare = max(at, self.n), True

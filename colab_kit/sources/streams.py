@@ -1,10 +1,13 @@
 """Byte streams under the file readers: gzip told by its magic bytes, damage reported with how far reading got,
-and streaming JSON through ijson (its compiled backend where there is one)."""
+and streaming JSON through ijson (its compiled backend where there is one), bare NaN / Infinity included."""
 
 from __future__ import annotations
 
 import functools
 import gzip
+import itertools
+import math
+import re
 import zlib
 from collections.abc import Iterator
 from typing import IO, Any
@@ -56,18 +59,128 @@ def _failure(path: str, exc: BaseException, done: str, pos: int) -> SourceError:
     return SourceError(f"{path}: malformed JSON {done}, in the JSON text before byte {pos}: {msg}{hint}; fix or re-download the file")
 
 
-def _json(path: str, fn: str, *prefix: str, what: str = "items") -> Iterator[Any]:
-    """ijson ``items``/``parse`` over a (gzip) file; a decoding failure becomes a SourceError saying how far it got."""
+# Python's json.dump writes NaN / Infinity / -Infinity bare, which JSON (and so ijson) has no token for. Outside
+# strings they are rewritten into marker strings that cannot be confused with a real one; readers turn the markers
+# back into floats (:func:`_unbare`), so a NaN label is a NaN label and the rest of the file still reads.
+BARE = {"\0NaN": math.nan, "\0Infinity": math.inf, "\0-Infinity": -math.inf}
+_BARE_OUT = {b"NaN": b'"\\u0000NaN"', b"Infinity": b'"\\u0000Infinity"', b"-Infinity": b'"\\u0000-Infinity"'}
+_BARE_SCAN = re.compile(rb'\\.|"|-?Infinity|NaN', re.S)
+_ESCAPE = re.compile(rb"\\.", re.S)
+_TOKENS = (b"NaN", b"Infinity", b"-Infinity")
+
+
+class _BareConstants:
+    """File-like filter in front of ijson: rewrites bare NaN / Infinity / -Infinity outside strings into markers.
+
+    Bytes without those words pass through after a count of their quotes (to know, when one comes, whether it
+    stands inside a string); a read that fails returns what is held back first, so no item before damage is lost.
+
+    Attributes:
+        replaced: how many bare constants were rewritten so far (readers check payloads for markers only then).
+    """
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f, self.replaced = f, 0
+        self._carry, self._in_string, self._escaped = b"", False, False
+        self._error: BaseException | None = None
+
+    def read(self, size: int = -1) -> bytes:
+        if size == 0:  # ijson asks for 0 bytes to tell bytes from text
+            return b""
+        while True:
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise error
+            try:
+                new = self.f.read(size)
+            except _DAMAGED as exc:
+                if not self._carry:
+                    raise
+                self._error, new = exc, b""
+            data, self._carry = self._carry + new, b""
+            if new:  # a constant may be cut at the end of this read: keep its start for the next
+                hold = next((len(data) - i for i in range(max(len(data) - 9, 0), len(data))
+                             if any(t.startswith(data[i:]) for t in _TOKENS)), 0)
+                if hold:
+                    data, self._carry = data[:-hold], data[-hold:]
+            if data or not new:
+                return self._rewrite(data) if (b"NaN" in data or b"Infinity" in data) else self._pass(data)
+
+    def _pass(self, data: bytes) -> bytes:
+        quotes = data.count(b'"')
+        if self._escaped or b"\\" in data:
+            start = 1 if self._escaped else 0
+            escaped = [m.end() - 1 for m in _ESCAPE.finditer(data, start)]
+            quotes -= sum(1 for i in escaped if data[i] == 34) + (1 if self._escaped and data[:1] == b'"' else 0)
+            self._escaped = len(data) > start and data[-1] == 92 and (not escaped or escaped[-1] != len(data) - 1)
+        self._in_string ^= bool(quotes & 1)
+        return data
+
+    def _rewrite(self, data: bytes) -> bytes:
+        out: list[bytes] = []
+        start = pair_end = 1 if self._escaped else 0
+        last = 0
+        for m in _BARE_SCAN.finditer(data, start):
+            token = m.group()
+            if token[0] == 92:  # an escape pair (inside a string): nothing to count
+                pair_end = m.end()
+            elif token == b'"':
+                self._in_string = not self._in_string
+            elif not self._in_string:
+                out += (data[last:m.start()], _BARE_OUT[token])
+                last = m.end()
+                self.replaced += 1
+        self._escaped = len(data) > start and data[-1] == 92 and pair_end != len(data)
+        return b"".join((*out, data[last:]))
+
+    def tell(self) -> int:
+        return self.f.tell() - len(self._carry)
+
+
+def _unbare(value: Any) -> Any:
+    """A marker written by :class:`_BareConstants` back to its float; anything else as it is."""
+    return BARE.get(value, value) if type(value) is str else value
+
+
+def _bare_in(obj: Any, where: str = "") -> tuple[str, str] | None:
+    """(where, marker) of the first bare-constant marker in ``obj`` (where like ``sites[2].abc[0]``), or None."""
+    if type(obj) is str:
+        return (where or "the value", obj) if obj in BARE else None
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for key, value in items:
+        if (found := _bare_in(value, f"{where}[{key}]" if type(key) is int else f"{where}.{key}".lstrip("."))) is not None:
+            return found
+    return None
+
+
+def _json(path: str, fn: str, *prefix: str, what: str = "items", stream: IO[bytes] | None = None, first: int = 0,
+          bare: bool | None = None, filters: list[_BareConstants] | None = None) -> Iterator[Any]:
+    """ijson ``items``/``parse`` over a (gzip) file; a decoding failure becomes a SourceError saying how far it got.
+
+    Args:
+        stream: read this (a document spliced after a seek) instead of opening ``path``.
+        first: items that came before the stream (counted in the error message).
+        bare: rewrite bare NaN / Infinity (:class:`_BareConstants`); None: read without, and on a parse error
+            read again with it, past the items already given (a file without them pays nothing).
+        filters: receives each :class:`_BareConstants` put in front of the stream.
+    """
     from ijson import JSONError
 
-    with _open(path) as f:
-        n = 0
+    n = first
+    with stream if stream is not None else _open(path) as f:
+        src = _BareConstants(f) if bare else f
+        if bare and filters is not None:
+            filters.append(src)
         try:
-            for obj in getattr(_ijson(), fn)(f, *prefix, use_float=True):
+            for obj in getattr(_ijson(), fn)(src, *prefix, use_float=True):
                 yield obj
                 n += 1
+            return
         except (*_DAMAGED, JSONError) as exc:
-            raise _failure(path, exc, f"after {n} {what}", f.tell()) from exc
+            if bare is not None or stream is not None or isinstance(exc, _DAMAGED):
+                raise _failure(path, exc, f"after {n} {what}", src.tell()) from exc
+    again = _json(path, fn, *prefix, what=what, bare=True, filters=filters)
+    yield from itertools.islice(again, n - first, None)
 
 
 def _count(path: str, prefix: str) -> int:
