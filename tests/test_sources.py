@@ -9,6 +9,7 @@ import io
 import json
 import math
 import pickle
+import re
 import shutil
 import tarfile
 import time
@@ -19,6 +20,7 @@ from typing import Any
 
 import ijson
 import pytest
+from helpers import run_cli
 
 from colab_kit import sources
 from colab_kit.sources import FORMATS, RawItem, SourceError, check_target, detect_format, open_source, parse_structure
@@ -400,9 +402,7 @@ def test_empty_sources(tmp_path: Path) -> None:
     write_matbench(tmp_path / "empty.json.gz", {"index": [], "columns": ["structure", "e_form"], "data": []})
     (tmp_path / "empty.json").write_text("[]")
     (tmp_path / "empty.extxyz").write_text("")
-    (tmp_path / "dir").mkdir()
-    (tmp_path / "dir" / "id_prop.csv").write_text("")
-    for name in ("empty.json.gz", "empty.json", "empty.extxyz", "dir"):
+    for name in ("empty.json.gz", "empty.json", "empty.extxyz"):
         src = open_source(tmp_path / name)
         assert src.count() == 0 and list(src) == [], name
         assert src.identity()["sha256"]
@@ -414,3 +414,28 @@ def test_empty_sources(tmp_path: Path) -> None:
         parse_structure(items[0])
     with pytest.raises(SourceError, match="'J-2'.*no 'atoms'"):
         parse_structure(items[1])
+
+
+def test_folder_without_structures_says_what_is_read(shared_data: Path, tmp_path: Path) -> None:
+    """An empty folder, one of .txt files, or an id_prop.csv alone: one line that reads right after `--data FOLDER`
+    too (no fmt= / open_source advice), naming what the folder holds and the layouts that are read."""
+    layouts = r"a data source is a folder of \*\.cif or POSCAR / \*\.vasp files with an id_prop\.csv.*matbench \.json\(\.gz\), a JARVIS \.json list or an \.extxyz file$"
+    cases = {"empty": ({}, "it is empty"), "txt": ({"notes.txt": "x", "b.txt": "y"}, "2 other files, e.g. 'b.txt'"),
+             "csv_only": ({"id_prop.csv": "JVASP-1,1.0\n"}, "only an id_prop.csv")}
+    for name, (files, found) in cases.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        for fname, text in files.items():
+            (folder / fname).write_text(text)
+        for call in (detect_format, open_source):
+            with pytest.raises(SourceError, match=rf"{name}: the folder holds no CIF or POSCAR files \({re.escape(found)}\); {layouts}") as err:
+                call(folder)
+            assert "fmt=" not in str(err.value) and "open_source" not in str(err.value) and "\n" not in str(err.value)
+    no_csv = tmp_path / "no_csv"
+    shutil.copytree(shared_data / ALIGNN, no_csv, ignore=shutil.ignore_patterns("id_prop.csv"))
+    with pytest.raises(SourceError, match=r"needs an id_prop\.csv .*\(e\.g\. 'POSCAR-JVASP-10\.vasp'\); write one$"):
+        open_source(no_csv)
+    res = run_cli("convert", str(tmp_path / "txt"), "--converter", "radius", "--out", str(tmp_path / "store"))
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr
+    assert any("the folder holds no CIF or POSCAR files (2 other files" in line and "extxyz" in line for line in lines), res.stderr

@@ -19,7 +19,7 @@ from typing import Any
 
 from colab_kit.sources.base import Source
 from colab_kit.sources.extxyz import _Extxyz
-from colab_kit.sources.folders import _DIR_SUFFIXES, _Folder, _is_structure_file
+from colab_kit.sources.folders import _DIR_SUFFIXES, _LAYOUTS, _Folder, _is_structure_file
 from colab_kit.sources.json_files import _Jarvis, _Matbench
 from colab_kit.sources.memory import _Memory
 from colab_kit.sources.records import (
@@ -48,15 +48,18 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     if not p.exists():
         raise SourceError(f"{p}: no such file or folder; check the path (on Colab, mount Drive first)")
     if p.is_dir():
-        if not (p / "id_prop.csv").is_file():
-            raise SourceError(f"{p}: a structure folder needs an id_prop.csv (lines 'id,target', no header) beside its *.cif / POSCAR files; write one, or {_HOW_TO_CHOOSE}")
         with os.scandir(p) as entries:
-            first = next((e.name for e in entries if e.is_file() and _is_structure_file(e.name)), None)
-        if first is not None:
-            return "cif_dir" if first.lower().endswith(".cif") else "poscar_dir"
-        if _Folder(str(p), "cif_dir", None).count() == 0:
-            return "cif_dir"  # nothing listed and nothing to list: an empty data set, not a mistake
-        raise SourceError(f"{p}: id_prop.csv lists structures but the folder has no *.cif, *.vasp or POSCAR files; add them, or {_HOW_TO_CHOOSE}")
+            names = sorted(e.name for e in entries if e.is_file())
+        first = next((n for n in names if _is_structure_file(n)), None)
+        if first is None:  # said so that it reads right after `--data FOLDER` as well as after open_source(FOLDER)
+            others = [n for n in names if n != "id_prop.csv"]
+            found = (f"{len(others)} other file{'s' * (len(others) > 1)}, e.g. {others[0]!r}" if others else
+                     "only an id_prop.csv" if names else "it is empty")
+            raise SourceError(f"{p}: the folder holds no CIF or POSCAR files ({found}); a data source is {_LAYOUTS}")
+        if not (p / "id_prop.csv").is_file():
+            raise SourceError(f"{p}: a structure folder needs an id_prop.csv (lines 'id,target', no header) beside its "
+                              f"*.cif / POSCAR files (e.g. {first!r}); write one")
+        return "cif_dir" if first.lower().endswith(".cif") else "poscar_dir"
     name = p.name.lower().removesuffix(".gz")
     if name.endswith((".extxyz", ".xyz")):
         return "extxyz"

@@ -24,8 +24,9 @@ class _Extxyz(Source):
             info = self._info(first[1])[0] if first else {}
             self.target_name = next((k for k, v in info.items() if isinstance(v, float) and k not in _EXTXYZ_RESERVED), "")
 
-    def _frames(self) -> Iterator[tuple[int, str, str]]:
-        """(frame index, comment line, frame text), split at the atom-count lines without parsing atoms."""
+    def _frames(self, start: int = 0) -> Iterator[tuple[int, str, str]]:
+        """(frame index, comment line, frame text), split at the atom-count lines without parsing atoms; frames
+        before ``start`` are only counted through, line by line."""
         index = line_no = 0
         try:
             with io.TextIOWrapper(_open(self.path), encoding="utf-8", errors="replace") as f:
@@ -38,12 +39,18 @@ class _Extxyz(Source):
                     except ValueError:
                         raise SourceError(f"{self.path} line {line_no}: expected the atom count of frame {index}, got {line.strip()[:60]!r}; "
                                           "the file is not extended XYZ, or the frame before has the wrong number of atom lines") from None
-                    lines = [line, *itertools.islice(f, n + 1)]
-                    line_no += len(lines) - 1
-                    if len(lines) < n + 2:
+                    if index < start:
+                        got = sum(1 for _ in itertools.islice(f, n + 1))
+                        lines = None
+                    else:
+                        lines = [line, *itertools.islice(f, n + 1)]
+                        got = len(lines) - 1
+                    line_no += got
+                    if got < n + 1:
                         raise SourceError(f"{self.path}: file is truncated after {index} frames (frame {index} declares {n} atoms, "
-                                          f"{max(len(lines) - 2, 0)} follow); re-download or rewrite it")
-                    yield index, lines[1], "".join(lines)
+                                          f"{max(got - 1, 0)} follow); re-download or rewrite it")
+                    if lines is not None:
+                        yield index, lines[1], "".join(lines)
                     index += 1
         except _DAMAGED as exc:
             raise _failure(self.path, exc, f"after {index} frames", line_no) from exc
@@ -61,7 +68,11 @@ class _Extxyz(Source):
         return sum(1 for _ in self._frames())
 
     def __iter__(self) -> Iterator[RawItem]:
-        for index, comment, text in self._frames():
+        return self.iter_from(0)
+
+    def iter_from(self, start: int) -> Iterator[RawItem]:
+        """The items from index ``start`` on; the frames before it are split off by line count, never parsed."""
+        for index, comment, text in self._frames(max(start, 0)):
             info, error = self._info(comment)
             rid = next((str(info[k]) for k in ("id", "material_id") if k in info), str(index))
             target, label_error = _to_target(info.get(self.target_name)) if self.target_name else (None, None)

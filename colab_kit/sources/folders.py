@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,8 @@ from colab_kit.sources.records import RawItem, SourceError, _to_target
 
 _STRUCTURE_SUFFIXES = (".cif", ".vasp", ".poscar")
 _DIR_SUFFIXES = {"cif_dir": (".cif",), "poscar_dir": (".vasp", ".poscar")}
+_LAYOUTS = ("a folder of *.cif or POSCAR / *.vasp files with an id_prop.csv ('id,target' lines), "
+            "a matbench .json(.gz), a JARVIS .json list or an .extxyz file")
 
 
 class _Folder(Source):
@@ -43,7 +46,11 @@ class _Folder(Source):
         return sum(1 for _ in self._rows())
 
     def __iter__(self) -> Iterator[RawItem]:
-        for row in self._rows():
+        return self.iter_from(0)
+
+    def iter_from(self, start: int) -> Iterator[RawItem]:
+        """The items from index ``start`` on: rows of id_prop.csv before it are passed over, their files never read."""
+        for row in itertools.islice(self._rows(), max(start, 0), None):
             name = row[0].strip()
             stem = next((name.removesuffix(s) for s in _STRUCTURE_SUFFIXES if name.endswith(s)), name)
             target, error = _to_target(row[1]) if len(row) > 1 else (None, None)
