@@ -195,11 +195,9 @@ def _store_graph_settings(store: Any) -> dict[str, Any]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from colab_kit.evaluate import evaluate_weights
     from colab_kit.loader import load_or_make_splits
-    from colab_kit.report import format_scores
+    from colab_kit.report import format_scores, mean_predictor_mae, store_target_name
     from colab_kit.store import GraphStore
     from colab_kit.units import target_unit
 
@@ -207,9 +205,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     plan = _plan(args, converter=store.converter_name, model=args.model or MODEL_FOR_CONVERTER[store.converter_name],
                  **_store_graph_settings(store))
     res = evaluate_weights(store, plan, args.weights, split=args.split)
-    splits, y = load_or_make_splits(store, plan.seed), store.targets()
-    baseline = float(np.mean(np.abs(y[splits[args.split]] - y[splits["train"]].mean())))
-    unit = target_unit(store.manifest.get("source", {}).get("target_name"), None)
+    splits = load_or_make_splits(store, plan.seed)
+    baseline = mean_predictor_mae(store.targets(), splits["train"], splits[args.split])
+    unit = target_unit(store_target_name(store), str(store.root))  # a run's store sits in a folder named after its data
     print(format_scores(args.split, int(len(res["target"])), res["mae"], res["rmse"], baseline, unit))
     if args.json:
         print(json.dumps({"split": args.split, "n": int(len(res["target"])), "mae": res["mae"], "rmse": res["rmse"],
@@ -240,8 +238,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if res.metrics.get("status") == "stopped":
         print(f"stopped; work so far is saved in {res.run_dir}: run the same command again to resume", file=sys.stderr)
         return _stopped_code(res.metrics.get("signal"))
+    from colab_kit.report import format_scores
+
     m = res.metrics
-    print(f"Done: test MAE {m['test_mae']:.4f} (mean predictor {m['mean_predictor_test_mae']:.4f}) on {m['test_n']} structures")
+    print("Done: " + format_scores("test", m["test_n"], m["test_mae"], m["test_rmse"], m["mean_predictor_test_mae"],
+                                   m.get("unit", "")))
     print(format_table([(k, v) for k, v in res.files.items()]))
     return 0
 

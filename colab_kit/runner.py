@@ -245,19 +245,18 @@ def _finish(plan: Plan, run_dir: Path, store: Any, result: Any, timing: Timing, 
     import numpy as np
 
     from colab_kit.evaluate import evaluate_weights
-    from colab_kit.report import write_report
+    from colab_kit.report import mean_predictor_mae, write_report
 
     stage("evaluate", "test set with the best validation weights")
     test = evaluate_weights(store, plan, run_dir / "best.pt")
     splits = np.load(run_dir / "store" / f"splits-seed{plan.seed}.npz", allow_pickle=False)
-    targets = store.targets()
-    baseline = float(np.mean(np.abs(targets[splits["test"]] - targets[splits["train"]].mean())))
+    baseline = mean_predictor_mae(store.targets(), splits["train"], splits["test"])
     stage("report", str(run_dir / "report"))
     _write_item_records(run_dir / "report", store)
     timing.add("evaluate_seconds")
     metrics = write_report(run_dir / "report", plan=plan, store=store, result=result, test=test,
                            baseline_mae=baseline, timing=timing.summary(time.perf_counter() - t0),
-                           data_name=plan.data, target_name=store.manifest.get("source", {}).get("target_name"))
+                           data_name=plan.data)
     files = dict(metrics.pop("files"))
     files["model"] = str(run_dir / "best.pt")
     files["run_dir"] = str(run_dir)

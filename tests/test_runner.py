@@ -18,7 +18,7 @@ from colab_kit.plan import make_plan
 def test_run_debug_end_to_end(tmp_path: Path) -> None:
     res = run_cli("run", "--mode", "debug", "--work-dir", str(tmp_path))
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "Plan for --mode debug" in res.stdout and "Done: test MAE" in res.stdout
+    assert "Plan for --mode debug" in res.stdout and "Done: test (n=30): MAE" in res.stdout and "eV/atom" in res.stdout
     run_dir = tmp_path / "mp_eform_cgcnn_3000-chgnet-chgnet-debug"
     for rel in ("plan.json", "run.log", "best.pt", "store/manifest.json", "checkpoints/latest.pt",
                 "report/metrics.json", "report/loss_curve.png", "report/parity.png", "report/summary.txt"):
@@ -28,6 +28,11 @@ def test_run_debug_end_to_end(tmp_path: Path) -> None:
     assert (run_dir / "report" / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
     again = run_cli("run", "--mode", "debug", "--work-dir", str(tmp_path))
     assert again.returncode == 0 and "nothing to convert" in again.stderr and "training already finished" in again.stderr
+    # a rerun that redoes nothing keeps the run's compute time and says how long it took itself
+    m2 = json.loads((run_dir / "report" / "metrics.json").read_text())
+    assert m2["time"]["calls"] == 2 and m2["time"]["compute_seconds"] >= m["time"]["compute_seconds"] > 0
+    assert m2["time"]["train_seconds"] == m["time"]["train_seconds"]
+    assert m2["time"]["last_call_seconds"] < m["time"]["last_call_seconds"]
 
 
 def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -112,5 +117,5 @@ def test_stop_during_conversion_returns_stopped_with_shards_kept(tmp_path: Path)
                      convert_workers=1, work_dir=str(tmp_path))
     polls = []
     res = run(plan, progress=False, log_to_file=False, should_stop=lambda: polls.append(1) or len(polls) > 3)
-    assert res.metrics == {"status": "stopped"}
+    assert res.metrics["status"] == "stopped"
     assert shard_count(res.run_dir / "store") == 3 and not (res.run_dir / "checkpoints").exists()
