@@ -19,6 +19,7 @@ CONVERTERS = ("chgnet", "radius")
 MODELS = ("chgnet", "cgcnn")
 AMP_CHOICES = ("off", "fp16", "bf16")
 BAD_STRUCTURE_POLICIES = ("skip", "warn", "error")
+ISOLATED_ATOM_POLICIES = ("error", "warn", "ignore")  # CHGNet's CrystalGraphConverter modes
 
 #: Per-mode presets. Modes are data: anything mode-dependent is looked up here.
 MODES: dict[str, dict[str, Any]] = {
@@ -55,6 +56,7 @@ class Plan:
     cutoff: float
     bond_cutoff: float
     max_neighbors: int | None
+    on_isolated_atoms: str
     # batching (budgets are per batch, summed over its graphs)
     train_memory: int
     batch_edges: int
@@ -150,6 +152,7 @@ OVERRIDABLE: dict[str, tuple[Any, str]] = {
     "cutoff": (_positive_num, "a positive number of Å"),
     "bond_cutoff": (_positive_num, "a positive number of Å"),
     "max_neighbors": (lambda v: v is None or _positive_int(v), "a positive integer or None"),
+    "on_isolated_atoms": (lambda v: v in ISOLATED_ATOM_POLICIES, f"one of {ISOLATED_ATOM_POLICIES}"),
     "train_memory": (_positive_int, "a positive number of bytes"),
     "batch_edges": (_positive_int, "a positive integer"),
     "batch_atoms": (_positive_int, "a positive integer"),
@@ -252,6 +255,9 @@ def make_plan(machine: Machine, mode: str = "debug", **overrides: Any) -> Plan:
         set_("cutoff", 8.0, "CGCNN/ComFormer-style radius graph")
         set_("bond_cutoff", 0.0, "not used by radius graphs")
         set_("max_neighbors", 12, "CGCNN-style cap on neighbours per atom")
+
+    set_("on_isolated_atoms", "error", "CHGNet's default: a structure with an atom that has no neighbour within "
+         "the cutoff is skipped and recorded ('warn'/'ignore' keep its graph)")
 
     # Batch budget from the memory the model will train in.
     if gpu is not None:
