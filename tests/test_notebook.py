@@ -9,10 +9,15 @@ which on CPU reads the process's peak RSS and so depends on what the kernel did 
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
+import venv
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +117,65 @@ def test_quickstart_runs_headless(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert "test_mae" in _texts(cells["6"].outputs)
     run_dir = tmp_path / "work" / "mp_eform_cgcnn_3000-radius-cgcnn-debug"
     assert (run_dir / "report" / "metrics.json").is_file()
+
+
+def _wheel(folder: Path, name: str, version: str, requires: tuple[str, ...] = ()) -> Path:
+    """A minimal pure-Python wheel: ``import name`` gives ``__version__ == version``."""
+    module, info = name.replace("-", "_"), f"{name.replace('-', '_')}-{version}.dist-info"
+    files = {f"{module}/__init__.py": f"__version__ = {version!r}\n",
+             f"{info}/METADATA": "Metadata-Version: 2.1\n" f"Name: {name}\nVersion: {version}\n"
+             + "".join(f"Requires-Dist: {r}\n" for r in requires),
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = "".join(f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b'=').decode()},"
+                     f"{len(text.encode())}\n" for path, text in files.items()) + f"{info}/RECORD,,\n"
+    path = folder / f"{module}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        for name_, text in {**files, f"{info}/RECORD": record}.items():
+            zf.writestr(name_, text)
+    return path
+
+
+def test_install_cell_adds_only_shows_progress_and_asks_for_restart_once(tmp_path: Path) -> None:
+    """Cell 1 in a Colab-like kernel without colab_kit: real pip, local wheels standing in for PyPI.
+
+    ``probe-dep`` 1.0 is installed and imported before the cell runs (as Colab imports its own
+    packages). A colab_kit that needs ``probe-dep>=1`` is only added; one that needs ``>=2`` replaces
+    it, and the cell says once that a restart is needed.
+    """
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    cell = next(c.source for c in nb.cells if c.cell_type == "code" and c.source.startswith("#@title 1."))
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    probe1, _ = _wheel(wheels, "probe-dep", "1.0"), _wheel(wheels, "probe-dep", "2.0")
+    adds, needs2 = tmp_path / "adds", tmp_path / "needs2"
+    adds.mkdir(), needs2.mkdir()
+    kit_adds = _wheel(adds, "colab_kit", "0.0.1", ("probe-dep>=1",))
+    kit_needs2 = _wheel(needs2, "colab_kit", "0.0.2", ("probe-dep>=2",))
+    venv.EnvBuilder(with_pip=True).create(tmp_path / "kernel")
+    python = str(tmp_path / "kernel" / "bin" / "python")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PIP_")}, "PIP_NO_INDEX": "1",
+           "PIP_FIND_LINKS": str(wheels), "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_CONFIG_FILE": os.devnull}
+    subprocess.run([python, "-m", "pip", "install", "-q", str(probe1)], check=True, env=env)
+    # A Colab kernel: google.colab imported at start, and so is one of its packages.
+    prelude = "import sys, types; sys.modules['google.colab'] = types.ModuleType('google.colab'); import probe_dep\n"
+
+    def run_cell(source: Path) -> str:
+        res = subprocess.run([python, "-c", prelude + cell], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                             env={**env, "COLAB_KIT_SOURCE": str(source)})
+        assert res.returncode == 0, res.stdout + res.stderr
+        return res.stdout
+
+    first = run_cell(kit_adds)
+    assert "stay as they are" in first and re.search(r"\[\s*\d+ s\] Successfully installed colab.kit-0.0.1", first)
+    assert "RESTART" not in first and "Replaced" not in first
+    assert "colab_kit 0.0.1 is installed on Google Colab" in first
+    again = run_cell(kit_adds)  # idempotent: nothing is installed the second time
+    assert again.strip() == "colab_kit 0.0.1 is installed on Google Colab", again
+
+    subprocess.run([python, "-m", "pip", "uninstall", "-y", "-q", "colab_kit"], check=True, env=env)
+    upgrade = run_cell(kit_needs2)
+    assert "probe-dep==1.0" in upgrade and "Installing it anyway" in upgrade  # pip's conflict, named
+    assert upgrade.count("RESTART NEEDED") == 1 and "probe-dep 1.0 -> 2.0" in upgrade
+    assert "colab_kit 0.0.2 is installed" in upgrade
+    after = run_cell(kit_needs2)  # after the restart: the cell does nothing and says nothing more
+    assert "RESTART" not in after and after.strip() == "colab_kit 0.0.2 is installed on Google Colab"

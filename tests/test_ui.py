@@ -121,7 +121,7 @@ def test_stop_checkpoints_and_resume_continues(tmp_path: Path) -> None:
     assert panel.running and not panel.stop_button.disabled and panel.run_button.disabled
     panel.stop_button.click()
     result = panel.wait(timeout=300)
-    assert result is not None and result.metrics == {"status": "stopped"}, panel.error
+    assert result is not None and result.metrics["status"] == "stopped", panel.error
     assert "stopped" in panel.status.value and "Resume" in panel.status.value
     assert panel.plot_updates >= 1
     run_dir = tmp_path / "work" / RUN_NAME
