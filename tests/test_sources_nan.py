@@ -8,6 +8,7 @@ import copy
 import gzip
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from helpers import shipped_records
 
 from colab_kit.convert import build_store
 from colab_kit.graphs import get_converter
-from colab_kit.sources import RawItem, check_target, open_source, parse_structure
+from colab_kit.sources import RawItem, SourceError, check_target, open_source, parse_structure
 from colab_kit.store import GraphStore
 
 pytestmark = pytest.mark.filterwarnings("ignore:Not all sites have property")  # the "note" added to one site
@@ -52,17 +53,17 @@ def check_items(items: list[RawItem], ids: list[str], clean: list[list[Any]], ro
             value = LABELS[i]
             want = "label is missing" if value is None else "label is NaN" if math.isnan(value) else "label is infinite"
             assert check_target(item) == want, (i, item.target)
-        elif i == 20:
-            assert item.error == ("structure has a bare NaN at sites[0].abc[2] (JSON has no NaN/Infinity, Python's json.dump "
-                                  "writes them); fix that value in the source or drop the record")
+        elif i == 20:  # found in the worker, when the structure does not build: clean items pay nothing for it
+            with pytest.raises(SourceError, match=re.escape(
+                    f"item '{ids[20]}' (pmg_dict): the structure has a bare NaN at sites[0].abc[2] (JSON has no NaN/Infinity; "
+                    "Python's json.dump writes them); fix that value or drop this record")):
+                parse_structure(item)
         else:
             assert check_target(item) is None and item.target == clean[i][1] and item.payload == rows[i][0], i
             assert item.error is None
     assert items[5].payload["sites"][0]["label"] == "NaN, Infinity [-Infinity]"
     assert items[6].payload["sites"][0]["properties"] == {"note": 'x": NaN, "y": Infinity'}
     assert parse_structure(items[5]).composition == parse_structure(RawItem("c", clean[5][0], 0.0, "pmg_dict")).composition
-    with pytest.raises(Exception, match="'" + ids[20] + "'.*bare NaN"):
-        parse_structure(items[20])
 
 
 @pytest.mark.parametrize("suffix", [".json", ".json.gz"])
@@ -89,7 +90,8 @@ def test_jarvis_with_bare_nan(fixture_data: Path, tmp_path: Path, suffix: str) -
     assert [i.id for i in items] == [r["jid"] for r in records]
     assert [check_target(i) for i in items] == ["label is NaN", None, "label is infinite", None, "label is missing", None]
     assert items[1].target == clean[1]["optb88vdw_bandgap"] and items[1].payload == clean[1]["atoms"]
-    assert items[3].error is not None and "atoms has a bare -Infinity at coords[0][1]" in items[3].error
+    with pytest.raises(SourceError, match=r"'JVASP-\d+' \(jarvis\): the structure has a bare -Infinity at coords\[0\]\[1\]"):
+        parse_structure(items[3])
     assert parse_structure(items[5]) and items[5].error is None
 
 
@@ -102,3 +104,15 @@ def test_build_store_records_the_nan_items(tmp_path: Path) -> None:
     assert set(failures) == bad and res.n_graphs == 40 - len(bad)
     assert failures[ids[3]] == "label is NaN" and failures[ids[8]] == "label is infinite" and failures[ids[17]] == "label is missing"
     assert "bare NaN at sites[0].abc[2]" in failures[ids[20]]
+
+
+def test_non_finite_coordinates_are_a_bad_item(fixture_data: Path) -> None:
+    """JSON cannot carry an infinite float (yajl refuses 1e999), but a POSCAR or CIF can ("nan"): the structure
+    builds, and is refused for it."""
+    text = next((fixture_data / "poscar_dir").glob("*.vasp")).read_text()
+    lines = text.splitlines()
+    first_site = next(i for i, line in enumerate(lines) if line.strip().lower().startswith("direct")) + 1
+    lines[first_site] = "nan " + " ".join(lines[first_site].split()[1:])
+    assert parse_structure(RawItem("ok", text, 1.0, "poscar"))
+    with pytest.raises(SourceError, match=r"item 'bad' \(poscar\): the lattice or the coordinates hold NaN or infinite"):
+        parse_structure(RawItem("bad", "\n".join(lines) + "\n", 1.0, "poscar"))

@@ -7,18 +7,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from colab_kit.sources.base import Source
-from colab_kit.sources.records import _HOW_TO_CHOOSE, RawItem, SourceError, _to_target
+from colab_kit.sources.records import _HOW_TO_CHOOSE, RawItem, SourceError, _to_target, _unbare
 from colab_kit.sources.seek import seek_element
-from colab_kit.sources.streams import (
-    _DAMAGED,
-    _NOT_ELEMENTS,
-    _bare_in,
-    _BareConstants,
-    _count,
-    _first_char,
-    _json,
-    _unbare,
-)
+from colab_kit.sources.streams import _DAMAGED, _NOT_ELEMENTS, _count, _first_char, _json
 
 _ID_KEYS = ("jid", "id", "material_id")
 
@@ -93,10 +84,7 @@ class _Matbench(Source):
                     yield RawItem(str(rid), None, None, "pmg_dict", f"data row {str(row)[:80]!r} does not match columns {self._columns}")
                     continue
                 target, error = _to_target(_unbare(row[self._ti])) if self._ti is not None else (None, None)
-                structure = row[self._si]
-                if rows.rewrote and (bare := _bare_in(structure)) is not None:
-                    error = _bare_error("structure", bare)
-                yield RawItem(str(rid), structure, target, "pmg_dict", error)
+                yield RawItem(str(rid), row[self._si], target, "pmg_dict", error)
             if ids is not None and not skipped:
                 self._skip_ids(ids, rows.n)
             if ids is not None and rows.n < self._n_index:  # count, not another next(): that would scan to the end
@@ -143,48 +131,35 @@ class _Jarvis(Source):
             rec = rec if isinstance(rec, dict) else {}
             rid = next((str(rec[k]) for k in _ID_KEYS if rec.get(k) is not None), str(records.n - 1))
             target, error = _to_target(_unbare(rec.get(self.target_name))) if self.target_name else (None, None)
-            atoms = rec.get("atoms")
-            if not isinstance(atoms, dict):
+            if not isinstance(rec.get("atoms"), dict):
                 error = f"record has no 'atoms' mapping (keys {sorted(rec)[:8]}); expected jarvis Atoms.to_dict() under 'atoms'"
-            elif records.rewrote and (bare := _bare_in(atoms)) is not None:
-                error = _bare_error("atoms", bare)
-            yield RawItem(rid, atoms, target, "jarvis", error)
-
-
-def _bare_error(what: str, found: tuple[str, str]) -> str:
-    where, marker = found
-    return (f"{what} has a bare {marker[1:]} at {where} (JSON has no NaN/Infinity, Python's json.dump writes them); "
-            "fix that value in the source or drop the record")
+            yield RawItem(rid, rec.get("atoms"), target, "jarvis", error)
 
 
 class _Elements:
     """The elements of a JSON array from index ``start`` on, as ijson builds them, seeking past the ones before.
 
-    Bare NaN / Infinity: the first read goes without :class:`_BareConstants` (files without them pay nothing);
+    Bare NaN / Infinity: the first read goes without ``streams._BareConstants`` (files without them pay nothing);
     a parse error restarts the read at the element that failed, with it. A second error is the file's.
 
     Attributes:
         n: elements passed so far (the skipped ones included): inside the loop, the current element's index + 1.
-        rewrote: bare constants were rewritten into markers, so the current element may hold some.
     """
 
     def __init__(self, path: str, key: str | None, start: int, what: str) -> None:
         self.path, self.key, self.start, self.what = path, key, start, what
         self.prefix = "item" if key is None else f"{key}.item"
-        self.n, self.rewrote = 0, False
+        self.n = 0
 
     def __iter__(self) -> Iterator[Any]:
         at, bare = self.start, False
         while True:
             sought = seek_element(self.path, self.key, at) if at else None
             stream, self.n = sought if sought is not None else (None, 0)
-            filters: list[_BareConstants] = []
             try:
-                for element in _json(self.path, "items", self.prefix, what=self.what, stream=stream, first=self.n,
-                                     bare=bare, filters=filters):
+                for element in _json(self.path, "items", self.prefix, what=self.what, stream=stream, first=self.n, bare=bare):
                     self.n += 1
                     if self.n > at:  # elements before ``at`` come only where no seek could be made
-                        self.rewrote = bool(filters) and filters[0].replaced > 0
                         yield element
                 return
             except SourceError as exc:

@@ -52,6 +52,29 @@ def check_target(item: RawItem) -> str | None:
     return "label is infinite" if math.isinf(item.target) else None
 
 
+# Python's json.dump writes NaN / Infinity / -Infinity bare, which JSON (and so ijson) has no token for; the JSON
+# readers rewrite them outside strings into these marker strings (see streams._BareConstants). A label marker
+# becomes its float while streaming; one inside a structure is found here, in the worker, only when the
+# structure fails to build, so files without them pay nothing.
+BARE = {"\0NaN": math.nan, "\0Infinity": math.inf, "\0-Infinity": -math.inf}
+
+
+def _unbare(value: Any) -> Any:
+    """A bare-constant marker back to its float; anything else as it is."""
+    return BARE.get(value, value) if type(value) is str else value
+
+
+def _bare_in(obj: Any, where: str = "") -> tuple[str, str] | None:
+    """(where, marker) of the first bare-constant marker in ``obj`` (where like ``sites[2].abc[0]``), or None."""
+    if type(obj) is str:
+        return (where or "the value", obj) if obj in BARE else None
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for key, value in items:
+        if (found := _bare_in(value, f"{where}[{key}]" if type(key) is int else f"{where}.{key}".lstrip("."))) is not None:
+            return found
+    return None
+
+
 def parse_structure(item: RawItem) -> Structure:
     """Builds the pymatgen Structure of one item; runs in the conversion workers.
 
@@ -62,10 +85,19 @@ def parse_structure(item: RawItem) -> Structure:
     if item.error:
         raise SourceError(f"item {item.id!r}: {item.error}")
     try:
-        return _build(item.kind, item.payload)
+        structure = _build(item.kind, item.payload)
     except Exception as exc:  # any parser failure is this item's failure, reported with its id
+        if item.kind in ("pmg_dict", "jarvis") and (bare := _bare_in(item.payload)) is not None:
+            raise SourceError(f"item {item.id!r} ({item.kind}): the structure has a bare {bare[1][1:]} at {bare[0]} "
+                              "(JSON has no NaN/Infinity; Python's json.dump writes them); fix that value or drop this record") from exc
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
         raise SourceError(f"item {item.id!r} ({item.kind}): cannot build a structure: {reason}; fix or drop this record") from exc
+    import numpy as np
+
+    if not (np.isfinite(structure.lattice.matrix).all() and np.isfinite(structure.frac_coords).all()):
+        raise SourceError(f"item {item.id!r} ({item.kind}): the lattice or the coordinates hold NaN or infinite values; "
+                          "fix or drop this record")
+    return structure
 
 
 def _build(kind: str, payload: Any) -> Structure:

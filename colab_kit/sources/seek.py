@@ -16,24 +16,32 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import queue
 import re
 import threading
 import zlib
 from collections.abc import Iterator
-from typing import IO
-
-import numpy as np
+from typing import IO, Any
 
 _CHUNK_IN = 1 << 18  # compressed bytes per decompression step (≈ 1 MB out)
 _PLAIN_CHUNK = 1 << 20
 _KEEP = b'"[]{},\\'
 _DROP_ALL_BUT_STRUCTURE = bytes(i for i in range(256) if i not in _KEEP)
 _QUOTE, _OPEN_ARRAY, _OPEN_MAP, _CLOSE, _COMMA = 1, 2, 3, 4, 5
-_CODES = np.zeros(256, np.int8)
-_CODES[[34, 91, 123, 93, 125, 44]] = [_QUOTE, _OPEN_ARRAY, _OPEN_MAP, _CLOSE, _CLOSE, _COMMA]
-_STEP = np.zeros(256, np.int8)  # depth change of a byte of the reduced text
-_STEP[[91, 123]], _STEP[[93, 125]] = 1, -1
+
+
+
+@functools.lru_cache(maxsize=1)
+def _tables() -> tuple[Any, Any, Any]:
+    """numpy, byte -> token code, byte -> depth change (numpy is imported when a seek is made, not with the package)."""
+    import numpy as np
+
+    codes = np.zeros(256, np.int8)
+    codes[[34, 91, 123, 93, 125, 44]] = [_QUOTE, _OPEN_ARRAY, _OPEN_MAP, _CLOSE, _CLOSE, _COMMA]
+    step = np.zeros(256, np.int8)
+    step[[91, 123]], step[[93, 125]] = 1, -1
+    return np, codes, step
 _ESCAPE = re.compile(rb"\\.", re.S)
 
 
@@ -173,13 +181,14 @@ def _scan(inflater: _Inflater, key: str | None, k: int) -> tuple[bytes, int] | N
     array_depth = 1 if key is None else 2  # depth inside the array: 1 in [...], 2 in {"data": [...]}
     key_pattern = None if key is None else re.compile(rb'[{,]\s*"' + re.escape(key.encode()) + rb'"\s*:\s*$')
     inside = key is None  # a top-level array starts at the first byte
+    np, _, step = _tables()
     depth, in_string, escaped, commas, tail = 0, False, False, 0, b""
     while chunk := inflater.chunk():
         reduced = None if escaped else _reduce(chunk, in_string)
         if reduced is not None:
             text, string_at_end = reduced
             sym = np.frombuffer(text, np.uint8)
-            level = depth + np.cumsum(_STEP[sym], dtype=np.int32)
+            level = depth + np.cumsum(step[sym], dtype=np.int32)
             if inside:
                 here = int(np.count_nonzero((sym == 44) & (level == array_depth)))
                 ends = bool(len(level)) and int(level.min()) < array_depth
@@ -240,10 +249,11 @@ def _reduce(chunk: bytes, in_string: bool) -> tuple[bytes, bool] | None:
     return None
 
 
-def _exact(chunk: bytes, depth: int, in_string: bool, escaped: bool) -> tuple[np.ndarray, ...]:
+def _exact(chunk: bytes, depth: int, in_string: bool, escaped: bool) -> tuple[Any, ...]:
     """Every quote, bracket and comma of the chunk: positions, codes, depth after each, whether it stands outside
     strings; and the string and escape state at the chunk's end."""
-    codes = _CODES[np.frombuffer(chunk, np.uint8)]
+    np, table, _ = _tables()
+    codes = table[np.frombuffer(chunk, np.uint8)]
     start = 1 if escaped else 0
     escaped_end = False
     if escaped or b"\\" in chunk:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import gzip
 import itertools
-import math
 import re
 import zlib
 from collections.abc import Iterator
@@ -59,13 +58,11 @@ def _failure(path: str, exc: BaseException, done: str, pos: int) -> SourceError:
     return SourceError(f"{path}: malformed JSON {done}, in the JSON text before byte {pos}: {msg}{hint}; fix or re-download the file")
 
 
-# Python's json.dump writes NaN / Infinity / -Infinity bare, which JSON (and so ijson) has no token for. Outside
-# strings they are rewritten into marker strings that cannot be confused with a real one; readers turn the markers
-# back into floats (:func:`_unbare`), so a NaN label is a NaN label and the rest of the file still reads.
-BARE = {"\0NaN": math.nan, "\0Infinity": math.inf, "\0-Infinity": -math.inf}
+# Bare NaN / Infinity / -Infinity (records.BARE says why) become these marker strings, which ijson can parse.
 _BARE_OUT = {b"NaN": b'"\\u0000NaN"', b"Infinity": b'"\\u0000Infinity"', b"-Infinity": b'"\\u0000-Infinity"'}
 _BARE_SCAN = re.compile(rb'\\.|"|-?Infinity|NaN', re.S)
 _ESCAPE = re.compile(rb"\\.", re.S)
+_CONSTANT = re.compile(rb"-?Infinity|NaN")
 _TOKENS = (b"NaN", b"Infinity", b"-Infinity")
 
 
@@ -76,7 +73,7 @@ class _BareConstants:
     stands inside a string); a read that fails returns what is held back first, so no item before damage is lost.
 
     Attributes:
-        replaced: how many bare constants were rewritten so far (readers check payloads for markers only then).
+        replaced: how many bare constants were rewritten so far.
     """
 
     def __init__(self, f: IO[bytes]) -> None:
@@ -117,6 +114,21 @@ class _BareConstants:
         return data
 
     def _rewrite(self, data: bytes) -> bytes:
+        if self._escaped or b"\\" in data:
+            return self._rewrite_escaped(data)
+        out: list[bytes] = []
+        last = counted = 0
+        for m in _CONSTANT.finditer(data):  # whether one stands in a string: the parity of the quotes before it
+            self._in_string ^= bool(data.count(b'"', counted, m.start()) & 1)
+            counted = m.start()
+            if not self._in_string:
+                out += (data[last:m.start()], _BARE_OUT[m.group()])
+                last = m.end()
+                self.replaced += 1
+        self._in_string ^= bool(data.count(b'"', counted) & 1)
+        return b"".join((*out, data[last:]))
+
+    def _rewrite_escaped(self, data: bytes) -> bytes:
         out: list[bytes] = []
         start = pair_end = 1 if self._escaped else 0
         last = 0
@@ -137,24 +149,8 @@ class _BareConstants:
         return self.f.tell() - len(self._carry)
 
 
-def _unbare(value: Any) -> Any:
-    """A marker written by :class:`_BareConstants` back to its float; anything else as it is."""
-    return BARE.get(value, value) if type(value) is str else value
-
-
-def _bare_in(obj: Any, where: str = "") -> tuple[str, str] | None:
-    """(where, marker) of the first bare-constant marker in ``obj`` (where like ``sites[2].abc[0]``), or None."""
-    if type(obj) is str:
-        return (where or "the value", obj) if obj in BARE else None
-    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
-    for key, value in items:
-        if (found := _bare_in(value, f"{where}[{key}]" if type(key) is int else f"{where}.{key}".lstrip("."))) is not None:
-            return found
-    return None
-
-
 def _json(path: str, fn: str, *prefix: str, what: str = "items", stream: IO[bytes] | None = None, first: int = 0,
-          bare: bool | None = None, filters: list[_BareConstants] | None = None) -> Iterator[Any]:
+          bare: bool | None = None) -> Iterator[Any]:
     """ijson ``items``/``parse`` over a (gzip) file; a decoding failure becomes a SourceError saying how far it got.
 
     Args:
@@ -162,15 +158,12 @@ def _json(path: str, fn: str, *prefix: str, what: str = "items", stream: IO[byte
         first: items that came before the stream (counted in the error message).
         bare: rewrite bare NaN / Infinity (:class:`_BareConstants`); None: read without, and on a parse error
             read again with it, past the items already given (a file without them pays nothing).
-        filters: receives each :class:`_BareConstants` put in front of the stream.
     """
     from ijson import JSONError
 
     n = first
     with stream if stream is not None else _open(path) as f:
         src = _BareConstants(f) if bare else f
-        if bare and filters is not None:
-            filters.append(src)
         try:
             for obj in getattr(_ijson(), fn)(src, *prefix, use_float=True):
                 yield obj
@@ -179,7 +172,7 @@ def _json(path: str, fn: str, *prefix: str, what: str = "items", stream: IO[byte
         except (*_DAMAGED, JSONError) as exc:
             if bare is not None or stream is not None or isinstance(exc, _DAMAGED):
                 raise _failure(path, exc, f"after {n} {what}", src.tell()) from exc
-    again = _json(path, fn, *prefix, what=what, bare=True, filters=filters)
+    again = _json(path, fn, *prefix, what=what, bare=True)
     yield from itertools.islice(again, n - first, None)
 
 

@@ -1,0 +1,268 @@
+"""Resume speed: how long a killed conversion takes, once run again, to commit its first new shard.
+
+A conversion is killed (SIGKILL of its process group: a runtime disconnect) once the manifest lists ``--kill-at``
+of the items; the store is copied, and the same ``python -m colab_kit convert`` command is run again on each copy:
+
+``before``  with every ``Source.iter_from`` replaced by the base class's ``islice(iter(self), start, None)`` (what a
+            resume did before: parse every done item again), in a ``python -c`` wrapper that then calls the CLI;
+``after``   the command as it is (matbench json.gz seeks: :mod:`colab_kit.sources.seek`).
+
+Each rerun is timed from its start to the moment the manifest gains a shard; ``after`` runs to the end and its
+store is compared shard for shard (sha256) with an uninterrupted build of the same command (``--reference`` to
+reuse one). Sections (``--sections``, default all):
+
+``seek``    in-process: seconds from ``open_source`` to the first item of ``iter_from(start)``, both ways, and that
+            the items agree (the start is the first item of the shard the resume converts first).
+``resume``  the kill and the two reruns above.
+``nan``     reading speed of the shipped 3,000-structure file (no NaN) with this checkout's sources and with the
+            sources before bare-NaN support (``--baseline-rev``, default the parent of the commit that added
+            ``colab_kit/sources/seek.py``), each in fresh interpreters, and of the same file with bare NaN labels.
+
+Usage::
+
+    python benchmarks/bench_resume.py --data /tmp/mp_like_132k.json.gz --workdir /tmp/ckresume \\
+        --json-out /tmp/ckresume/bench_resume.json
+    python benchmarks/bench_resume.py --n 20000 --workdir /tmp/ckresume_smoke      # ≈ 3 minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_convert import BenchRun, loadavg, median, print_table  # noqa: E402  (sibling script, not a package)
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "colab_kit" / "data" / "mp_eform_cgcnn_3000_matbench.json.gz"
+SECTIONS = ("seek", "resume", "nan")
+# The CLI with every reader's iter_from put back to the base class's islice: the resume as it was before.
+ISLICE_CLI = ("import sys\nimport colab_kit.sources\nfrom colab_kit.sources.base import Source\n"
+              "for c in Source.__subclasses__():\n    c.iter_from = Source.iter_from\n"
+              "from colab_kit.cli import main\nraise SystemExit(main(sys.argv[1:]))")
+
+
+def _manifest(store: Path) -> dict[str, Any]:
+    try:
+        return json.loads((store / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _committed(store: Path) -> tuple[int, int]:
+    shards = _manifest(store).get("shards", [])
+    return len(shards), sum(int(e.get("n_items", 0)) for e in shards)
+
+
+def _digest(store: Path) -> list[tuple[int, str, int]]:
+    return [(e["index"], e["sha256"], e["n_graphs"]) for e in _manifest(store).get("shards", [])]
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def convert_cmd(data: Path, store: Path, args: argparse.Namespace) -> list[str]:
+    return ["convert", str(data), "--converter", "chgnet", "--out", str(store), "--workers", str(args.workers),
+            "--shard-size", str(args.shard_size), "--on-bad", "skip"]
+
+
+def watch(cmd: list[str], store: Path, log: Path, stop_when: Any = None, timeout: float = 3600) -> dict[str, Any]:
+    """Runs ``cmd`` in its own session; returns its wall time, exit code, the commit timeline and whether
+    ``stop_when(t, shards, items)`` had it SIGKILLed."""
+    start_shards = _committed(store)[0]
+    t0 = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO)
+    commits: list[tuple[float, int, int]] = []
+    killed = False
+    try:
+        while proc.poll() is None and time.perf_counter() - t0 < timeout:
+            t = time.perf_counter() - t0
+            shards, items = _committed(store)
+            if shards != (commits[-1][1] if commits else start_shards):
+                commits.append((round(t, 3), shards, items))
+            if stop_when is not None and stop_when(t, shards, items):
+                _kill(proc)
+                killed = True
+                break
+            time.sleep(0.02)
+    finally:
+        _kill(proc)
+    shards, items = _committed(store)
+    if shards != (commits[-1][1] if commits else start_shards):
+        commits.append((round(time.perf_counter() - t0, 3), shards, items))
+    return {"wall_s": time.perf_counter() - t0, "returncode": proc.returncode, "killed": killed, "commits": commits,
+            "first_new_shard_s": commits[0][0] if commits else None, "start_shards": start_shards, "log": str(log)}
+
+
+def ensure_data(args: argparse.Namespace, workdir: Path) -> Path:
+    data = Path(args.data) if args.data else workdir / f"mp_like_{args.n}.json.gz"
+    if not data.exists():
+        print(f"generating {args.n} MP-like structures into {data} (benchmarks/mp_like.py)", flush=True)
+        subprocess.run([sys.executable, str(REPO / "benchmarks" / "mp_like.py"), "--n", str(args.n), "--out", str(data),
+                        "--no-progress"], check=True, stdout=subprocess.DEVNULL)
+    return data
+
+
+def bench_seek(data: Path, start: int) -> dict[str, Any]:
+    """Seconds to the first item at ``start``, seeking and through islice, in this process."""
+    from colab_kit.sources import open_source
+    from colab_kit.sources.base import Source
+
+    rows = []
+    firsts = {}
+    for name, fn in (("after (seek)", lambda s: s.iter_from(start)), ("before (islice)", lambda s: Source.iter_from(s, start))):
+        t0 = time.perf_counter()
+        src = open_source(data)
+        t_open = time.perf_counter() - t0
+        it = fn(src)
+        firsts[name] = [next(it) for _ in range(3)]
+        t_first = time.perf_counter() - t0
+        getattr(it, "close", lambda: None)()
+        rows.append({"path": name, "open_s": t_open, "first_item_s": t_first, "loadavg": loadavg()})
+    same = [(i.id, i.target, i.payload) for i in firsts["after (seek)"]] == [(i.id, i.target, i.payload) for i in firsts["before (islice)"]]
+    print_table(f"first item at {start:,} (in-process; open_source included)", ["path", "open s", "first item s", "load"],
+                [[r["path"], f"{r['open_s']:.2f}", f"{r['first_item_s']:.2f}", r["loadavg"]] for r in rows])
+    print(f"same first 3 items: {same}; speed-up {rows[1]['first_item_s'] / rows[0]['first_item_s']:.1f}x", flush=True)
+    return {"start": start, "rows": rows, "same_items": same}
+
+
+def bench_resume(data: Path, workdir: Path, args: argparse.Namespace, n: int) -> dict[str, Any]:
+    ref = Path(args.reference) if args.reference else workdir / "store_uninterrupted"
+    res: dict[str, Any] = {"reference": str(ref)}
+    if not _manifest(ref).get("complete"):
+        shutil.rmtree(ref, ignore_errors=True)
+        print("uninterrupted reference build ...", flush=True)
+        res["uninterrupted"] = watch([sys.executable, "-m", "colab_kit", *convert_cmd(data, ref, args)], ref, workdir / "ref.log")
+    killed = workdir / "store_killed"
+    shutil.rmtree(killed, ignore_errors=True)
+    cmd = convert_cmd(data, killed, args)
+    first = watch([sys.executable, "-m", "colab_kit", *cmd], killed, workdir / "first.log",
+                  stop_when=lambda t, s, items: items >= args.kill_at * n)
+    res["first_run"] = first
+    res["committed_at_kill"] = _committed(killed)
+    print(f"first run SIGKILLed at {first['wall_s']:.1f} s with {res['committed_at_kill'][0]} shards "
+          f"({res['committed_at_kill'][1]:,} items) committed", flush=True)
+    reruns = {}
+    for name, prefix in (("before", [sys.executable, "-c", ISLICE_CLI]), ("after", [sys.executable, "-m", "colab_kit"])):
+        store = workdir / f"store_{name}"
+        shutil.rmtree(store, ignore_errors=True)
+        shutil.copytree(killed, store)
+        stop = (lambda t, s, items, s0=res["committed_at_kill"][0]: s > s0) if name == "before" else None
+        reruns[name] = watch([*prefix, *convert_cmd(data, store, args)], store, workdir / f"rerun_{name}.log", stop_when=stop)
+        reruns[name]["loadavg_after"] = loadavg()
+        print(f"rerun {name}: first new shard after {reruns[name]['first_new_shard_s']} s", flush=True)
+        if name == "before":
+            shutil.rmtree(store, ignore_errors=True)
+    shutil.rmtree(killed, ignore_errors=True)
+    after = workdir / "store_after"
+    res["identical_to_uninterrupted"] = bool(_manifest(after).get("complete")) and _digest(after) == _digest(ref)
+    res["reruns"] = reruns
+    commits = first["commits"]
+    gaps = [b[0] - a[0] for a, b in zip(commits[1:], commits[2:])]
+    res["first_run_median_commit_interval_s"] = median(gaps)
+    b, a = reruns["before"]["first_new_shard_s"], reruns["after"]["first_new_shard_s"]
+    print_table("restart to the first new shard (manifest gains a shard)", ["rerun", "seconds", "exit", "load after"],
+                [[k, f"{v['first_new_shard_s']}", v["returncode"], v["loadavg_after"]] for k, v in reruns.items()])
+    print(f"before/after: {b / a:.1f}x; final store identical to the uninterrupted build (sha256 per shard): "
+          f"{res['identical_to_uninterrupted']}; first run's median seconds between commits: {res['first_run_median_commit_interval_s']:.2f}",
+          flush=True)
+    if not args.keep_stores:
+        shutil.rmtree(after, ignore_errors=True)
+    return res
+
+
+READ_CHILD = ("import sys, time\nimport numpy\nfrom colab_kit.sources import open_source\nt0 = time.perf_counter()\n"
+              "items = sum(1 for _ in open_source(sys.argv[1]))\nprint(items, time.perf_counter() - t0)")
+
+
+def bench_nan(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Reading the shipped file: this checkout vs the sources before bare-NaN support; and with NaN labels."""
+    rev = args.baseline_rev or subprocess.run(
+        ["git", "log", "--format=%H", "--diff-filter=A", "-1", "--", "colab_kit/sources/seek.py"], cwd=REPO,
+        capture_output=True, text=True, check=True).stdout.strip() + "^"
+    base = workdir / "baseline_src"
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir()
+    archive = subprocess.run(["git", "archive", rev, "colab_kit"], cwd=REPO, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
+    with gzip.open(SHIPPED, "rt") as f:
+        doc = json.load(f)
+    for i in range(0, len(doc["data"]), 20):  # 5 % of the labels NaN, written bare as json.dump does
+        doc["data"][i][1] = float("nan")
+    nan_file = workdir / "shipped_with_nan.json.gz"
+    with gzip.open(nan_file, "wt") as f:
+        json.dump(doc, f)
+    runs: dict[str, list[float]] = {"baseline": [], "this checkout": [], "this checkout, 5 % NaN labels": []}
+    for _ in range(args.repeats):  # interleaved, so machine noise hits all three alike
+        for name, path, pythonpath in (("baseline", SHIPPED, base), ("this checkout", SHIPPED, REPO),
+                                       ("this checkout, 5 % NaN labels", nan_file, REPO)):
+            out = subprocess.run([sys.executable, "-c", READ_CHILD, str(path)], capture_output=True, text=True,
+                                 env={**os.environ, "PYTHONPATH": str(pythonpath)}, cwd=workdir)
+            if out.returncode:
+                runs[name].append(float("nan"))
+                print(f"{name}: {out.stderr.strip().splitlines()[-1]}", flush=True)
+                continue
+            runs[name].append(float(out.stdout.split()[1]))
+    rows = [[name, f"{median(v):.3f}", f"{3000 / median(v):,.0f}", " ".join(f"{x:.2f}" for x in v)] for name, v in runs.items()]
+    print_table(f"reading the shipped 3,000 structures (open_source + every RawItem, imports excluded; baseline = {rev})",
+                ["sources", "median s", "items/s", "runs"], rows)
+    ratio = median(runs["this checkout"]) / median(runs["baseline"])
+    print(f"this checkout / baseline: {ratio:.3f}", flush=True)
+    return {"baseline_rev": rev, "runs": runs, "ratio": ratio}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", help="matbench json.gz of MP-like structures (generated with --n when absent)")
+    p.add_argument("--n", type=int, default=132_752)
+    p.add_argument("--workdir", help="scratch dir (kept); a temporary one otherwise")
+    p.add_argument("--json-out")
+    p.add_argument("--sections", default=",".join(SECTIONS))
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--shard-size", type=int, default=1000)
+    p.add_argument("--kill-at", type=float, default=0.5, help="fraction of items committed when the first run is killed")
+    p.add_argument("--reference", help="an uninterrupted store of the same command (built when absent)")
+    p.add_argument("--keep-stores", action="store_true")
+    p.add_argument("--baseline-rev", help="git revision of the sources before bare-NaN support (nan section)")
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args(argv)
+    sections = [s for s in args.sections.split(",") if s]
+    if unknown := set(sections) - set(SECTIONS):
+        p.error(f"--sections must be among {SECTIONS} (got {sorted(unknown)})")
+    with BenchRun(args.json_out, args.workdir, "ck-bench-resume-", sections=sections) as run:
+        work = run.workdir
+        if "nan" in sections:
+            run.results["nan"] = bench_nan(work, args)
+            run.save()
+        if {"seek", "resume"} & set(sections):
+            data = ensure_data(args, work if args.workdir else Path(tempfile.gettempdir()))
+            from colab_kit.sources import open_source
+
+            n = open_source(data).count() or args.n
+            run.results.update(data=str(data), items=n)
+            start = int(args.kill_at * n) // args.shard_size * args.shard_size
+            if "seek" in sections:
+                run.results["seek"] = bench_seek(data, start)
+                run.save()
+            if "resume" in sections:
+                run.results["resume"] = bench_resume(data, work, args, n)
+                run.save()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
