@@ -4,10 +4,12 @@ A conversion is killed (SIGKILL of its process group: a runtime disconnect) once
 of the items; the store is copied, and the same ``python -m colab_kit convert`` command is run again on each copy:
 
 ``before``  with every ``Source.iter_from`` replaced by the base class's ``islice(iter(self), start, None)`` (what a
-            resume did before: parse every done item again), in a ``python -c`` wrapper that then calls the CLI;
-``after``   the command as it is (matbench json.gz seeks: :mod:`colab_kit.sources.seek`).
+            resume did before: parse every done item again);
+``after``   the readers' own ``iter_from`` (matbench json.gz seeks: :mod:`colab_kit.sources.seek`).
 
-Each rerun is timed from its start to the moment the manifest gains a shard; ``after`` runs to the end and its
+Both run the CLI through the same ``python -c`` wrapper, which also notes when ``iter_from`` gives its first
+item. Each rerun is timed from its start to that first item (what the seek changes) and to the moment the
+manifest gains a shard (that, plus converting one shard in a worker); ``after`` runs to the end and its
 store is compared shard for shard (sha256) with an uninterrupted build of the same command (``--reference`` to
 reuse one). Sections (``--sections``, default all):
 
@@ -46,10 +48,28 @@ from bench_convert import BenchRun, loadavg, median, print_table  # noqa: E402  
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "colab_kit" / "data" / "mp_eform_cgcnn_3000_matbench.json.gz"
 SECTIONS = ("seek", "resume", "nan")
-# The CLI with every reader's iter_from put back to the base class's islice: the resume as it was before.
-ISLICE_CLI = ("import sys\nimport colab_kit.sources\nfrom colab_kit.sources.base import Source\n"
-              "for c in Source.__subclasses__():\n    c.iter_from = Source.iter_from\n"
-              "from colab_kit.cli import main\nraise SystemExit(main(sys.argv[1:]))")
+# The CLI with every reader's iter_from wrapped to note (in the file argv[2]) when its first item comes; with
+# argv[1] == "before" the readers' own iter_from is put back to the base class's islice: the resume as it was.
+TIMED_CLI = """import sys, time
+import colab_kit.sources
+from colab_kit.sources.base import Source
+mode, mark = sys.argv[1], sys.argv[2]
+def timed(orig):
+    def iter_from(self, start):
+        def items():
+            it = orig(self, start)
+            for first in it:
+                with open(mark, "w") as f:
+                    f.write(repr(time.time()))
+                yield first
+                yield from it
+        return items()
+    return iter_from
+for c in Source.__subclasses__():
+    c.iter_from = timed(Source.iter_from if mode == "before" else c.iter_from)
+from colab_kit.cli import main
+raise SystemExit(main(sys.argv[3:]))
+"""
 
 
 def _manifest(store: Path) -> dict[str, Any]:
@@ -157,14 +177,19 @@ def bench_resume(data: Path, workdir: Path, args: argparse.Namespace, n: int) ->
     print(f"first run SIGKILLed at {first['wall_s']:.1f} s with {res['committed_at_kill'][0]} shards "
           f"({res['committed_at_kill'][1]:,} items) committed", flush=True)
     reruns = {}
-    for name, prefix in (("before", [sys.executable, "-c", ISLICE_CLI]), ("after", [sys.executable, "-m", "colab_kit"])):
-        store = workdir / f"store_{name}"
+    for name in ("before", "after"):
+        store, mark = workdir / f"store_{name}", workdir / f"first_item_{name}.txt"
         shutil.rmtree(store, ignore_errors=True)
         shutil.copytree(killed, store)
+        mark.unlink(missing_ok=True)
         stop = (lambda t, s, items, s0=res["committed_at_kill"][0]: s > s0) if name == "before" else None
-        reruns[name] = watch([*prefix, *convert_cmd(data, store, args)], store, workdir / f"rerun_{name}.log", stop_when=stop)
+        launched = time.time()
+        reruns[name] = watch([sys.executable, "-c", TIMED_CLI, name, str(mark), *convert_cmd(data, store, args)], store,
+                             workdir / f"rerun_{name}.log", stop_when=stop)
+        reruns[name]["first_item_s"] = float(mark.read_text()) - launched if mark.exists() else None
         reruns[name]["loadavg_after"] = loadavg()
-        print(f"rerun {name}: first new shard after {reruns[name]['first_new_shard_s']} s", flush=True)
+        print(f"rerun {name}: first item after {reruns[name]['first_item_s']:.2f} s, first new shard after "
+              f"{reruns[name]['first_new_shard_s']} s", flush=True)
         if name == "before":
             shutil.rmtree(store, ignore_errors=True)
     shutil.rmtree(killed, ignore_errors=True)
@@ -175,9 +200,11 @@ def bench_resume(data: Path, workdir: Path, args: argparse.Namespace, n: int) ->
     gaps = [b[0] - a[0] for a, b in zip(commits[1:], commits[2:])]
     res["first_run_median_commit_interval_s"] = median(gaps)
     b, a = reruns["before"]["first_new_shard_s"], reruns["after"]["first_new_shard_s"]
-    print_table("restart to the first new shard (manifest gains a shard)", ["rerun", "seconds", "exit", "load after"],
-                [[k, f"{v['first_new_shard_s']}", v["returncode"], v["loadavg_after"]] for k, v in reruns.items()])
-    print(f"before/after: {b / a:.1f}x; final store identical to the uninterrupted build (sha256 per shard): "
+    print_table("restart (process start) to the first item past the skip, and to the first new shard committed",
+                ["rerun", "first item s", "first new shard s", "exit", "load after"],
+                [[k, f"{v['first_item_s']:.2f}", f"{v['first_new_shard_s']}", v["returncode"], v["loadavg_after"]]
+                 for k, v in reruns.items()])
+    print(f"first new shard before/after: {b / a:.1f}x; final store identical to the uninterrupted build (sha256 per shard): "
           f"{res['identical_to_uninterrupted']}; first run's median seconds between commits: {res['first_run_median_commit_interval_s']:.2f}",
           flush=True)
     if not args.keep_stores:
