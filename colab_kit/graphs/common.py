@@ -107,19 +107,18 @@ def formula(z: np.ndarray) -> str:
     """pymatgen's ``Composition.formula`` for atomic numbers ``z [A]``, e.g. "Hf4 S2", without a Composition.
 
     Elements are ordered as pymatgen orders them (by Pauling electronegativity, NaN last, ties by symbol); the
-    order comes from pymatgen itself (:func:`_formula_rank`), so the string is the one CHGNet stores; a few µs
+    order comes from pymatgen itself (:func:`_formula_order`), so the string is the one CHGNet stores; a few µs
     per graph where a pymatgen Composition costs ~35 µs.
     """
-    symbols, rank = _formula_rank()
-    counts = np.bincount(z)
-    zs = np.flatnonzero(counts)
-    zs = zs[np.argsort(rank[zs], kind="stable")]
-    return " ".join([symbols[a] + str(c) for a, c in zip(zs.tolist(), counts[zs].tolist())])
+    symbols, order = _formula_order()
+    counts = np.bincount(z, minlength=len(symbols))[order]  # counts in formula order: no sort per graph
+    present = np.flatnonzero(counts)
+    return " ".join([symbols[a] + str(c) for a, c in zip(order[present].tolist(), counts[present].tolist())])
 
 
 @functools.cache
-def _formula_rank() -> tuple[list[str], np.ndarray]:
-    """``symbols[Z]`` and ``rank[Z]``, the position of element Z in pymatgen's formula order.
+def _formula_order() -> tuple[list[str], np.ndarray]:
+    """``symbols[Z]`` and the atomic numbers 1..118 in pymatgen's formula order.
 
     pymatgen sorts a formula's elements with a total order (electronegativity, then symbol), so the order of
     any subset is the order of all elements restricted to it: one Composition of every element, once.
@@ -133,6 +132,4 @@ def _formula_rank() -> tuple[list[str], np.ndarray]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pymatgen warns for each element without an electronegativity
         order = [token.rstrip("0123456789") for token in Composition(dict.fromkeys(symbols[1:], 1)).formula.split()]
-    rank = np.full(len(symbols), len(symbols), dtype=np.int64)
-    rank[[symbols.index(sym) for sym in order]] = np.arange(len(order))
-    return symbols, rank
+    return symbols, np.array([symbols.index(sym) for sym in order], dtype=np.int64)
