@@ -200,3 +200,34 @@ def test_bare_nan_after_and_before_the_seek_point(shipped_data: Path, tmp_path: 
     assert [i for i, item in enumerate(full) if item.target is not None and math.isnan(item.target)] == [10, 150, 290]
     with pytest.raises(SourceError, match=r"bare Infinity at sites\[0\]\.abc\[1\]"):
         sources.parse_structure(full[200])
+
+
+def test_folders_and_extxyz_skip_without_reading(shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A structure folder never opens the files of the rows it skips; extxyz never parses a skipped frame."""
+    from colab_kit.sources import extxyz
+
+    folder = open_source(shared_data / ALIGNN)
+    names = [i.id for i in folder]
+    read: list[str] = []
+    real_read = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **kw: read.append(self.stem) or real_read(self, *a, **kw))
+    assert [i.id for i in folder.iter_from(45)] == names[45:] and read == names[45:]
+    monkeypatch.undo()
+
+    from ase.io import write
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    frames = []
+    for item in itertools.islice(open_source(shared_data / MATBENCH[3]), 40):
+        atoms = AseAtomsAdaptor.get_atoms(sources.parse_structure(item))
+        atoms.info.update({"material_id": item.id, "e_form": item.target})
+        frames.append(atoms)
+    write(tmp_path / "dev.extxyz", frames, format="extxyz")
+    src = open_source(tmp_path / "dev.extxyz")
+    parsed: list[str] = []
+    real_info = extxyz._Extxyz._info
+    monkeypatch.setattr(extxyz._Extxyz, "_info", staticmethod(lambda comment: parsed.append(comment) or real_info(comment)))
+    got = list(src.iter_from(30))
+    assert len(parsed) == 10  # the comment lines of the 10 frames it gives, no other
+    monkeypatch.undo()
+    assert [i.id for i in got] == [i.id for i in itertools.islice(open_source(tmp_path / "dev.extxyz"), 30, None)]
