@@ -88,7 +88,8 @@ def check_isolated(center: np.ndarray, z: np.ndarray, cutoff: float, on_isolated
     missing = np.flatnonzero(~has)
     what = f"{len(missing)} isolated atom(s) (site {missing[:5].tolist()}) with no neighbour within {cutoff:g} Å"
     if on_isolated_atoms == "error":
-        raise BadStructure(f"{what}; a larger cutoff would connect them, or on_isolated_atoms='warn' keeps the graph")
+        raise BadStructure(f"{what}; a larger cutoff would connect them, or on_isolated_atoms='warn' keeps the graph "
+                           "(--set on_isolated_atoms=warn)")
     if on_isolated_atoms == "warn":
         # one line, like CHGNet's message on stderr; those atoms get no messages, so their features never update
         log.warning("structure %s has %s; graph kept (on_isolated_atoms='warn'), predictions will likely be off",
