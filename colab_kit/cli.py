@@ -145,7 +145,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
                                 ("on_bad_structure", args.on_bad)) if v is not None}
     plan = _plan(args, **extra)
     out = args.out or str(Path(plan.work_dir) / "stores" / f"{Path(args.source).name.split('.')[0]}-{plan.converter}")
-    conv = get_converter(plan.converter, cutoff=plan.cutoff, bond_cutoff=plan.bond_cutoff or None,
+    conv = get_converter(plan.converter, cutoff=plan.cutoff, bond_cutoff=plan.bond_cutoff,
                          max_neighbors=plan.max_neighbors, on_isolated_atoms=plan.on_isolated_atoms)
     from colab_kit.interrupt import stop_on_signals
 

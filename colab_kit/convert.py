@@ -77,7 +77,7 @@ def convert_items(items: list[RawItem], converter: Converter, policy: str) -> tu
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
-                    graph = _compact(converter.convert(parse_structure(item)))
+                    graph = _compact(converter.convert(parse_structure(item), graph_id=item.id))
                 warned.extend((item.id, _warning_text(w)) for w in caught)
                 graphs.append(graph)
                 ids.append(item.id)

@@ -57,6 +57,9 @@ class StoreError(ColabKitError, RuntimeError):
 
 def fingerprint(converter: str, params: dict[str, Any], source: dict[str, Any], limit: int | None) -> str:
     """Names a store: converter + every parameter + format version + source identity + item limit."""
+    # on_isolated_atoms="error" is how every store was built before the setting existed: leaving it out of the
+    # key keeps those stores valid
+    params = {k: v for k, v in params.items() if (k, v) != ("on_isolated_atoms", "error")}
     key = {"converter": converter, "params": params, "format_version": FORMAT_VERSION, "source": source, "limit": limit}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
 

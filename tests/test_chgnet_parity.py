@@ -9,7 +9,6 @@ supercells, and the graph's repr. Each colab_kit graph must also equal, attribut
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -136,22 +135,25 @@ def _strained_nacl() -> Structure:
 
 
 @pytest.mark.parametrize("mode", ["ignore", "warn", "error"])
-def test_on_isolated_atoms_modes(mode: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> None:
+def test_on_isolated_atoms_modes(mode: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import warnings
+
     s = _strained_nacl()
     conv = get_converter("chgnet", cutoff=5, bond_cutoff=3, on_isolated_atoms=mode)
     ref_conv = CrystalGraphConverter(atom_graph_cutoff=5, bond_graph_cutoff=3, on_isolated_atoms=mode)
-    caplog.set_level(logging.WARNING, logger="colab_kit")
     if mode == "error":
         with pytest.raises(BadStructure, match=r"2 isolated atom\(s\) \(site \[0, 1\]\) with no neighbour within 5 Å"):
             conv.convert(s, graph_id="strained")
         with pytest.raises(ValueError, match="has 2 isolated atom"):
             ref_conv(s, graph_id="strained")
         return
-    g = conv.to_graph(conv.convert(s, graph_id="strained"), graph_id="strained")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        g = conv.to_graph(conv.convert(s, graph_id="strained"), graph_id="strained")
     ref = ref_conv(s, graph_id="strained", mp_id="strained")
     assert crystal_graph_difference(ref, g) is None
     assert g.atom_graph.shape == (0,) and g.bond_graph.shape == (0,) and g.neighbor_image.shape == (0, 3)
-    lines = [r.getMessage() for r in caplog.records]
+    lines = [str(w.message) for w in caught]
     if mode == "warn":
         assert len(lines) == 1 and "structure strained has 2 isolated atom(s)" in lines[0] and "5 Å" in lines[0]
         assert "graph_id='strained' has 2 isolated atom(s)" in capsys.readouterr().err  # CHGNet's own line
@@ -159,11 +161,30 @@ def test_on_isolated_atoms_modes(mode: str, caplog: pytest.LogCaptureFixture, ca
         assert lines == [] and capsys.readouterr().err == ""
 
 
-def test_warning_without_an_id_names_the_formula(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="colab_kit")
-    get_converter("chgnet", cutoff=5, on_isolated_atoms="warn").convert(_strained_nacl())
-    (record,) = caplog.records
-    assert record.getMessage().startswith("structure Na1 Cl1 has 2 isolated atom(s)")
+def test_warning_without_an_id_names_the_formula() -> None:
+    with pytest.warns(UserWarning, match=r"^structure Na1 Cl1 has 2 isolated atom\(s\)"):
+        get_converter("chgnet", cutoff=5, on_isolated_atoms="warn").convert(_strained_nacl())
+
+
+def test_warn_mode_in_a_conversion_is_recorded_with_the_item(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """A conversion keeps the warning in the store's record (and the report's warnings.csv), not on the terminal."""
+    from colab_kit.convert import build_store
+    from colab_kit.store import GraphStore
+
+    structures = [("nacl-strained", _strained_nacl(), 1.0), ("limno2", limno2(), 2.0), ("limno2-b", limno2(), 3.0)]
+    res = build_store(structures_source(structures), tmp_path / "s",
+                      get_converter("chgnet", cutoff=5, on_isolated_atoms="warn"), progress=False)
+    store = GraphStore(res.path)
+    assert len(store) == 3 and store.manifest["n_warned"] == 1
+    ((item, text),) = store.warnings()
+    assert item == "nacl-strained" and "structure nacl-strained has 2 isolated atom(s)" in text
+    assert "isolated" not in capfd.readouterr().err
+
+
+def structures_source(rows: list) -> object:
+    from colab_kit.sources import open_source
+
+    return open_source(rows, name="isolated-test")
 
 
 def test_policy_is_in_the_params_and_checked() -> None:

@@ -4,7 +4,7 @@ policy and the composition string."""
 from __future__ import annotations
 
 import functools
-import logging
+import warnings
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -14,7 +14,6 @@ from colab_kit.errors import ColabKitError
 if TYPE_CHECKING:
     from pymatgen.core import Structure
 
-log = logging.getLogger(__name__)
 
 IsolatedPolicy = Literal["error", "warn", "ignore"]
 # CHGNet's CrystalGraphConverter modes, same names and meaning; "error" is CHGNet's default.
@@ -91,9 +90,10 @@ def check_isolated(center: np.ndarray, z: np.ndarray, cutoff: float, on_isolated
         raise BadStructure(f"{what}; a larger cutoff would connect them, or on_isolated_atoms='warn' keeps the graph "
                            "(--set on_isolated_atoms=warn)")
     if on_isolated_atoms == "warn":
-        # one line, like CHGNet's message on stderr; those atoms get no messages, so their features never update
-        log.warning("structure %s has %s; graph kept (on_isolated_atoms='warn'), predictions will likely be off",
-                    graph_id if graph_id is not None else formula(z), what)
+        # one line, like CHGNet's message on stderr (those atoms get no messages, so their features never
+        # update); a Python warning, so a conversion records it with the item instead of printing it mid-bar
+        warnings.warn(f"structure {graph_id if graph_id is not None else formula(z)} has {what}; graph kept "
+                      "(on_isolated_atoms='warn'), predictions will likely be off", UserWarning, stacklevel=2)
     return len(missing)
 
 
