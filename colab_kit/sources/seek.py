@@ -204,7 +204,7 @@ def _scan(inflater: _Inflater, key: str | None, k: int) -> tuple[bytes, int] | N
         if not inside:  # the array opens at an outside "[" one level down, after `"key":`
             for j in np.flatnonzero(outside & (code == _OPEN_ARRAY) & (level == array_depth)):
                 p = int(pos[j])
-                if key_pattern is not None and key_pattern.search((tail + chunk[:p])[-256:]):
+                if key_pattern is not None and key_pattern.search((tail + chunk[max(p - 256, 0):p])[-256:]):
                     inside, begin = True, j + 1
                     break
         if inside:
