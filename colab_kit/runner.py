@@ -67,6 +67,7 @@ class Timing:
             self.data[k] = float(self.data.get(k, 0.0))
         self.data.setdefault("train_seconds", 0.0)
         self._mark = time.perf_counter()
+        self.save()  # this call counts even if it is killed before any work completes
 
     def add(self, key: str) -> None:
         """Add the time since the last mark to ``key`` and save."""
