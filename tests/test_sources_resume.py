@@ -231,3 +231,15 @@ def test_folders_and_extxyz_skip_without_reading(shared_data: Path, tmp_path: Pa
     assert len(parsed) == 10  # the comment lines of the 10 frames it gives, no other
     monkeypatch.undo()
     assert [i.id for i in got] == [i.id for i in itertools.islice(open_source(tmp_path / "dev.extxyz"), 30, None)]
+
+
+def test_multi_member_gzip(shared_data: Path, tmp_path: Path) -> None:
+    """A gzip of several members (``cat a.gz b.gz``), cut inside a row: the seek reads on across members."""
+    raw = gzip.decompress((shared_data / MATBENCH[3]).read_bytes())
+    cuts = [0, len(raw) // 3 + 17, 2 * len(raw) // 3 + 5, len(raw)]
+    path = tmp_path / "members.json.gz"
+    path.write_bytes(b"".join(gzip.compress(raw[a:b], mtime=0) for a, b in zip(cuts, cuts[1:])))
+    assert_seeks_like_islice(open_source(path), [1, 60, 66, 67, 133, 134, 199, 200])
+    stream, skipped = seek.seek_element(str(path), "data", 150)  # the seek itself, not a fall back to a full pass
+    stream.close()
+    assert skipped == 150
