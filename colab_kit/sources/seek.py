@@ -2,9 +2,10 @@
 
 gzip can only be decompressed from its start, but zlib in C is fast (hundreds of MB/s), and so is a scan that
 finds element boundaries by bracket depth alone: bytes are reduced to brackets, commas and quotes with
-``bytes.translate``, strings without brackets inside them vanish as ``""`` pairs, and numpy sums the depth of what
-is left; only the chunk holding element k (or a chunk with a backslash or a bracket inside a string) gets the
-exact, position-keeping scan. ijson then parses a spliced document: ``{"data": [`` (or ``[``) followed by the bytes
+``bytes.translate``, strings without a bracket or comma inside are then adjacent ``""`` pairs (two ``bytes.count``
+prove it), and numpy sums the depth of what is left; only the chunk holding element k (or a chunk with a backslash
+or a bracket inside a string) gets the exact, position-keeping scan. zlib runs in a thread meanwhile (it lets go of
+the GIL), stopped before the first element is handed out (the caller forks workers after that). ijson then parses a spliced document: ``{"data": [`` (or ``[``) followed by the bytes
 from element k on, so everything after the seek reads exactly as it does in a full pass.
 
 Only the bracket and string structure of the skipped region is read, not its syntax: a resume skips rows that the
