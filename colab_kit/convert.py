@@ -2,7 +2,8 @@
 
 The main process only streams raw items (cheap dicts / texts) and hands chunks of ``shard_size``
 to a bounded pool of worker processes; each worker parses, converts and writes one whole shard,
-then reports a few numbers back. At most ``2 x workers`` chunks are in flight, so memory stays flat
+then reports a few numbers back, except the first shard of each call, which every worker converts a slice of
+(:mod:`colab_kit.shard_build`), so a resume commits sooner. At most ``2 x workers`` chunks are in flight, so memory stays flat
 however large the source. Re-running the same conversion skips every shard the manifest lists and
 redoes only those that were in flight. ``part=(i, n)`` builds every n-th shard so n hosts can build
 one store together; a final run without ``part`` adopts their shards and finishes the manifest.
@@ -26,6 +27,7 @@ import numpy as np
 
 from colab_kit.errors import ColabKitError
 from colab_kit.graphs import BadStructure, Converter
+from colab_kit.shard_build import build_split_shard
 from colab_kit.sources import RawItem, Source, SourceError, check_target, open_source, parse_structure
 from colab_kit.store import (
     FORMAT_VERSION,
@@ -224,6 +226,9 @@ def build_store(
     bar = _bar(total, progress)
     gc_state = _calm_gc()  # before the pool: forked workers inherit it
     pool = None
+    # The call's first shard is converted by every worker at once (idle pool, nothing else in flight) and the
+    # main process reads no further until it commits: on 2 cores, reading ahead would take CPU from the slices.
+    split_next = workers > 1
     try:
         pool = _make_pool(workers)
         bar.update(min(start, total) if total is not None else start)
@@ -235,8 +240,11 @@ def build_store(
             if index in done or index % n_parts != i_part:
                 bar.update(len(chunk))
                 continue
-            if pool is None:
-                entry = _build_shard(str(root), index, first_item, chunk, converter, on_bad_structure, fp)
+            if pool is None or split_next:
+                entry = (_build_shard(str(root), index, first_item, chunk, converter, on_bad_structure, fp) if pool is None
+                         else build_split_shard(pool, convert_items, str(root), index, first_item, chunk, converter,
+                                                on_bad_structure, fp, workers))
+                split_next = False
                 n_failed_warned = _commit(mpath, manifest, entry, on_bad_structure, n_failed_warned, bar, on_shard)
                 continue
             while len(pending) >= 2 * workers:

@@ -178,7 +178,7 @@ def test_sigkill_resume_gives_identical_store(tmp_path: Path) -> None:
     assert ref.returncode == 0, ref.stderr
     out = tmp_path / "s"
     kills = 0
-    for target in (1, 6, 12, 17):
+    for target in (1, 6, 12, 17):  # each rerun converts its first shard in 2 slices (shard_build)
         if kill_when(["convert", *args, "--out", str(out)], lambda t=target: shard_count(out) >= t):
             kills += 1
     assert kills >= 3
@@ -213,3 +213,73 @@ def test_should_stop_commits_done_shards_and_a_rerun_finishes(tmp_path: Path) ->
     assert again.complete and again.shards_reused == 2 and again.n_graphs == 100
     build_store(src, tmp_path / "ref", conv, shard_size=20, progress=False)
     assert _digest(tmp_path / "s") == _digest(tmp_path / "ref")
+
+
+def _isolated_atoms() -> dict:
+    from pymatgen.core import Lattice, Structure
+
+    return Structure(Lattice.cubic(20.0), ["Na", "Cl", "Ar"], [[0, 0, 0], [0.1, 0, 0], [0.5, 0.5, 0.5]]).as_dict()
+
+
+@pytest.mark.parametrize("name", ["chgnet", "radius"])
+def test_resume_with_split_first_shard_gives_identical_shards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               name: str) -> None:
+    """Each call's first shard is converted in ``workers`` slices and assembled: its bytes (graphs, ids, targets,
+    failures, warnings) are those of a shard one worker built whole."""
+    import colab_kit.convert as convert_module
+
+    ids, rows = shipped_records(160)
+    for i in (3, 20, 70, 90):  # failures in both slices of the split shards (0 and 2: slices of 16)
+        rows[i][1] = "NaN"
+    for i in (5, 25, 66, 81):  # converted with a warning, in both slices too
+        rows[i][0] = _isolated_atoms()
+    src = write_matbench(tmp_path / "d.json.gz", ids, rows)
+    conv = get_converter(name, on_isolated_atoms="warn")
+    build_store(src, tmp_path / "ref", conv, shard_size=32, workers=1, progress=False, on_bad_structure="skip")
+    split: list[int] = []
+
+    def counted(*args: object) -> dict:
+        split.append(args[3])  # the shard index
+        return convert_module.build_split_shard.__wrapped__(*args)
+
+    counted.__wrapped__ = convert_module.build_split_shard
+    monkeypatch.setattr(convert_module, "build_split_shard", counted)
+    polls, committed = [], []
+    res = build_store(src, tmp_path / "s", conv, shard_size=32, workers=2, progress=False, on_bad_structure="skip",
+                      should_stop=lambda: polls.append(1) or len(polls) > 2, on_shard=committed.append)
+    assert not res.complete and res.n_shards == 2 and split == [0]
+    res = build_store(src, tmp_path / "s", conv, shard_size=32, workers=2, progress=False, on_bad_structure="skip",
+                      on_shard=committed.append)
+    assert res.complete and res.shards_reused == 2 and split == [0, 2]
+    assert [e["index"] for e in committed[:3]] == [0, 1, 2] and "manifest" in committed[-1]  # the split first
+    assert sorted(e["index"] for e in committed[3:-1]) == [3, 4]  # whole shards commit as their workers finish
+    assert _digest(tmp_path / "s") == _digest(tmp_path / "ref")
+    store = GraphStore(tmp_path / "s")
+    assert len(store.failures()) == 4 and {i for i, _ in store.warnings()} == {ids[i] for i in (5, 25, 66, 81)}
+    assert [p.name for p in (tmp_path / "s").iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_split_first_shard_names_the_first_bad_item_in_source_order(tmp_path: Path) -> None:
+    """Under on_bad_structure='error' the split shard raises for the item a whole-shard build names, even when a
+    later slice fails first (slice 2 starts with a bad label and fails at once; slice 1 meets its bad item late)."""
+    ids, rows = shipped_records(64)
+    rows[12][0] = {"lattice": rows[12][0]["lattice"]}  # slice [0, 16): fails after 12 conversions
+    rows[16][1] = "NaN"  # slice [16, 32): fails on its first item
+    src = write_matbench(tmp_path / "d.json.gz", ids, rows)
+    conv = get_converter("radius")
+    messages = []
+    for workers in (1, 2):
+        with pytest.raises(ConversionError, match=rf"structure '{ids[12]}'.*on_bad_structure=skip") as err:
+            build_store(src, tmp_path / f"s{workers}", conv, shard_size=32, workers=workers, progress=False,
+                        on_bad_structure="error")
+        messages.append(str(err.value))
+        assert shard_count(tmp_path / f"s{workers}") == 0
+    assert messages[0] == messages[1]
+
+
+def test_slice_bounds_cover_the_items_in_order() -> None:
+    from colab_kit.shard_build import slice_bounds
+
+    assert slice_bounds(1000, 2) == [(0, 500), (500, 1000)]
+    assert slice_bounds(7, 3) == [(0, 2), (2, 4), (4, 7)]
+    assert slice_bounds(1, 4) == [(0, 1)]
