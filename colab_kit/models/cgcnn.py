@@ -28,7 +28,8 @@ class GaussianExpansion(nn.Module):
 
 
 class BatchNormAnySize(nn.BatchNorm1d):
-    """BatchNorm1d that normalises a one-row input with its running statistics instead of failing.
+    """BatchNorm1d that normalises a one-row input with its running statistics instead of failing, and whose
+    running statistics are a plain mean over the first batches.
 
     In training mode ``BatchNorm1d`` needs two or more values per channel; a batch that is one single-site
     cell (real MP sets have them; an epoch's last batch or a calibration step can be just that) has one
@@ -36,6 +37,10 @@ class BatchNormAnySize(nn.BatchNorm1d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            # running statistics as the plain mean of the first 10 batches, then the usual 0.1 moving average:
+            # with momentum 0.1 from the start, a short run evaluates with statistics still 40 % at their init
+            self.momentum = max(0.1, 1.0 / (int(self.num_batches_tracked) + 1))
         if self.training and x.shape[0] <= 1:
             return nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                                             False, 0.0, self.eps)
@@ -72,6 +77,10 @@ class CGCNN(nn.Module):
         self.convs = nn.ModuleList(CGConv(hidden, dim=n_gaussians, batch_norm=True) for _ in range(n_conv))
         _tolerate_single_rows(self.convs)
         self.head = nn.Sequential(nn.Linear(hidden, 128), nn.SiLU(), nn.Linear(128, 1))
+        # start as the mean predictor (output = target_mean): a few steps can then only move it towards the data,
+        # where a random head starts off by about the target's std and small runs end worse than the mean
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
         self.register_buffer("target_mean", torch.tensor(float(target_mean)))
         self.register_buffer("target_std", torch.tensor(float(target_std)))
         self.gradient_checkpointing = False
