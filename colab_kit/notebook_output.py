@@ -10,35 +10,46 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 
-def render_loss_plot(losses: Sequence[float], epochs: Sequence[dict[str, Any]]) -> bytes:
+def render_loss_plot(losses: Sequence[float], epochs: Sequence[dict[str, Any]], mae_unit: str | None = None) -> bytes:
     """PNG of the training loss per step and per epoch, and the validation MAE per epoch (headless Agg).
+
+    Both axes start at 0, so a change of 0.001 in the MAE does not fill the plot as if it were a jump;
+    the legend sits under the axes, where it cannot hide a curve.
 
     Args:
         losses: the training loss of each step so far, in order.
         epochs: epoch rows so far ({"train_loss", "val_mae", "at_step"}: the step count at the epoch's end).
+        mae_unit: the target's unit (e.g. "eV/atom") for the MAE axis, when known.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.4, 2.8), dpi=80)
+    fig = Figure(figsize=(6.4, 3.0), dpi=80)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     if losses:
         stride = max(1, len(losses) // 2000)  # keep redraws cheap on long runs
         ax.plot(range(1, len(losses) + 1, stride), losses[::stride], color="tab:blue", alpha=0.35, lw=0.8,
-                label="train loss, per step")
+                label="train loss, each step")
     if epochs:
         at = [max(e["at_step"], 1) for e in epochs]
         ax.plot(at, [e["train_loss"] for e in epochs], "o-", color="tab:blue", label="train loss, epoch mean")
         ax2 = ax.twinx()  # MAE is in the target's unit, the loss is not
-        ax2.plot(at, [e["val_mae"] for e in epochs], "s-", color="tab:orange", label="validation MAE")
-        ax2.set_ylabel("validation MAE")
+        ax2.plot(at, [e["val_mae"] for e in epochs], "s-", color="tab:orange", label="validation MAE (right axis)")
+        ax2.set_ylabel("validation MAE" + (f" ({mae_unit})" if mae_unit else ""), color="tab:orange")
+        ax2.set_ylim(0, 1.15 * max(e["val_mae"] for e in epochs) or 1.0)
     ax.set_xlabel("training step (this session)")
-    ax.set_ylabel("train loss (MSE / std²)")
+    ax.set_ylabel("train loss (MSE / std²)", color="tab:blue")
+    if losses or epochs:
+        ax.set_ylim(0, 1.05 * max([*losses, *(e["train_loss"] for e in epochs)]) or 1.0)
     ax.grid(alpha=0.3)
     if losses or epochs:
-        fig.legend(loc="upper right", fontsize="small", bbox_to_anchor=(0.86, 0.92))
-    fig.tight_layout()
+        fig.legend(loc="lower center", ncol=3, fontsize="small", frameon=False)
+        fig.tight_layout(rect=(0, 0.08, 1, 1))
+    else:
+        ax.text(0.5, 0.5, "the loss appears here once training starts", ha="center", va="center",
+                transform=ax.transAxes, color="#777")
+        fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()

@@ -106,7 +106,9 @@ class ControlPanel:
         self._last_draw = self._last_status = 0.0
 
         desc = {"description_width": "100px"}
-        self.mode = w.ToggleButtons(options=list(MODES), value=mode, description="mode", style=desc,
+        # No description on the ToggleButtons: ipywidgets 8 puts it above the buttons, 7 beside them;
+        # a label of the other boxes' width lines the row up on both.
+        self.mode = w.ToggleButtons(options=list(MODES), value=mode,
                                     tooltips=[f"{m}: {p['n_samples'] or 'all'} structures, {p['epochs']} epochs"
                                               for m, p in MODES.items()])
         self.data = w.Text(value=base.data, description="data", style=desc, continuous_update=False,
@@ -140,7 +142,9 @@ class ControlPanel:
         details.set_title(0, "full plan (every setting and why)")
         fixed = ", ".join(f"{k}={v!r}" for k, v in self._extra.items())
         self.widget = w.VBox([
-            w.HTML(f"<b>colab_kit</b> &mdash; {_esc(_machine_line(machine))}"), self.mode, self.data,
+            w.HTML(f"<b>colab_kit</b> &mdash; {_esc(_machine_line(machine))}"),
+            w.HBox([w.HTML("<div style='width:92px;text-align:right;padding-right:8px'>mode</div>"), self.mode]),
+            self.data,
             w.HBox([self.converter, self.model]), *(w.HBox([self.inputs[n], self.reasons[n]]) for n in SETTINGS),
             w.HTML(_esc(f"fixed settings: {fixed}") if fixed else ""), self.error_box,
             w.HBox([self.run_button, self.resume_button, self.stop_button, self.reset_button, self.start_over]),
@@ -286,20 +290,21 @@ class ControlPanel:
         t0 = time.perf_counter()
         with _into_panel(self.output, Path(plan.work_dir) / run_name(plan) / "run.log"):
             try:
-                result = run(plan, fresh=fresh, progress=self.progress, callbacks=[self._on_event],
-                             should_stop=self._stop.is_set, log_to_file=False)
+                self.result = run(plan, fresh=fresh, progress=self.progress, callbacks=[self._on_event],
+                                  should_stop=self._stop.is_set, log_to_file=False)
             except Exception as exc:  # noqa: BLE001 - shown in the panel; finished work on disk stays valid
                 self.error = exc
                 self.output.append_stderr(traceback.format_exc())
-                self._set_status(f"<b>failed:</b> {_esc(str(exc) or type(exc).__name__)}", color="#b00020")
-            else:
-                self.result = result
-                self._show_result(result, time.perf_counter() - t0)
             finally:
                 if self._losses or self._epochs:
                     self._draw()
                 self._set_busy(False)
                 self._show_earlier_work(plan)
+        # The final status comes last: when it says "done", the buttons already work again.
+        if self.result is not None:
+            self._show_result(self.result, time.perf_counter() - t0)
+        elif self.error is not None:
+            self._set_status(f"<b>failed:</b> {_esc(str(self.error) or type(self.error).__name__)}", color="#b00020")
 
     def _on_event(self, ev: dict[str, Any]) -> None:
         kind, now = ev.get("event"), time.monotonic()
@@ -325,7 +330,8 @@ class ControlPanel:
 
     def _draw(self) -> None:
         self._last_draw = time.monotonic()
-        self.plot.value = render_loss_plot(self._losses, self._epochs)
+        unit = self.result.metrics.get("unit") if self.result is not None else None
+        self.plot.value = render_loss_plot(self._losses, self._epochs, mae_unit=unit)
         self.plot.layout.display = ""
         self.plot_updates += 1
 
@@ -335,14 +341,19 @@ class ControlPanel:
             self._set_status(f"<b>stopped</b>: work so far saved in {_esc(result.run_dir)}; press Resume to continue "
                              "from it", color="#a15c00")
             return
-        nan = float("nan")
-        self._set_status(f"<b>done</b> in {seconds:.0f} s: test MAE {m.get('test_mae', nan):.4f} (mean predictor "
-                         f"{m.get('mean_predictor_test_mae', nan):.4f}) on {m.get('test_n', '?')} structures",
-                         color="#1b5e20")
+        nan, unit = float("nan"), m.get("unit") or ""
+        self._set_status(f"<b>done</b> in {seconds:.0f} s: test MAE <b>{m.get('test_mae', nan):.4f} {_esc(unit)}</b> "
+                         f"on {m.get('test_n', '?')} held-out structures (predicting the training mean: "
+                         f"{m.get('mean_predictor_test_mae', nan):.4f})", color="#1b5e20")
+        budget = m.get("budget") or {}
+        for name, key in (("batch_edges", "max_edges"), ("batch_atoms", "max_atoms")):
+            if budget.get(key) and name not in self._user_set:  # the box shows the static estimate
+                self.reasons[name].value = (f"<span style='color:#555;font-size:90%'>static estimate; this run "
+                                            f"measured and used <b>{budget[key]}</b></span>")
         summary = Path(result.files.get("summary", result.run_dir / "report" / "summary.txt"))
         text = summary.read_text() if summary.is_file() else ""
-        files = "".join(f"<li>{_esc(k)}: <code>{_esc(v)}</code></li>" for k, v in result.files.items())
-        self.report.value = f"<b>Report</b><pre style='white-space:pre-wrap'>{_esc(text)}</pre><ul>{files}</ul>"
+        self.report.value = (f"<b>Report</b><pre style='white-space:pre-wrap;margin:2px 0;line-height:1.35'>{_esc(text)}</pre>"
+                             f"{_files_html(result.run_dir, result.files)}")
 
     def _set_status(self, text_html: str, color: str = "#222") -> None:
         self.status.value = f"<div style='color:{color}'>{text_html}</div>"
@@ -367,6 +378,18 @@ def earlier_work(plan: Plan) -> list[str]:
         if parts:
             found.append(f"{', '.join(parts)} in {d}")
     return found
+
+
+def _files_html(run_dir: Path, files: dict[str, Any]) -> str:
+    """The run dir once, then each file relative to it (full paths wrap into an unreadable list)."""
+    def rel(path: Any) -> str:
+        try:
+            return str(Path(path).relative_to(run_dir))
+        except ValueError:
+            return str(path)
+
+    names = ", ".join(f"<code title='{_esc(k)}'>{_esc(rel(v))}</code>" for k, v in files.items() if Path(v) != run_dir)
+    return f"<div style='line-height:1.5'>Files in <code>{_esc(run_dir)}</code>:<br>{names}</div>"
 
 
 def _plan_html(plan: Plan) -> str:
