@@ -1,21 +1,27 @@
 """Resume speed: how long a killed conversion takes, once run again, to commit its first new shard.
 
 A conversion is killed (SIGKILL of its process group: a runtime disconnect) once the manifest lists ``--kill-at``
-of the items; the store is copied, and the same ``python -m colab_kit convert`` command is run again on each copy:
+of the items; the store is copied (hard links: shards and manifests are replaced, never edited), and the same
+``python -m colab_kit convert`` command is run again on each copy, ``--restart-repeats`` times per mode,
+interleaved:
 
 ``before``  with every ``Source.iter_from`` replaced by the base class's ``islice(iter(self), start, None)`` (what a
             resume did before: parse every done item again);
-``after``   the readers' own ``iter_from`` (matbench json.gz seeks: :mod:`colab_kit.sources.seek`).
+``whole``   the readers' own ``iter_from`` (matbench json.gz seeks: :mod:`colab_kit.sources.seek`), run from
+            ``--whole-rev`` (default: the tree before ``colab_kit/shard_build.py``), whose first shard is
+            converted whole by one worker;
+``after``   this checkout: the seek, and the first shard converted by every worker at once (``shard_build``).
 
-Both run the CLI through the same ``python -c`` wrapper, which also notes when ``iter_from`` gives its first
+All run the CLI through the same ``python -c`` wrapper, which also notes when ``iter_from`` gives its first
 item. Each rerun is timed from its start to that first item (what the seek changes) and to the moment the
-manifest gains a shard (that, plus converting one shard in a worker); ``after`` runs to the end and its
-store is compared shard for shard (sha256) with an uninterrupted build of the same command (``--reference`` to
-reuse one). Sections (``--sections``, default all):
+manifest gains a shard (that, plus converting one shard), and killed then, except the last ``after``, which
+runs to the end: its store is compared shard for shard (sha256) with an uninterrupted ``--workers 1`` build of
+the same command (every shard converted whole in one process; ``--reference`` to reuse one). Sections
+(``--sections``, default all):
 
 ``seek``    in-process: seconds from ``open_source`` to the first item of ``iter_from(start)``, both ways, and that
             the items agree (the start is the first item of the shard the resume converts first).
-``resume``  the kill and the two reruns above.
+``resume``  the kill and the reruns above.
 ``nan``     reading speed of the shipped 3,000-structure file (no NaN) with this checkout's sources and with the
             sources before bare-NaN support (``--baseline-rev``, default the parent of the commit that added
             ``colab_kit/sources/seek.py``), each in fresh interpreters, and of the same file with bare NaN labels.
@@ -24,7 +30,7 @@ Usage::
 
     python benchmarks/bench_resume.py --data /tmp/mp_like_132k.json.gz --workdir /tmp/ckresume \\
         --json-out /tmp/ckresume/bench_resume.json
-    python benchmarks/bench_resume.py --n 20000 --workdir /tmp/ckresume_smoke      # ≈ 3 minutes
+    python benchmarks/bench_resume.py --n 20000 --workdir /tmp/ckresume_smoke --sections resume   # ≈ 4 minutes
 """
 
 from __future__ import annotations
@@ -99,13 +105,14 @@ def convert_cmd(data: Path, store: Path, args: argparse.Namespace) -> list[str]:
             "--shard-size", str(args.shard_size), "--on-bad", "skip"]
 
 
-def watch(cmd: list[str], store: Path, log: Path, stop_when: Any = None, timeout: float = 3600) -> dict[str, Any]:
+def watch(cmd: list[str], store: Path, log: Path, stop_when: Any = None, timeout: float = 3600,
+          env: dict[str, str] | None = None, cwd: Path = REPO) -> dict[str, Any]:
     """Runs ``cmd`` in its own session; returns its wall time, exit code, the commit timeline and whether
     ``stop_when(t, shards, items)`` had it SIGKILLed."""
     start_shards = _committed(store)[0]
     t0 = time.perf_counter()
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd, env=env)
     commits: list[tuple[float, int, int]] = []
     killed = False
     try:
@@ -160,52 +167,85 @@ def bench_seek(data: Path, start: int) -> dict[str, Any]:
     return {"start": start, "rows": rows, "same_items": same}
 
 
+def _archive(rev: str, dest: Path) -> Path:
+    """``colab_kit/`` of git revision ``rev`` unpacked under ``dest`` (put it first on PYTHONPATH to run it)."""
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", rev, "colab_kit"], cwd=REPO, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
+
+
+def _added_in(path: str) -> str:
+    """The parent of the commit that added ``path``: the tree just before it."""
+    return subprocess.run(["git", "log", "--format=%H", "--diff-filter=A", "-1", "--", path], cwd=REPO,
+                          capture_output=True, text=True, check=True).stdout.strip() + "^"
+
+
 def bench_resume(data: Path, workdir: Path, args: argparse.Namespace, n: int) -> dict[str, Any]:
     ref = Path(args.reference) if args.reference else workdir / "store_uninterrupted"
     res: dict[str, Any] = {"reference": str(ref)}
     if not _manifest(ref).get("complete"):
         shutil.rmtree(ref, ignore_errors=True)
-        print("uninterrupted reference build ...", flush=True)
-        res["uninterrupted"] = watch([sys.executable, "-m", "colab_kit", *convert_cmd(data, ref, args)], ref, workdir / "ref.log")
+        # one process, every shard converted whole: the bytes a split first shard must reproduce
+        print("uninterrupted reference build (--workers 1) ...", flush=True)
+        ref_args = argparse.Namespace(**{**vars(args), "workers": 1})
+        res["uninterrupted"] = watch([sys.executable, "-m", "colab_kit", *convert_cmd(data, ref, ref_args)], ref,
+                                     workdir / "ref.log")
     killed = workdir / "store_killed"
     shutil.rmtree(killed, ignore_errors=True)
     cmd = convert_cmd(data, killed, args)
     first = watch([sys.executable, "-m", "colab_kit", *cmd], killed, workdir / "first.log",
                   stop_when=lambda t, s, items: items >= args.kill_at * n)
     res["first_run"] = first
-    res["committed_at_kill"] = _committed(killed)
-    print(f"first run SIGKILLed at {first['wall_s']:.1f} s with {res['committed_at_kill'][0]} shards "
-          f"({res['committed_at_kill'][1]:,} items) committed", flush=True)
-    reruns = {}
-    for name in ("before", "after"):
-        store, mark = workdir / f"store_{name}", workdir / f"first_item_{name}.txt"
-        shutil.rmtree(store, ignore_errors=True)
-        shutil.copytree(killed, store)
-        mark.unlink(missing_ok=True)
-        stop = (lambda t, s, items, s0=res["committed_at_kill"][0]: s > s0) if name == "before" else None
-        launched = time.time()
-        reruns[name] = watch([sys.executable, "-c", TIMED_CLI, name, str(mark), *convert_cmd(data, store, args)], store,
-                             workdir / f"rerun_{name}.log", stop_when=stop)
-        reruns[name]["first_item_s"] = float(mark.read_text()) - launched if mark.exists() else None
-        reruns[name]["loadavg_after"] = loadavg()
-        print(f"rerun {name}: first item after {reruns[name]['first_item_s']:.2f} s, first new shard after "
-              f"{reruns[name]['first_new_shard_s']} s", flush=True)
-        if name == "before":
+    res["committed_at_kill"] = s0 = _committed(killed)[0]
+    print(f"first run SIGKILLed at {first['wall_s']:.1f} s with {s0} shards "
+          f"({_committed(killed)[1]:,} items) committed", flush=True)
+    whole_rev = args.whole_rev or _added_in("colab_kit/shard_build.py")
+    whole_tree = _archive(whole_rev, workdir / "whole_src")
+    res["whole_rev"] = whole_rev
+    # mode -> (TIMED_CLI mode, PYTHONPATH, cwd): cwd is put first on sys.path by `python -c`, so the archived
+    # tree runs from the workdir
+    modes = {"before": ("before", None, REPO), "whole": ("after", whole_tree, workdir), "after": ("after", None, REPO)}
+    reruns: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+    for rep in range(args.restart_repeats):  # interleaved, so machine noise hits every mode alike
+        for name, (mode, pythonpath, cwd) in modes.items():
+            last = name == "after" and rep == args.restart_repeats - 1  # runs to the end: the identity check
+            store, mark = workdir / f"store_{name}", workdir / f"first_item_{name}.txt"
             shutil.rmtree(store, ignore_errors=True)
+            shutil.copytree(killed, store, copy_function=os.link)  # shards and manifests are replaced, never edited
+            mark.unlink(missing_ok=True)
+            env = {**os.environ, "PYTHONPATH": str(pythonpath)} if pythonpath else None
+            launched = time.time()
+            r = watch([sys.executable, "-c", TIMED_CLI, mode, str(mark), *convert_cmd(data, store, args)], store,
+                      workdir / f"rerun_{name}.log", stop_when=None if last else (lambda t, s, items: s > s0),
+                      env=env, cwd=cwd)
+            r["first_item_s"] = float(mark.read_text()) - launched if mark.exists() else None
+            r["loadavg_after"] = loadavg()
+            reruns[name].append(r)
+            print(f"rerun {name} #{rep + 1}: first item after {r['first_item_s']:.2f} s, first new shard after "
+                  f"{r['first_new_shard_s']} s, load {r['loadavg_after']}", flush=True)
+            if not last:
+                shutil.rmtree(store, ignore_errors=True)
     shutil.rmtree(killed, ignore_errors=True)
     after = workdir / "store_after"
     res["identical_to_uninterrupted"] = bool(_manifest(after).get("complete")) and _digest(after) == _digest(ref)
+    res["n_shards"] = len(_digest(after))
     res["reruns"] = reruns
     commits = first["commits"]
     gaps = [b[0] - a[0] for a, b in zip(commits[1:], commits[2:])]
     res["first_run_median_commit_interval_s"] = median(gaps)
-    b, a = reruns["before"]["first_new_shard_s"], reruns["after"]["first_new_shard_s"]
+    res["median_first_new_shard_s"] = {k: median([r["first_new_shard_s"] for r in v]) for k, v in reruns.items()}
+    labels = {"before": "before: islice, no seek", "whole": f"seek, first shard whole ({whole_rev})",
+              "after": "after: seek + split first shard"}
     print_table("restart (process start) to the first item past the skip, and to the first new shard committed",
-                ["rerun", "first item s", "first new shard s", "exit", "load after"],
-                [[k, f"{v['first_item_s']:.2f}", f"{v['first_new_shard_s']}", v["returncode"], v["loadavg_after"]]
-                 for k, v in reruns.items()])
-    print(f"first new shard before/after: {b / a:.1f}x; final store identical to the uninterrupted build (sha256 per shard): "
-          f"{res['identical_to_uninterrupted']}; first run's median seconds between commits: {res['first_run_median_commit_interval_s']:.2f}",
+                ["rerun", "first item s (runs)", "first new shard s (runs)", "median shard s", "load after"],
+                [[labels[k], " ".join(f"{r['first_item_s']:.2f}" for r in v),
+                  " ".join(f"{r['first_new_shard_s']}" for r in v), f"{res['median_first_new_shard_s'][k]:.2f}",
+                  " ".join(str(r["loadavg_after"]) for r in v)] for k, v in reruns.items()])
+    print(f"final store identical to the uninterrupted --workers 1 build (sha256 per shard, {res['n_shards']} shards): "
+          f"{res['identical_to_uninterrupted']}; first run's median seconds between commits: "
+          f"{res['first_run_median_commit_interval_s']:.2f}; after rerun to the end: {reruns['after'][-1]['wall_s']:.1f} s",
           flush=True)
     if not args.keep_stores:
         shutil.rmtree(after, ignore_errors=True)
@@ -218,14 +258,8 @@ READ_CHILD = ("import sys, time\nimport numpy\nfrom colab_kit.sources import ope
 
 def bench_nan(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Reading the shipped file: this checkout vs the sources before bare-NaN support; and with NaN labels."""
-    rev = args.baseline_rev or subprocess.run(
-        ["git", "log", "--format=%H", "--diff-filter=A", "-1", "--", "colab_kit/sources/seek.py"], cwd=REPO,
-        capture_output=True, text=True, check=True).stdout.strip() + "^"
-    base = workdir / "baseline_src"
-    shutil.rmtree(base, ignore_errors=True)
-    base.mkdir()
-    archive = subprocess.run(["git", "archive", rev, "colab_kit"], cwd=REPO, capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
+    rev = args.baseline_rev or _added_in("colab_kit/sources/seek.py")
+    base = _archive(rev, workdir / "baseline_src")
     with gzip.open(SHIPPED, "rt") as f:
         doc = json.load(f)
     for i in range(0, len(doc["data"]), 20):  # 5 % of the labels NaN, written bare as json.dump does
@@ -262,7 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--shard-size", type=int, default=1000)
     p.add_argument("--kill-at", type=float, default=0.5, help="fraction of items committed when the first run is killed")
-    p.add_argument("--reference", help="an uninterrupted store of the same command (built when absent)")
+    p.add_argument("--reference", help="an uninterrupted store of the same command (built with --workers 1 when absent)")
+    p.add_argument("--restart-repeats", type=int, default=3, help="reruns of each mode (resume section)")
+    p.add_argument("--whole-rev", help="git revision whose convert builds the first shard whole (resume section; "
+                   "default the parent of the commit that added colab_kit/shard_build.py)")
     p.add_argument("--keep-stores", action="store_true")
     p.add_argument("--baseline-rev", help="git revision of the sources before bare-NaN support (nan section)")
     p.add_argument("--repeats", type=int, default=5)
