@@ -167,28 +167,24 @@ def test_a_requirement_needing_newer_ipywidgets_is_caught(colab_python: Path, pi
     assert any(p.startswith("ipywidgets: plain pip install would upgrade Colab's 7.7.1") for p in problems), problems
 
 
-def _cp313_wheel(requirement: str, tmp: Path) -> bool:
-    """Whether ``requirement`` has a wheel pip would take on Colab's CPython 3.13 (no build)."""
+def _cp313_wheels(tmp: Path, *requirements: str) -> bool:
+    """Whether every one of ``requirements`` has a wheel pip would take on Colab's CPython 3.13 (no build)."""
     cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--no-deps", "--only-binary=:all:",
            "--target", str(tmp / "cp313"), "--python-version", "3.13", "--implementation", "cp", "--abi", "cp313",
-           *(a for p in COLAB_PLATFORMS for a in ("--platform", p)), requirement]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300).returncode == 0
+           *(a for p in COLAB_PLATFORMS for a in ("--platform", p)), *requirements]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600).returncode == 0
 
 
 def test_what_colabs_python_313_builds_from_source(colab_install: Resolution, tmp_path: Path) -> None:
     adds = colab_install.installs
     assert colab_install.ok and adds, colab_install.output[-2000:]
-    wheels = {k: v for k, v in adds.items() if k not in SOURCE_BUILDS_ON_COLAB}
-    # One pip call for all packages expected to have wheels; per package only to name a failure.
-    batch = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--no-deps", "--only-binary=:all:",
-             "--target", str(tmp_path / "cp313"), "--python-version", "3.13", "--implementation", "cp",
-             "--abi", "cp313", *(a for p in COLAB_PLATFORMS for a in ("--platform", p)),
-             *(f"{k}=={v}" for k, v in wheels.items())]
-    if subprocess.run(batch, capture_output=True, text=True, timeout=600).returncode != 0:
-        missing = [k for k, v in wheels.items() if not _cp313_wheel(f"{k}=={v}", tmp_path)]
+    wheels = [f"{k}=={v}" for k, v in adds.items() if k not in SOURCE_BUILDS_ON_COLAB]
+    # One pip call for all packages expected to have wheels; one per package only to name a failure.
+    if not _cp313_wheels(tmp_path, *wheels):
+        missing = [r for r in wheels if not _cp313_wheels(tmp_path, r)]
         pytest.fail(f"no CPython 3.13 wheel for {missing}: Colab builds them from source; add them to "
                     "SOURCE_BUILDS_ON_COLAB, the notebook's install cell and the README's Colab section")
     for name in SOURCE_BUILDS_ON_COLAB.keys() & adds.keys():
-        assert not _cp313_wheel(f"{name}=={adds[name]}", tmp_path), (
+        assert not _cp313_wheels(tmp_path, f"{name}=={adds[name]}"), (
             f"{name} {adds[name]} now publishes a cp313 wheel: drop it from SOURCE_BUILDS_ON_COLAB, the "
             "notebook's install cell and the README")
