@@ -117,11 +117,12 @@ def cmd_detect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plan(args: argparse.Namespace, **extra: Any) -> Any:
-    from colab_kit.detect import detect
+def _plan(args: argparse.Namespace, probe_gpu: bool = True, **extra: Any) -> Any:
+    from colab_kit.detect import detect, query_gpu
 
     work = getattr(args, "work_dir", None)
-    machine = detect(extra_dirs=tuple(d for d in [work] if d))
+    # probing the GPU imports torch and initialises CUDA (~1.5 s): a command that never trains skips it
+    machine = detect(extra_dirs=tuple(d for d in [work] if d), gpu=query_gpu if probe_gpu else (lambda: None))
     return make_plan(machine, getattr(args, "mode", "debug"), **{**overrides_from_args(args), **extra})
 
 
@@ -143,7 +144,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     extra = {k: v for k, v in (("convert_workers", args.workers), ("shard_size", args.shard_size),
                                 ("on_bad_structure", args.on_bad)) if v is not None}
-    plan = _plan(args, **extra)
+    plan = _plan(args, probe_gpu=False, **extra)
     out = args.out or str(Path(plan.work_dir) / "stores" / f"{Path(args.source).name.split('.')[0]}-{plan.converter}")
     conv = get_converter(plan.converter, cutoff=plan.cutoff, bond_cutoff=plan.bond_cutoff,
                          max_neighbors=plan.max_neighbors, on_isolated_atoms=plan.on_isolated_atoms)
