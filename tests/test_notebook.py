@@ -106,10 +106,10 @@ def test_quickstart_runs_headless(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
     # The panel's progress bars and log lines live in its Output widget (saved as widget state).
     widget_state = json.dumps(nb.metadata.get("widgets", {}))
-    assert "epoch 1/2" in widget_state and "graph/s" in widget_state, "no progress bars in the panel"
+    assert re.search(r"epoch 1/\d+", widget_state) and "graph/s" in widget_state, "no progress bars in the panel"
     assert "== train" in widget_state and "test MAE" in widget_state and "Traceback" not in widget_state
     cli_text = _texts(cells["5b"].outputs)
-    assert "Plan for --mode debug" in cli_text and "Done: test MAE" in cli_text
+    assert "Plan for --mode debug" in cli_text and re.search(r"Done: test \(n=\d+\): MAE \d", cli_text), cli_text[-1500:]
     assert "convert" in cli_text and "nothing to convert" in cli_text  # the CLI picked up the panel's run
 
     images = [o for o in cells["6"].outputs if "image/png" in o.get("data", {})]
