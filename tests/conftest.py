@@ -10,7 +10,9 @@ Two kinds of real data:
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -57,3 +59,17 @@ def fixture_data() -> Path:
 @pytest.fixture(scope="session")
 def shipped_data() -> Path:
     return SHIPPED
+
+
+@pytest.fixture(autouse=True)
+def _restore_colab_kit_logging() -> Iterator[None]:
+    """A run in this process calls ``setup_logging`` (its handlers, ``propagate=False``); later tests that read
+    logs through ``caplog`` need the logger as it was."""
+    logger = logging.getLogger("colab_kit")
+    state = (list(logger.handlers), logger.propagate, logger.level)
+    yield
+    for h in list(logger.handlers):
+        if h not in state[0]:
+            logger.removeHandler(h)
+            h.close()
+    logger.propagate, logger.level = state[1], state[2]
