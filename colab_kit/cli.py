@@ -35,7 +35,7 @@ Re-running the same command resumes from the last checkpoint at the next batch.
   python -m colab_kit evaluate --store store/ --weights runs/cgcnn/best.pt --model cgcnn
 """,
     "run": """examples:
-  python -m colab_kit run --mode debug                       # shipped data, CHGNet fine-tuning, ~2 min on 2 CPUs
+  python -m colab_kit run --mode debug                       # shipped data, CHGNet fine-tuning, ~30 s on 2 CPUs
   python -m colab_kit run --mode quick --converter radius    # CGCNN on radius graphs
   python -m colab_kit run --mode full --data matbench_mp_e_form --persist-dir /content/drive/MyDrive/colab_kit
   python -m colab_kit run --mode full --data https://example.org/my_data.json.gz --set batch_edges=50000
