@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from colab_kit.errors import ColabKitError
+from colab_kit.fsutil import remove_stale_temporaries
 from colab_kit.graphs import BadStructure, Converter
 from colab_kit.shard_build import build_split_shard
 from colab_kit.sources import RawItem, Source, SourceError, check_target, open_source, parse_structure
@@ -35,7 +36,6 @@ from colab_kit.store import (
     StoreError,
     atomic_write_json,
     fingerprint,
-    remove_stale_temporaries,
     write_shard,
 )
 

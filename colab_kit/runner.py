@@ -170,10 +170,11 @@ def _pipeline(plan: Plan, run_dir: Path, persist: Path | None, data_path: Path, 
               callbacks: list[Callable[[dict[str, Any]], None]], should_stop: Callable[[], bool],
               log_to_file: bool, stage: Callable[[str, str], None], t0: float) -> RunResult:
     from colab_kit.convert import build_store
+    from colab_kit.fsutil import remove_stale_temporaries
     from colab_kit.graphs import get_converter
     from colab_kit.logs import setup_logging
     from colab_kit.persist import Mirror, restore
-    from colab_kit.store import GraphStore, remove_stale_temporaries
+    from colab_kit.store import GraphStore
     from colab_kit.train import fit
 
     if log_to_file:

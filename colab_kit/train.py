@@ -29,12 +29,13 @@ import torch
 from colab_kit.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from colab_kit.errors import ColabKitError
 from colab_kit.evaluate import amp_dtype_for, evaluate_with_backoff
+from colab_kit.fsutil import remove_stale_temporaries
 from colab_kit.loader import COLLATE, GraphDataset, load_or_make_splits, make_loaders
 from colab_kit.memory import Budget, calibrate, static_budget
 from colab_kit.models import build_model
 from colab_kit.oom import memory_fix, retry_on_oom
 from colab_kit.plan import check_resume
-from colab_kit.store import GraphStore, atomic_write_bytes, remove_stale_temporaries
+from colab_kit.store import GraphStore, atomic_write_bytes
 from colab_kit.train_state import TrainState
 
 log = logging.getLogger(__name__)

@@ -16,9 +16,10 @@ from helpers import SHIPPED, run_cli
 
 from colab_kit.convert import build_store
 from colab_kit.detect import GIB, Gpu, Machine, detect
+from colab_kit.fsutil import remove_stale_temporaries
 from colab_kit.graphs import get_converter
 from colab_kit.plan import PlanError, make_plan
-from colab_kit.store import GraphStore, remove_stale_temporaries
+from colab_kit.store import GraphStore
 
 FIXTURES = Path(__file__).parent / "data"
 SINGLE_SITE = ("mp-71", "mp-81", "mp-8640")  # real one-atom cells of the shipped set
