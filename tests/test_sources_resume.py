@@ -74,15 +74,7 @@ def test_jarvis_poscar_cif_extxyz_iter_from_is_islice(shared_data: Path, tmp_pat
                 (folder / Path(m.name).name).write_bytes(tar.extractfile(m).read())
     (folder / f"{rows[5].split(',')[0]}.cif").unlink()  # a missing file is a bad item, in both paths
     assert_seeks_like_islice(open_source(folder))
-    from ase.io import write
-    from pymatgen.io.ase import AseAtomsAdaptor
-
-    frames = []
-    for item in itertools.islice(open_source(shared_data / MATBENCH[3]), 40):
-        atoms = AseAtomsAdaptor.get_atoms(sources.parse_structure(item))
-        atoms.info.update({"material_id": item.id, "e_form": item.target})
-        frames.append(atoms)
-    write(tmp_path / "dev.extxyz", frames, format="extxyz")
+    _write_extxyz(shared_data / MATBENCH[3], tmp_path / "dev.extxyz", 40)
     assert_seeks_like_islice(open_source(tmp_path / "dev.extxyz"))
 
 
@@ -214,15 +206,7 @@ def test_folders_and_extxyz_skip_without_reading(shared_data: Path, tmp_path: Pa
     assert [i.id for i in folder.iter_from(45)] == names[45:] and read == names[45:]
     monkeypatch.undo()
 
-    from ase.io import write
-    from pymatgen.io.ase import AseAtomsAdaptor
-
-    frames = []
-    for item in itertools.islice(open_source(shared_data / MATBENCH[3]), 40):
-        atoms = AseAtomsAdaptor.get_atoms(sources.parse_structure(item))
-        atoms.info.update({"material_id": item.id, "e_form": item.target})
-        frames.append(atoms)
-    write(tmp_path / "dev.extxyz", frames, format="extxyz")
+    _write_extxyz(shared_data / MATBENCH[3], tmp_path / "dev.extxyz", 40)
     src = open_source(tmp_path / "dev.extxyz")
     parsed: list[str] = []
     real_info = extxyz._Extxyz._info
@@ -243,3 +227,17 @@ def test_multi_member_gzip(shared_data: Path, tmp_path: Path) -> None:
     stream, skipped = seek.seek_element(str(path), "data", 150)  # the seek itself, not a fall back to a full pass
     stream.close()
     assert skipped == 150
+
+
+def _write_extxyz(source: Path, out: Path, n: int) -> Path:
+    """The first ``n`` real structures of ``source`` as an extxyz file (id and label in each frame's info)."""
+    from ase.io import write
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    frames = []
+    for item in itertools.islice(open_source(source), n):
+        atoms = AseAtomsAdaptor.get_atoms(sources.parse_structure(item))
+        atoms.info.update({"material_id": item.id, "e_form": item.target})
+        frames.append(atoms)
+    write(out, frames, format="extxyz")
+    return out
