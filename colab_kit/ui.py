@@ -20,7 +20,6 @@ without them.
 from __future__ import annotations
 
 import contextvars
-import html
 import threading
 import time
 import traceback
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from colab_kit.notebook_output import _into_panel, render_loss_plot
+from colab_kit.panel_text import _esc, _files_html, _machine_line, _plan_html
 from colab_kit.plan import CONVERTERS, MODEL_FOR_CONVERTER, MODELS, MODES, Plan, PlanError, make_plan
 
 if TYPE_CHECKING:
@@ -378,32 +378,3 @@ def earlier_work(plan: Plan) -> list[str]:
         if parts:
             found.append(f"{', '.join(parts)} in {d}")
     return found
-
-
-def _files_html(run_dir: Path, files: dict[str, Any]) -> str:
-    """The run dir once, then each file relative to it (full paths wrap into an unreadable list)."""
-    def rel(path: Any) -> str:
-        try:
-            return str(Path(path).relative_to(run_dir))
-        except ValueError:
-            return str(path)
-
-    names = ", ".join(f"<code title='{_esc(k)}'>{_esc(rel(v))}</code>" for k, v in files.items() if Path(v) != run_dir)
-    return f"<div style='line-height:1.5'>Files in <code>{_esc(run_dir)}</code>:<br>{names}</div>"
-
-
-def _plan_html(plan: Plan) -> str:
-    rows = "".join(f"<tr><td><code>{_esc(k)}</code></td><td>{_esc(v)}</td><td style='color:#555'>{_esc(r)}</td></tr>"
-                   for k, v, r in plan.rows())
-    return f"<table><tr><th>setting</th><th>value</th><th>why</th></tr>{rows}</table>"
-
-
-def _machine_line(m: Machine) -> str:
-    gpu = f"{m.gpu.name} ({m.gpu.free_bytes / 1024**3:.1f} GiB free)" if m.gpu is not None else "no GPU"
-    drive = ", Drive mounted" if m.drive_mounted else ""
-    return (f"{'Google Colab' if m.is_colab else 'local'}, {m.cpus} CPUs, {m.ram_available / 1024**3:.1f} GiB RAM "
-            f"free, {gpu}{drive}")
-
-
-def _esc(text: Any) -> str:
-    return html.escape(str(text))
