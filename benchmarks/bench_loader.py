@@ -247,7 +247,8 @@ def _child_loader(config_path: str) -> None:
     import torch
     from torch.utils.data import DataLoader
 
-    from colab_kit.loader import COLLATE, BudgetBatchSampler, make_loader
+    from colab_kit import registry
+    from colab_kit.loader import BudgetBatchSampler, make_loader
     from colab_kit.store import GraphStore
 
     cfg = json.loads(Path(config_path).read_text())
@@ -270,7 +271,7 @@ def _child_loader(config_path: str) -> None:
         ds = FileDataset(paths, targets, kind)
 
         def make() -> Any:
-            return DataLoader(ds, batch_sampler=batches, collate_fn=COLLATE[kind], **kw)  # type: ignore[arg-type]
+            return DataLoader(ds, batch_sampler=batches, collate_fn=registry.graph_kind(kind).collate, **kw)  # type: ignore[arg-type]
     else:  # PyG InMemoryDataset: every graph in RAM, loaded the standard way from its processed file
         from torch_geometric.data import InMemoryDataset
         from torch_geometric.loader import DataLoader as PygLoader

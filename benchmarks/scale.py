@@ -599,7 +599,7 @@ def child_loader_per_file(cfg: dict[str, Any]) -> dict[str, Any]:
     from bench_loader import FileDataset
     from torch.utils.data import DataLoader
 
-    from colab_kit.loader import COLLATE
+    from colab_kit import registry
 
     t0 = time.perf_counter()
     files = Path(cfg["files"])
@@ -618,7 +618,7 @@ def child_loader_per_file(cfg: dict[str, Any]) -> dict[str, Any]:
     if cfg["workers"] > 0:
         kw["prefetch_factor"] = cfg["prefetch_factor"] or 2
     loader = DataLoader(FileDataset(paths, targets, "chgnet"), batch_sampler=batches,  # type: ignore[arg-type]
-                        collate_fn=COLLATE["chgnet"], **kw)
+                        collate_fn=registry.graph_kind("chgnet").collate, **kw)
     seen, nb, t_pass = _timed_pass(loader)
     assert seen == len(paths), (seen, len(paths))
     del torch

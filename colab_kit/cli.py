@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from colab_kit import registry
 from colab_kit.errors import ColabKitError
-from colab_kit.plan import MODEL_FOR_CONVERTER, MODES, OVERRIDABLE, PlanError, make_plan
+from colab_kit.plan import MODES, OVERRIDABLE, PlanError, make_plan
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +89,16 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 def add_plan_args(p: argparse.ArgumentParser, with_mode: bool = True) -> None:
     if with_mode:
         p.add_argument("--mode", choices=tuple(MODES), default="debug", help="run size preset (default: debug)")
-    p.add_argument("--converter", choices=("chgnet", "radius"), help="graph kind (default: chgnet)")
-    p.add_argument("--model", choices=("chgnet", "cgcnn"), help="model (default: the one for the converter)")
+    p.add_argument("--converter", choices=registry.graph_kinds(), help="graph kind (default: the model's)")
+    p.add_argument("--model", choices=registry.models(),
+                   help=f"model (default: {registry.models()[0]}, or the first that trains on --converter)")
     p.add_argument("--work-dir", help="local directory for the store, checkpoints and report")
     p.add_argument(
         "--set",
         action="append",
         metavar="KEY=VALUE",
-        help=f"override a plan setting (repeatable); keys: {', '.join(sorted(OVERRIDABLE))}",
+        help=f"override a plan setting (repeatable); keys: {', '.join(sorted(OVERRIDABLE))}, and the model's "
+             "options (`detect --model M` lists them)",
     )
 
 
@@ -169,8 +172,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from colab_kit.train import fit
 
     store = GraphStore(args.store)
-    plan = _plan(args, **({} if args.model else {"model": MODEL_FOR_CONVERTER[store.converter_name]}),
-                 converter=store.converter_name, **_store_graph_settings(store))
+    plan = _plan(args, converter=store.converter_name, **_store_graph_settings(store))
     out = Path(args.out or Path(args.store).parent / f"train-{plan.model}-{plan.mode}")
     if args.fresh and out.exists():
         import shutil
@@ -189,10 +191,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _store_graph_settings(store: Any) -> dict[str, Any]:
     """The Plan's graph settings as the store was built (a Plan must describe the graphs it trains on)."""
-    p = store.params
-    if "atom_cutoff" in p:
-        return {"cutoff": p["atom_cutoff"], "bond_cutoff": p["bond_cutoff"]}
-    return {"cutoff": p["cutoff"], "max_neighbors": p.get("max_neighbors")}
+    return registry.graph_kind(store.converter_name).settings(store.params)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -203,8 +202,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from colab_kit.units import target_unit
 
     store = GraphStore(args.store)
-    plan = _plan(args, converter=store.converter_name, model=args.model or MODEL_FOR_CONVERTER[store.converter_name],
-                 **_store_graph_settings(store))
+    plan = _plan(args, converter=store.converter_name, **_store_graph_settings(store))
     res = evaluate_weights(store, plan, args.weights, split=args.split)
     splits = load_or_make_splits(store, plan.seed)
     baseline = mean_predictor_mae(store.targets(), splits["train"], splits[args.split])

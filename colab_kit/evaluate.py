@@ -68,7 +68,7 @@ def load_weights(store: GraphStore, plan: Any, weights: str | Path) -> Any:
     path = Path(weights)
     if not path.exists():
         raise EvaluationError(f"no model weights at {path}; train first (`python -m colab_kit train --store ...`)")
-    model = build_model(plan.model, graph_params=store.params)
+    model = build_model(plan.model, graph_params=store.params, options=plan.model_options)
     try:
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     except (RuntimeError, ValueError, OSError, EOFError) as exc:

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from colab_kit import registry
 from colab_kit.errors import ColabKitError
 from colab_kit.store import GraphStore, atomic_write_bytes
 
@@ -163,21 +163,9 @@ class BudgetBatchSampler(Sampler[list[int]]):
         self.max_graphs, self.seed = int(state["max_graphs"]), int(state["seed"])
 
 
-# ---------------------------------------------------------------- collate
-
-def collate_radius(items: list[tuple[Any, float]]) -> Any:
-    """PyG ``Batch`` of radius graphs (targets in ``batch.y``)."""
-    from torch_geometric.data import Batch
-
-    return Batch.from_data_list([d for d, _ in items])
-
-
-def collate_chgnet(items: list[tuple[Any, float]]) -> tuple[list[Any], torch.Tensor]:
-    """CHGNet's batch format: the list of ``CrystalGraph`` its model batches itself, and targets."""
-    return [g for g, _ in items], torch.tensor([t for _, t in items], dtype=torch.float32)
-
-
-COLLATE = {"radius": collate_radius, "chgnet": collate_chgnet}
+def collate_fn(store: GraphStore) -> Any:
+    """The store's graph kind's collate: ``(graph, target)`` items to its model's batch."""
+    return registry.graph_kind(store.converter_name).collate
 
 
 def make_loader(store: GraphStore, sampler: BudgetBatchSampler, workers: int = 0, pin_memory: bool = False,
@@ -186,7 +174,7 @@ def make_loader(store: GraphStore, sampler: BudgetBatchSampler, workers: int = 0
     kw: dict[str, Any] = {}
     if workers > 0:
         kw.update(prefetch_factor=prefetch_factor or 2, persistent_workers=persistent_workers)
-    return DataLoader(GraphDataset(store), batch_sampler=sampler, collate_fn=COLLATE[store.converter_name],
+    return DataLoader(GraphDataset(store), batch_sampler=sampler, collate_fn=collate_fn(store),
                       num_workers=workers, pin_memory=pin_memory, **kw)
 
 

@@ -12,35 +12,21 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
+from colab_kit import registry
 from colab_kit.detect import GIB, Machine
 from colab_kit.errors import ColabKitError
 
-CONVERTERS = ("chgnet", "radius")
-MODELS = ("chgnet", "cgcnn")
 AMP_CHOICES = ("off", "fp16", "bf16")
 BAD_STRUCTURE_POLICIES = ("skip", "warn", "error")
 ISOLATED_ATOM_POLICIES = ("error", "warn", "ignore")  # CHGNet's CrystalGraphConverter modes
 
 #: Per-mode presets. Modes are data: anything mode-dependent is looked up here. ``epochs`` and ``patience``
-#: are those of a pretrained model (CHGNet fine-tuning); :data:`EPOCH_SCALE` stretches them for the others.
+#: are those of a pretrained model (CHGNet fine-tuning); a model's ``epoch_scale`` (in the registry) stretches them.
 MODES: dict[str, dict[str, Any]] = {
     "debug": {"n_samples": 300, "epochs": 2, "patience": 2, "checkpoint_minutes": 1.0},
     "quick": {"n_samples": 3000, "epochs": 10, "patience": 4, "checkpoint_minutes": 5.0},
     "full": {"n_samples": None, "epochs": 50, "patience": 8, "checkpoint_minutes": 10.0},
 }
-
-#: Epochs (and patience) relative to the mode's preset. CGCNN learns from scratch: 2 epochs of 300
-#: structures are ~20 steps, too few to beat predicting the mean; its epochs cost ~1/10 of CHGNet's.
-EPOCH_SCALE = {"chgnet": (1, "pretrained: a few epochs fine-tune it"),
-               "cgcnn": (5, "trained from scratch: 5x the epochs of a pretrained model (each ~1/10 the cost)")}
-
-#: Which model goes with which graph kind.
-MODEL_FOR_CONVERTER = {"chgnet": "chgnet", "radius": "cgcnn"}
-
-# Rough training memory per directed edge / per atom (forward + backward, float32), used for
-# the static budget. `colab_kit.memory` replaces it with a measured calibration at train time.
-BYTES_PER_EDGE = {"chgnet": 6_000, "cgcnn": 2_000}
-BYTES_PER_ATOM = {"chgnet": 20_000, "cgcnn": 4_000}
 
 DEFAULT_DATA = "mp_eform_cgcnn_3000"
 LOW_DISK = 2 * GIB
@@ -58,6 +44,7 @@ class Plan:
     target: str | None
     converter: str
     model: str
+    model_options: Mapping[str, Any]  # the model's own settings (registry options), e.g. CGCNN's hidden size
     # graph resolution
     cutoff: float
     bond_cutoff: float
@@ -101,6 +88,7 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["reasons"] = dict(self.reasons)
+        d["model_options"] = dict(self.model_options)
         d["warnings"] = list(self.warnings)
         return d
 
@@ -112,6 +100,7 @@ class Plan:
         names = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in names}
         kw["warnings"] = tuple(kw.get("warnings", ()))
+        kw.setdefault("model_options", {})  # a Plan saved before models had options
         return cls(**kw)
 
     def replace(self, reason: str, **changes: Any) -> Plan:
@@ -121,12 +110,14 @@ class Plan:
         return dataclasses.replace(self, reasons=reasons, **changes)
 
     def rows(self) -> list[tuple[str, str, str]]:
-        """(field, value, reason) triples for the plan table."""
-        return [
-            (f.name, _fmt(getattr(self, f.name)), self.reasons.get(f.name, ""))
-            for f in fields(self)
-            if f.name not in ("reasons", "warnings")
-        ]
+        """(field, value, reason) triples for the plan table; each model option is a row of its own."""
+        rows = []
+        for f in fields(self):
+            if f.name == "model_options":
+                rows += [(k, _fmt(v), self.reasons.get(k, "")) for k, v in self.model_options.items()]
+            elif f.name not in ("reasons", "warnings"):
+                rows.append((f.name, _fmt(getattr(self, f.name)), self.reasons.get(f.name, "")))
+        return rows
 
 
 def _fmt(v: Any) -> str:
@@ -153,8 +144,8 @@ def _positive_num(v: Any) -> bool:
 OVERRIDABLE: dict[str, tuple[Any, str]] = {
     "data": (lambda v: isinstance(v, str) and v != "", "a path, URL, Google Drive id/link or known dataset name"),
     "target": (lambda v: v is None or (isinstance(v, str) and v != ""), "a column/key name of the label or None"),
-    "converter": (lambda v: v in CONVERTERS, f"one of {CONVERTERS}"),
-    "model": (lambda v: v in MODELS, f"one of {MODELS}"),
+    "converter": (lambda v: v in registry.graph_kinds(), "a registered graph kind"),
+    "model": (lambda v: v in registry.models(), "a registered model"),
     "cutoff": (_positive_num, "a positive number of Å"),
     "bond_cutoff": (_positive_num, "a positive number of Å"),
     "max_neighbors": (lambda v: v is None or _positive_int(v), "a positive integer or None"),
@@ -196,17 +187,27 @@ def make_plan(machine: Machine, mode: str = "debug", **overrides: Any) -> Plan:
     Args:
         machine: facts from :func:`colab_kit.detect.detect`.
         mode: one of :data:`MODES` (debug, quick, full).
-        **overrides: any field in :data:`OVERRIDABLE`; validated, recorded as "set by user".
+        **overrides: any field in :data:`OVERRIDABLE`, or an option of the model (see the registry);
+            validated, recorded as "set by user".
 
     Raises:
         PlanError: unknown mode, unknown override key, or a value that fails its check.
     """
     if mode not in MODES:
         raise PlanError(f"mode must be one of {tuple(MODES)} (got {mode!r})")
+    model, converter = _model_and_graphs(overrides)
+    spec = registry.model(model)
     for key, value in overrides.items():
+        if key in spec.options and key not in OVERRIDABLE:
+            try:
+                spec.options[key].validate(model, key, value)
+            except registry.RegistryError as exc:
+                raise PlanError(str(exc)) from None
+            continue
         if key not in OVERRIDABLE:
             raise PlanError(
                 f"unknown plan setting {key!r}; settings you can override: {', '.join(sorted(OVERRIDABLE))}"
+                + (f"; options of {model}: {', '.join(spec.options)}" if spec.options else "")
             )
         check, allowed = OVERRIDABLE[key]
         if not check(value):
@@ -230,14 +231,16 @@ def make_plan(machine: Machine, mode: str = "debug", **overrides: Any) -> Plan:
     v["mode"], r["mode"] = mode, "requested"
     set_("data", DEFAULT_DATA, "shipped with colab_kit: 3,000 MP formation energies, no download")
     set_("target", None, "the label column the source names (matbench: its one target column)")
-    set_("converter", "chgnet", "CHGNet graphs: fine-tunes the pretrained CHGNet (best accuracy per sample)")
-    set_("model", MODEL_FOR_CONVERTER[v["converter"]], f"the model that trains on {v['converter']} graphs")
-    if MODEL_FOR_CONVERTER[v["converter"]] != v["model"]:
-        raise PlanError(
-            f"model {v['model']!r} cannot train on {v['converter']!r} graphs; "
-            f"use --model {MODEL_FOR_CONVERTER[v['converter']]} or --converter "
-            f"{next(c for c, m in MODEL_FOR_CONVERTER.items() if m == v['model'])}"
-        )
+    v["model"], r["model"] = model, ("set by user" if "model" in overrides else
+                                     f"the model that trains on {converter} graphs" if "converter" in overrides else
+                                     f"{spec.description} (best accuracy per sample)")
+    v["converter"], r["converter"] = converter, ("set by user" if "converter" in overrides else
+                                                 f"{spec.name} trains on {converter} graphs")
+    v["model_options"] = {}
+    for key, option in spec.options.items():
+        v["model_options"][key] = overrides.get(key, option.default)
+        r[key] = "set by user" if key in overrides else f"{model}: {option.reason}"
+    kind = registry.graph_kind(converter)
     avail = machine.ram_available
     if machine.gpu is not None:
         set_("device", "cuda", f"{machine.gpu.name} found")
@@ -248,19 +251,11 @@ def make_plan(machine: Machine, mode: str = "debug", **overrides: Any) -> Plan:
     # every later decision follows the final device: a GPU the run does not train on plans nothing
     gpu = machine.gpu if v["device"].startswith("cuda") else None
 
-    # Graph resolution: CHGNet's pretrained weights fix 6/3 Å; radius graphs shrink on small RAM.
-    if v["converter"] == "chgnet":
-        set_("cutoff", 6.0, "CHGNet's pretrained atom-graph cutoff")
-        set_("bond_cutoff", 3.0, "CHGNet's pretrained bond-graph cutoff")
-        set_("max_neighbors", None, "CHGNet graphs keep every neighbour within the cutoff")
-    elif avail < LOW_RAM and gpu is None:
-        set_("cutoff", 6.0, f"{avail / GIB:.1f} GiB RAM free: smaller graphs than the usual 8 Å")
-        set_("bond_cutoff", 0.0, "not used by radius graphs")
-        set_("max_neighbors", 8, "low RAM: 8 nearest neighbours instead of 12")
-    else:
-        set_("cutoff", 8.0, "CGCNN/ComFormer-style radius graph")
-        set_("bond_cutoff", 0.0, "not used by radius graphs")
-        set_("max_neighbors", 12, "CGCNN-style cap on neighbours per atom")
+    # Graph resolution: the graph kind's (e.g. CHGNet's pretrained weights fix 6/3 Å; radius graphs shrink on small RAM).
+    low_ram = avail < LOW_RAM and gpu is None
+    usual = kind.resolution(False)
+    for name, (value, why) in kind.resolution(low_ram).items():
+        set_(name, value, f"{avail / GIB:.1f} GiB RAM free: {why}" if value != usual[name][0] else why)
 
     set_("on_isolated_atoms", "error", "CHGNet's default: a structure with an atom that has no neighbour within "
          "the cutoff is skipped and recorded ('warn'/'ignore' keep its graph)")
@@ -270,12 +265,13 @@ def make_plan(machine: Machine, mode: str = "debug", **overrides: Any) -> Plan:
         set_("train_memory", int(gpu.free_bytes * 0.7), f"70% of {gpu.free_bytes / GIB:.1f} GiB free on {gpu.name}")
     else:
         set_("train_memory", int(min(avail * 0.4, 8 * GIB)), f"40% of {avail / GIB:.1f} GiB free RAM (max 8 GiB)")
-    model, train_mem = v["model"], v["train_memory"]
+    train_mem = v["train_memory"]
     where = f"{train_mem / GIB:.1f} GiB for training"
-    set_("batch_edges", max(2_000, train_mem // BYTES_PER_EDGE[model]),
-         f"static estimate: {where} / {BYTES_PER_EDGE[model]} B per edge")
-    set_("batch_atoms", max(200, train_mem // BYTES_PER_ATOM[model]),
-         f"static estimate: {where} / {BYTES_PER_ATOM[model]} B per atom")
+    # the model's rough training memory per edge / atom; `colab_kit.memory` measures it at train time
+    set_("batch_edges", max(2_000, train_mem // spec.bytes_per_edge),
+         f"static estimate: {where} / {spec.bytes_per_edge} B per edge")
+    set_("batch_atoms", max(200, train_mem // spec.bytes_per_atom),
+         f"static estimate: {where} / {spec.bytes_per_atom} B per atom")
     budget_by_user = [k for k in ("batch_edges", "batch_atoms") if k in overrides]
     if budget_by_user:
         set_("calibrate", False, f"{' and '.join(budget_by_user)} set by you: that budget is used as given")
@@ -292,9 +288,8 @@ def make_plan(machine: Machine, mode: str = "debug", **overrides: Any) -> Plan:
     # own file descriptor, ~0.5 ms of main-process time each (docs/performance.md, "DataLoader throughput").
     if avail < LOW_RAM:
         set_("workers", 0, f"only {avail / GIB:.1f} GiB RAM free: load in the main process")
-    elif v["converter"] == "chgnet":
-        set_("workers", 0, "CHGNet graphs are ~8 tensors each: the main process reads them from the store "
-                           "~16x faster than it can receive them from worker processes")
+    elif kind.loader_workers is not None:
+        set_("workers", *kind.loader_workers)
     elif machine.cpus <= 2:
         set_("workers", 0, f"{machine.cpus} CPUs: the main process reads the store ~3x faster than it "
                            "receives batches from workers")
@@ -353,10 +348,9 @@ def make_plan(machine: Machine, mode: str = "debug", **overrides: Any) -> Plan:
     else:
         set_("amp", "fp16", f"{gpu.name} has no bfloat16: float16 with loss scaling")
     set_("n_samples", preset["n_samples"], f"{mode} mode")
-    scale, why = EPOCH_SCALE[v["model"]]
-    set_("epochs", preset["epochs"] * scale, f"{mode} mode, {v['model']} {why}")
-    set_("patience", preset["patience"] * scale, f"{mode} mode: epochs without improvement before stopping")
-    set_("lr", 1e-3 if v["model"] == "chgnet" else 3e-3, "AdamW learning rate for this model")
+    set_("epochs", preset["epochs"] * spec.epoch_scale, f"{mode} mode, {model} {spec.epoch_reason}".rstrip())
+    set_("patience", preset["patience"] * spec.epoch_scale, f"{mode} mode: epochs without improvement before stopping")
+    set_("lr", spec.lr, f"AdamW learning rate for {model}")
     set_("lr_min", v["lr"] * 0.01, "cosine schedule ends at 1% of lr")
     set_("weight_decay", 1e-4, "AdamW weight decay")
     set_("grad_clip", 5.0, "gradients clipped to this norm: one odd batch cannot wreck the weights")
@@ -367,7 +361,7 @@ def make_plan(machine: Machine, mode: str = "debug", **overrides: Any) -> Plan:
 
 #: Plan fields a checkpoint cannot be resumed under different values of: they fix the model's shape,
 #: its graphs, or the split and batch order the checkpoint is a position in.
-RESUME_FIXED = ("model", "converter", "cutoff", "bond_cutoff", "max_neighbors", "seed")
+RESUME_FIXED = ("model", "model_options", "converter", "cutoff", "bond_cutoff", "max_neighbors", "seed")
 
 
 def check_resume(saved: Mapping[str, Any], plan: Plan, where: str) -> None:
@@ -383,6 +377,29 @@ def check_resume(saved: Mapping[str, Any], plan: Plan, where: str) -> None:
             f"the checkpoint in {where} was trained with other settings ({', '.join(changed)}); run with the "
             "checkpoint's values to resume, or pass --fresh (a new --out for `train`) to start training again"
         )
+
+
+def _model_and_graphs(overrides: Mapping[str, Any]) -> tuple[str, str]:
+    """The model and graph kind: ``--model X`` alone picks X's graph kind, ``--converter K`` alone the first model
+    that trains on K, neither the first registered model (CHGNet fine-tuning).
+
+    Raises:
+        PlanError: an unknown name, or a model that does not train on the graph kind asked for.
+    """
+    for key, names in (("model", registry.models()), ("converter", registry.graph_kinds())):
+        if key in overrides and overrides[key] not in names:
+            raise PlanError(f"plan setting {key} must be one of {names} (got {overrides[key]!r})")
+    if "model" in overrides:
+        model = overrides["model"]
+        kind = registry.model_graph_kind(model)
+        if overrides.get("converter", kind) != kind:
+            raise PlanError(f"model {model!r} trains on {kind!r} graphs, not {overrides['converter']!r}; use "
+                            f"--converter {kind} (or leave it out), or --model {registry.default_model(overrides['converter'])}")
+        return model, kind
+    if "converter" in overrides:
+        return registry.default_model(overrides["converter"]), overrides["converter"]
+    model = registry.models()[0]
+    return model, registry.model_graph_kind(model)
 
 
 def _free_for(machine: Machine, path: str) -> int | None:

@@ -104,6 +104,10 @@ def pack_shard(graphs: list[dict[str, np.ndarray]], ids: list[str], targets: lis
                failures: list[tuple[str, str]], fp: str, warned: list[tuple[str, str]] = ()) -> bytes:
     """Concatenate per-graph arrays into one safetensors blob with pointers and metadata."""
     names = [k for k in RAGGED if graphs and k in graphs[0]] if graphs else []
+    unknown = sorted(set(graphs[0]) - set(RAGGED) - {"lattice"}) if graphs else []
+    if unknown:  # a new graph kind's array would be dropped without a word: the store's schema must name it
+        raise StoreError(f"graph arrays {unknown} have no place in the store (it keeps {sorted(RAGGED)} and lattice); "
+                         "add them to colab_kit.store.RAGGED with the pointer they are sliced by")
     out: dict[str, np.ndarray] = {}
     ptr_src = {"atom_ptr": "z", "edge_ptr": "nbr", "angle_ptr": "angles"}
     for ptr, src in ptr_src.items():
@@ -306,7 +310,7 @@ class GraphStore:
         return self._converter
 
     def get(self, i: int) -> Any:
-        """Graph ``i`` as its model consumes it: PyG ``Data`` (radius) or CHGNet ``CrystalGraph`` (chgnet)."""
+        """Graph ``i`` as its model consumes it (its graph kind's ``to_graph``: e.g. a PyG ``Data``, a CHGNet ``CrystalGraph``)."""
         return self.item(i)[0]
 
     def item(self, i: int) -> tuple[Any, float]:

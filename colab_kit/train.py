@@ -1,5 +1,7 @@
-"""The fit loop: setup, then for each epoch :func:`train_epoch` (budgeted steps, checkpoints every
-N minutes) and :func:`end_epoch` (validation, schedule, best weights, early stopping).
+"""The fit loop: setup, then for each epoch :func:`train_epoch` (budgeted :func:`train_step` calls wrapped
+in the out-of-memory back-off, checkpoints every N minutes) and :func:`end_epoch` (:func:`validate`,
+schedule, best weights, early stopping). Nothing here depends on the model: the registry's adapter
+predicts, moves batches and reports their size.
 
 Resume is the default: ``fit`` looks for a checkpoint in ``out/checkpoints`` and continues at the
 next batch of the epoch it was in, with the same split, order, budget, RNG state and running
@@ -30,7 +32,7 @@ from colab_kit.checkpoint import load_checkpoint, rng_state, save_checkpoint, se
 from colab_kit.errors import ColabKitError
 from colab_kit.evaluate import amp_dtype_for, evaluate_with_backoff
 from colab_kit.fsutil import remove_stale_temporaries
-from colab_kit.loader import COLLATE, GraphDataset, load_or_make_splits, make_loaders
+from colab_kit.loader import GraphDataset, collate_fn, load_or_make_splits, make_loaders
 from colab_kit.memory import Budget, calibrate, static_budget
 from colab_kit.models import build_model
 from colab_kit.oom import memory_fix, retry_on_oom
@@ -175,7 +177,7 @@ def _setup(store: GraphStore, plan: Any, out: Path, model_kwargs: dict[str, Any]
     train_y = store.targets()[splits["train"]]
     mean, std = float(np.mean(train_y)), float(np.std(train_y) or 1.0)
     model = build_model(plan.model, target_mean=mean, target_std=std, graph_params=store.params,
-                        **model_kwargs).to(device)
+                        options={**plan.model_options, **model_kwargs}).to(device)
     saved = load_checkpoint(ckpt_dir, map_location=device) if resume else None
     if saved is not None:
         check_resume(saved.get("plan", {}), plan, str(ckpt_dir))
@@ -210,7 +212,7 @@ def _setup(store: GraphStore, plan: Any, out: Path, model_kwargs: dict[str, Any]
 def _initial_budget(model: Any, store: GraphStore, splits: dict[str, np.ndarray], plan: Any, device: torch.device,
                     amp_dtype: torch.dtype | None) -> Budget:
     """The calibrated batch budget, within ``plan.budget_cap`` x the static one (the model is left unchanged)."""
-    dataset, collate = GraphDataset(store), COLLATE[store.converter_name]
+    dataset, collate = GraphDataset(store), collate_fn(store)
     atoms, edges = store.sizes()
 
     def fwd_bwd(indices: list[int]) -> None:
@@ -308,10 +310,15 @@ def _shrink_budget(loop: _Loop, exc: BaseException) -> None:
                 n, loop.budget.max_atoms, loop.budget.max_edges)
 
 
+def validate(loop: _Loop) -> dict[str, Any]:
+    """MAE / RMSE on the validation split (eval batches shrink on out-of-memory)."""
+    return evaluate_with_backoff(loop.model, loop.loaders["val"], loop.device, loop.amp_dtype)
+
+
 def end_epoch(loop: _Loop) -> None:
     """Validate, step the schedule, record the epoch, keep the best weights, decide on early stopping."""
     st, sampler, plan = loop.state, loop.sampler, loop.plan
-    val = evaluate_with_backoff(loop.model, loop.loaders["val"], loop.device, loop.amp_dtype)
+    val = validate(loop)
     loop.scheduler.step()
     epoch = sampler.epoch
     sampler.next_epoch()

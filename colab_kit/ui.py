@@ -26,9 +26,10 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from colab_kit import registry
 from colab_kit.notebook_output import _into_panel, render_loss_plot
 from colab_kit.panel_text import _esc, _files_html, _machine_line, _plan_html
-from colab_kit.plan import CONVERTERS, MODEL_FOR_CONVERTER, MODELS, MODES, Plan, PlanError, make_plan
+from colab_kit.plan import MODES, Plan, PlanError, make_plan
 
 if TYPE_CHECKING:
     from colab_kit.detect import Machine
@@ -40,7 +41,6 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "workers": ("int", "loader workers"), "cutoff": ("float", "cutoff (Å)"),
     "work_dir": ("text", "work dir"), "persist_dir": ("text", "persist dir"),
 }
-CONVERTER_FOR_MODEL = {m: c for c, m in MODEL_FOR_CONVERTER.items()}
 _INSTALL_HINT = "the colab_kit control panel needs ipywidgets and IPython: pip install ipywidgets (then restart the kernel)"
 
 
@@ -83,8 +83,6 @@ class ControlPanel:
     def __init__(self, *, mode: str = "debug", machine: Machine | None = None, background: bool = True,
                  progress: bool = True, plot_interval_s: float = 2.0, **overrides: Any) -> None:
         w = _ipywidgets()
-        if "model" in overrides and "converter" not in overrides:
-            overrides["converter"] = CONVERTER_FOR_MODEL.get(overrides["model"], overrides["model"])
         if machine is None:
             from colab_kit.detect import detect
 
@@ -114,8 +112,9 @@ class ControlPanel:
         self.data = w.Text(value=base.data, description="data", style=desc, continuous_update=False,
                            placeholder="path, http(s) URL, Google Drive link/id or dataset name",
                            layout=w.Layout(width="95%"))
-        self.converter = w.Dropdown(options=list(CONVERTERS), value=base.converter, description="graphs", style=desc)
-        self.model = w.Dropdown(options=list(MODELS), value=base.model, description="model", style=desc)
+        self.converter = w.Dropdown(options=list(registry.graph_kinds()), value=base.converter, description="graphs",
+                                    style=desc)
+        self.model = w.Dropdown(options=list(registry.models()), value=base.model, description="model", style=desc)
         self.inputs: dict[str, Any] = {}
         self.reasons: dict[str, Any] = {}
         for name, (kind, label) in SETTINGS.items():
@@ -153,8 +152,8 @@ class ControlPanel:
         self._fill(base, every_box=True)
         self.mode.observe(lambda _c: self._refresh(), "value")
         self.data.observe(lambda _c: self._refresh(), "value")
-        self.converter.observe(lambda c: self._pair(self.model, MODEL_FOR_CONVERTER.get(c["new"])), "value")
-        self.model.observe(lambda c: self._pair(self.converter, CONVERTER_FOR_MODEL.get(c["new"])), "value")
+        self.converter.observe(lambda c: self._pair(self.model, self._model_for(c["new"])), "value")
+        self.model.observe(lambda c: self._pair(self.converter, registry.model_graph_kind(c["new"])), "value")
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
@@ -171,7 +170,7 @@ class ControlPanel:
             out["data"] = self.data.value.strip()
         if self.converter.value != default.converter:
             out["converter"] = self.converter.value
-        if self.model.value != MODEL_FOR_CONVERTER.get(self.converter.value):
+        if self.model.value != registry.default_model(self.converter.value):
             out["model"] = self.model.value
         for name in self._user_set:
             value = self.inputs[name].value
@@ -208,8 +207,12 @@ class ControlPanel:
             self._user_set.add(name)
         self._refresh()
 
+    def _model_for(self, kind: str) -> str:
+        """The model to show for graph kind ``kind``: the current one if it trains on it, else the kind's first."""
+        return self.model.value if registry.model_graph_kind(self.model.value) == kind else registry.default_model(kind)
+
     def _pair(self, other: Any, value: str | None) -> None:
-        """Keep converter and model consistent (chgnet graphs → CHGNet, radius graphs → CGCNN)."""
+        """Keep graph kind and model consistent (a model picks its graph kind, a graph kind its first model)."""
         if value is not None and other.value != value:
             other.value = value  # fires the other observer, which refreshes
         else:

@@ -49,16 +49,15 @@ def small_sets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("kind", ["radius", "chgnet"])
 def test_a_batch_of_one_single_site_cell_trains(small_sets: dict[str, Path], kind: str) -> None:
-    from colab_kit.loader import COLLATE
+    from colab_kit import registry
     from colab_kit.models import build_model
-    from colab_kit.plan import MODEL_FOR_CONVERTER
 
     store = GraphStore(small_sets[kind])
     ids = store.ids()
-    model = build_model(MODEL_FOR_CONVERTER[kind], graph_params=store.params)
+    model = build_model(registry.default_model(kind), graph_params=store.params)
     model.train()
     for mid in SINGLE_SITE:
-        batch = COLLATE[kind]([store.item(ids.index(mid))])
+        batch = registry.graph_kind(kind).collate([store.item(ids.index(mid))])
         loss = (model(batch) - model.targets(batch)).pow(2).mean()
         loss.backward()
         assert torch.isfinite(loss)

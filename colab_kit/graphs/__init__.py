@@ -1,89 +1,70 @@
-"""One facade over the graph kinds: ``get_converter(name, **params)`` picks the implementation.
+"""One facade over the graph kinds: ``get_converter(name, **params)`` picks the registered kind.
 
-Each converter turns a pymatgen Structure into a dict of compact numpy arrays (what the store
-writes) and back into the object its model consumes (PyG ``Data`` or CHGNet ``CrystalGraph``).
+Each kind (``graphs/<kind>.py``, listed in :mod:`colab_kit.registry`) turns a pymatgen Structure into a
+dict of compact numpy arrays (what the store writes) and back into the object its model consumes.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
+from colab_kit import registry
 from colab_kit.graphs.common import ISOLATED_POLICIES, BadStructure, ConverterError, check_policy
 
-CONVERTERS = ("chgnet", "radius")
+__all__ = ["BadStructure", "Converter", "ConverterError", "ISOLATED_POLICIES", "get_converter"]
 
-__all__ = ["BadStructure", "CONVERTERS", "Converter", "ConverterError", "ISOLATED_POLICIES", "get_converter"]
+_KIND_DEFAULT: Any = object()  # "the kind's own default" (None means something for bond_cutoff and max_neighbors)
 
 
 @dataclass(frozen=True)
 class Converter:
-    """A named converter with its parameters (the parameters are part of the store fingerprint)."""
+    """A graph kind's name with its parameters (the parameters are part of the store fingerprint).
+
+    Holds only the name, so it pickles to conversion workers; the kind is looked up in the registry.
+    """
 
     name: str
     params: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def kind(self) -> registry.GraphKind:
+        return registry.graph_kind(self.name)
+
     def convert(self, structure: Any, graph_id: str | None = None) -> dict:
         """One structure to the store's arrays; ``graph_id`` names it in an isolated-atom warning."""
-        return _convert_fn(self.name)(structure, **self.params, graph_id=graph_id)
+        return self.kind.convert(structure, self.params, graph_id)
 
     def to_graph(self, arrays: dict, target: float | None = None, graph_id: str | None = None) -> Any:
-        """Store arrays to the model's graph object (CrystalGraph for chgnet, Data for radius)."""
-        if self.name == "chgnet":
-            from colab_kit.graphs.chgnet import to_crystal_graph
-
-            return to_crystal_graph(arrays, graph_id=graph_id, mp_id=graph_id,
-                                    atom_cutoff=self.params["atom_cutoff"], bond_cutoff=self.params["bond_cutoff"])
-        from colab_kit.graphs.radius import to_data
-
-        return to_data(arrays, target=target, graph_id=graph_id)
+        """Store arrays to the model's graph object (e.g. CrystalGraph for chgnet, PyG Data for radius)."""
+        return self.kind.to_graph(arrays, target, graph_id, self.params)
 
 
-def _convert_fn(name: str) -> Callable[..., dict]:
-    if name == "chgnet":
-        from colab_kit.graphs.chgnet import convert
-    elif name == "radius":
-        from colab_kit.graphs.radius import convert
-    else:
-        raise ConverterError(f"converter must be one of {CONVERTERS} (got {name!r})")
-    return convert
-
-
-def _cutoff(what: str, value: float | None, default: float) -> float:
-    x = default if value is None else float(value)
-    if not (math.isfinite(x) and x > 0):
-        raise ConverterError(f"{what} must be a positive number of Å (got {value!r})")
-    return x
-
-
-def get_converter(name: str, cutoff: float | None = None, bond_cutoff: float | None = 3.0,
-                  max_neighbors: int | None = 12, on_isolated_atoms: str = "error") -> Converter:
-    """The converter ``name`` with its parameters.
+def get_converter(name: str, cutoff: float | None = None, bond_cutoff: Any = _KIND_DEFAULT,
+                  max_neighbors: Any = _KIND_DEFAULT, on_isolated_atoms: str = "error") -> Converter:
+    """The converter for graph kind ``name`` with its parameters.
 
     Args:
-        name: one of :data:`CONVERTERS`.
+        name: a registered graph kind (:func:`colab_kit.registry.graph_kinds`).
         cutoff: neighbour cutoff, Å; None gives the kind's default (CHGNet's 6, CGCNN's 8).
-        bond_cutoff: chgnet only: bond-graph cutoff, Å (CHGNet's default 3); None means the atom cutoff, as
+        bond_cutoff: chgnet only: bond-graph cutoff, Å (default 3); None means the atom cutoff, as
             ``CrystalGraphConverter(bond_graph_cutoff=None)`` does.
-        max_neighbors: radius only: the nearest neighbours kept per atom (None: all within the cutoff).
+        max_neighbors: the nearest neighbours kept per atom (None: all within the cutoff; default: the kind's).
         on_isolated_atoms: a structure with an atom that has no neighbour within the cutoff: ``"error"``
             rejects it (recorded as a skipped item), ``"warn"`` logs one line and keeps its graph, ``"ignore"``
-            keeps it. CHGNet's modes and default; the same for both kinds, since an atom without neighbours
-            is as suspect for a radius graph (CGCNN pads it with nothing) as for CHGNet.
+            keeps it. CHGNet's modes and default, for every kind: an atom without neighbours is as suspect for
+            a radius graph (CGCNN pads it with nothing) as for CHGNet.
 
     Raises:
         ConverterError: an unknown name, a non-positive cutoff or an unknown policy.
     """
-    policy = check_policy(on_isolated_atoms)
-    if name == "chgnet":
-        atom = _cutoff("cutoff", cutoff, 6.0)
-        bond = atom if bond_cutoff is None else _cutoff("bond_cutoff", bond_cutoff, 3.0)
-        return Converter("chgnet", {"atom_cutoff": atom, "bond_cutoff": bond, "on_isolated_atoms": policy})
-    if name == "radius":
-        if max_neighbors is not None and int(max_neighbors) < 1:
-            raise ConverterError(f"max_neighbors must be a positive integer or None (got {max_neighbors!r})")
-        return Converter("radius", {"cutoff": _cutoff("cutoff", cutoff, 8.0),
-                                    "max_neighbors": None if max_neighbors is None else int(max_neighbors),
-                                    "on_isolated_atoms": policy})
-    raise ConverterError(f"converter must be one of {CONVERTERS} (got {name!r})")
+    if name not in registry.graph_kinds():
+        raise ConverterError(f"converter must be one of {registry.graph_kinds()} (got {name!r})")
+    kind = registry.graph_kind(name)
+    defaults = {k: v for k, (v, _) in kind.resolution(False).items()}
+    check_policy(on_isolated_atoms)
+    return Converter(name, kind.params(
+        cutoff=cutoff,
+        bond_cutoff=defaults.get("bond_cutoff") if bond_cutoff is _KIND_DEFAULT else bond_cutoff,
+        max_neighbors=defaults.get("max_neighbors") if max_neighbors is _KIND_DEFAULT else max_neighbors,
+        on_isolated_atoms=on_isolated_atoms))

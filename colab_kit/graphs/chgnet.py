@@ -22,7 +22,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from colab_kit.graphs.common import BadStructure, IsolatedPolicy, base_arrays, check_isolated, formula, neighbor_list
+from colab_kit.graphs.common import (
+    BadStructure,
+    IsolatedPolicy,
+    base_arrays,
+    check_isolated,
+    check_policy,
+    formula,
+    neighbor_list,
+    positive_cutoff,
+)
+from colab_kit.registry import Graphs
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -186,3 +196,36 @@ def to_crystal_graph(g: dict[str, Any], graph_id: str | None = None, mp_id: str 
 def _as_given(cutoff: float) -> float:
     """6.0 -> 6, 5.5 -> 5.5: the store keeps floats (one fingerprint for 6 and 6.0), CHGNet's defaults are ints."""
     return int(cutoff) if float(cutoff).is_integer() else float(cutoff)
+
+
+def collate(items: list[tuple[Any, float]]) -> tuple[list[Any], Any]:
+    """CHGNet's batch format: the list of ``CrystalGraph`` its model batches itself, and the targets ``[G]``."""
+    import torch
+
+    return [g for g, _ in items], torch.tensor([t for _, t in items], dtype=torch.float32)
+
+
+def _resolution(low_ram: bool) -> dict[str, tuple[Any, str]]:
+    return {"cutoff": (6.0, "CHGNet's pretrained atom-graph cutoff"),
+            "bond_cutoff": (3.0, "CHGNet's pretrained bond-graph cutoff"),
+            "max_neighbors": (None, "CHGNet graphs keep every neighbour within the cutoff")}
+
+
+def _params(cutoff: float | None, bond_cutoff: float | None, max_neighbors: int | None,
+            on_isolated_atoms: str) -> dict[str, Any]:
+    """``bond_cutoff=None`` means the atom cutoff, as ``CrystalGraphConverter(bond_graph_cutoff=None)`` does."""
+    atom = positive_cutoff("cutoff", cutoff, 6.0)
+    bond = atom if bond_cutoff is None else positive_cutoff("bond_cutoff", bond_cutoff, 3.0)
+    return {"atom_cutoff": atom, "bond_cutoff": bond, "on_isolated_atoms": check_policy(on_isolated_atoms)}
+
+
+def _to_graph(arrays: dict, target: float | None, graph_id: str | None, params: Any) -> Any:
+    return to_crystal_graph(arrays, graph_id=graph_id, mp_id=graph_id, atom_cutoff=params["atom_cutoff"],
+                            bond_cutoff=params["bond_cutoff"])
+
+
+KIND = Graphs(name="chgnet", description="CHGNet's atom + bond graphs (fine-tunes the pretrained CHGNet)",
+              resolve=_resolution, make_params=_params, convert_fn=convert, to_graph_fn=_to_graph, collate_fn=collate,
+              loader_workers=(0, "CHGNet graphs are ~8 tensors each: the main process reads them from the store "
+                                 "~16x faster than it can receive them from worker processes"),
+              plan_names={"atom_cutoff": "cutoff"})

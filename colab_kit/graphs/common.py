@@ -4,6 +4,7 @@ policy and the composition string."""
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from typing import TYPE_CHECKING, Literal
 
@@ -134,3 +135,22 @@ def _formula_order() -> tuple[list[str], np.ndarray]:
         warnings.simplefilter("ignore")  # pymatgen warns for each element without an electronegativity
         order = [token.rstrip("0123456789") for token in Composition(dict.fromkeys(symbols[1:], 1)).formula.split()]
     return symbols, np.array([symbols.index(sym) for sym in order], dtype=np.int64)
+
+
+def positive_cutoff(what: str, value: float | None, default: float) -> float:
+    """``value`` (or ``default`` when None) as a float number of Å, checked to be finite and positive.
+
+    Raises:
+        ConverterError: naming ``what`` and the value.
+    """
+    x = default if value is None else float(value)
+    if not (math.isfinite(x) and x > 0):
+        raise ConverterError(f"{what} must be a positive number of Å (got {value!r})")
+    return x
+
+
+def neighbor_cap(value: int | None) -> int | None:
+    """A ``max_neighbors`` value checked: a positive integer, or None for every neighbour within the cutoff."""
+    if value is not None and int(value) < 1:
+        raise ConverterError(f"max_neighbors must be a positive integer or None (got {value!r})")
+    return None if value is None else int(value)

@@ -12,7 +12,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from colab_kit.graphs.common import IsolatedPolicy, base_arrays, check_isolated, neighbor_list
+from colab_kit.graphs.common import (
+    IsolatedPolicy,
+    base_arrays,
+    check_isolated,
+    check_policy,
+    neighbor_cap,
+    neighbor_list,
+    positive_cutoff,
+)
+from colab_kit.registry import Graphs
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -87,3 +96,34 @@ def edge_vectors(pos: Any, cell: Any, edge_index: Any, edge_shift: Any, batch: A
     else:
         shift = torch.bmm(edge_shift.unsqueeze(1), cell[batch[i]]).squeeze(1)
     return pos[j] + shift - pos[i]
+
+
+def collate(items: list[tuple[Any, float]]) -> Any:
+    """PyG ``Batch`` of ``Data`` graphs (targets in ``batch.y``)."""
+    from torch_geometric.data import Batch
+
+    return Batch.from_data_list([d for d, _ in items])
+
+
+def _resolution(low_ram: bool) -> dict[str, tuple[Any, str]]:
+    if low_ram:
+        return {"cutoff": (6.0, "smaller graphs than the usual 8 Å"),
+                "bond_cutoff": (0.0, "not used by radius graphs"),
+                "max_neighbors": (8, "8 nearest neighbours instead of 12")}
+    return {"cutoff": (8.0, "CGCNN's radius graph: neighbours within 8 Å"),
+            "bond_cutoff": (0.0, "not used by radius graphs"),
+            "max_neighbors": (12, "CGCNN's cap: the 12 nearest neighbours per atom")}
+
+
+def _params(cutoff: float | None, bond_cutoff: float | None, max_neighbors: int | None,
+            on_isolated_atoms: str) -> dict[str, Any]:
+    return {"cutoff": positive_cutoff("cutoff", cutoff, 8.0), "max_neighbors": neighbor_cap(max_neighbors),
+            "on_isolated_atoms": check_policy(on_isolated_atoms)}
+
+
+def _to_graph(arrays: dict, target: float | None, graph_id: str | None, params: Any) -> Any:
+    return to_data(arrays, target=target, graph_id=graph_id)
+
+
+KIND = Graphs(name="radius", description="periodic radius graph, k nearest within the cutoff (CGCNN)",
+              resolve=_resolution, make_params=_params, convert_fn=convert, to_graph_fn=_to_graph, collate_fn=collate)

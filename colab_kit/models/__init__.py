@@ -1,35 +1,33 @@
-"""Model registry: ``build_model(name, ...)`` returns an adapter with one interface for the trainer.
-
-Every adapter predicts the target in its own units from a collated batch, and knows how to move a
-batch to a device and read its targets and size; the trainer never branches on the model.
+"""The models, each declared in its own file (a :class:`colab_kit.registry.Model` named ``SPEC``) and
+listed in :mod:`colab_kit.registry`. ``build_model(name, ...)`` returns its adapter: one interface for
+the trainer (predict the target in its units from a collated batch, move a batch to a device, read its
+targets and size), so the trainer never branches on the model.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
-MODELS = ("chgnet", "cgcnn")
+from colab_kit import registry
 
 
 def build_model(name: str, target_mean: float = 0.0, target_std: float = 1.0,
-                graph_params: dict[str, Any] | None = None, **kwargs: Any) -> Any:
-    """The model ``name`` (``chgnet``: pretrained CHGNet fine-tuned on a scalar; ``cgcnn``: CGCNN in PyG).
+                graph_params: Mapping[str, Any] | None = None, options: Mapping[str, Any] | None = None,
+                **kwargs: Any) -> Any:
+    """The adapter of model ``name``, its output normalised by the training targets' ``target_mean``/``target_std``.
 
     Args:
-        target_mean, target_std: training-target statistics for the output normalisation.
         graph_params: the store's converter parameters (a model takes what fixes its input, e.g. the cutoff, Å).
-        **kwargs: model options (e.g. ``freeze_layers`` for chgnet, ``hidden`` for cgcnn).
+        options: the model's options (``Plan.model_options``); ``**kwargs`` are merged into them.
+
+    Raises:
+        RegistryError: an unknown model, an unknown option or a bad option value.
     """
-    graph_params = graph_params or {}
-    if name == "chgnet":
-        from colab_kit.models.chgnet import CHGNetRegressor
-
-        return CHGNetRegressor(target_mean=target_mean, target_std=target_std, **kwargs)
-    if name == "cgcnn":
-        from colab_kit.models.cgcnn import CGCNN
-
-        kwargs.setdefault("cutoff", float(graph_params.get("cutoff", 8.0)))
-        return CGCNN(target_mean=target_mean, target_std=target_std, **kwargs)
-    from colab_kit.plan import PlanError
-
-    raise PlanError(f"model must be one of {MODELS} (got {name!r})")
+    spec = registry.model(name)
+    opts = {**(options or {}), **kwargs}
+    for key, value in opts.items():
+        if key not in spec.options:
+            raise registry.RegistryError(
+                f"model {name} has no option {key!r}; its options: {', '.join(spec.options) or 'none'}")
+        spec.options[key].validate(name, key, value)
+    return spec.build(target_mean, target_std, graph_params or {}, opts)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from colab_kit.graphs.radius import edge_vectors
+from colab_kit.registry import Model, Option
 
 
 class GaussianExpansion(nn.Module):
@@ -111,3 +112,21 @@ class CGCNN(nn.Module):
     def size(batch: Any) -> tuple[int, int, int]:
         """(graphs, atoms, edges) in the batch."""
         return int(batch.num_graphs), int(batch.num_nodes), int(batch.edge_index.shape[1])
+
+
+def _build(target_mean: float, target_std: float, graph_params: dict[str, Any], hidden: int, n_conv: int) -> CGCNN:
+    return CGCNN(hidden=hidden, n_conv=n_conv, cutoff=float(graph_params.get("cutoff", 8.0)),
+                 target_mean=target_mean, target_std=target_std)
+
+
+def _positive_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+SPEC = Model(
+    name="cgcnn", graph_kind="radius", description="CGCNN (Xie & Grossman 2018) in PyG, trained from scratch",
+    builder=_build, bytes_per_atom=4_000, bytes_per_edge=2_000, lr=3e-3,
+    epoch_scale=5, epoch_reason="trained from scratch: 5x the epochs of a pretrained model (each ~1/10 the cost)",
+    options={"hidden": Option(64, "a positive integer", "CGCNN's atom feature size", _positive_int),
+             "n_conv": Option(3, "a positive integer", "CGCNN's 3 convolution layers", _positive_int)},
+)

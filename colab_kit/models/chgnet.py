@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from colab_kit.registry import Model, Option
+
 
 class CHGNetRegressor(nn.Module):
     """CHGNet + affine output map.
@@ -89,3 +91,20 @@ class CHGNetRegressor(nn.Module):
     def size(batch: tuple[list[Any], torch.Tensor]) -> tuple[int, int, int]:
         graphs, _ = batch
         return len(graphs), sum(len(g.atomic_number) for g in graphs), sum(len(g.atom_graph) for g in graphs)
+
+
+def _build(target_mean: float, target_std: float, graph_params: dict[str, Any], pretrained: str | None,
+           freeze_layers: int) -> CHGNetRegressor:
+    return CHGNetRegressor(pretrained=pretrained, freeze_layers=freeze_layers, target_mean=target_mean,
+                           target_std=target_std)
+
+
+SPEC = Model(
+    name="chgnet", graph_kind="chgnet", description="CHGNet's pretrained weights fine-tuned on the target",
+    builder=_build, bytes_per_atom=20_000, bytes_per_edge=6_000, lr=1e-3,
+    epoch_scale=1, epoch_reason="pretrained: a few epochs fine-tune it",
+    options={"pretrained": Option("0.3.0", "a CHGNet version such as '0.3.0', or none (from scratch)",
+                                  "CHGNet's shipped pretrained weights", lambda v: v is None or isinstance(v, str)),
+             "freeze_layers": Option(0, "an integer from 0 to 4", "fine-tune every layer",
+                                     lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 4)},
+)
