@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from colab_kit import registry
 from colab_kit.errors import ColabKitError
 from colab_kit.plan import Plan
 from colab_kit.store import atomic_write_bytes
@@ -43,10 +44,14 @@ class RunResult:
 
 
 def run_name(plan: Plan) -> str:
-    """A stable name for the run from data, converter, model and mode (same command → same dir)."""
+    """A stable name for the run from data, converter, model, the model options set away from their defaults,
+    and mode (same command → same dir; another model variant → another dir, not a refused resume)."""
     base = re.sub(r"\.(json|xyz|extxyz)(\.gz)?$", "", Path(plan.data.rstrip("/").split("?")[0]).name) or "data"
     base = re.sub(r"[^A-Za-z0-9_.-]+", "_", base)[:60]
-    return f"{base}-{plan.converter}-{plan.model}-{plan.mode}"
+    spec = registry.model(plan.model)
+    changed = "".join(f"-{k}={v}" for k, v in plan.model_options.items()
+                      if k in spec.options and v != spec.options[k].default)
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", f"{base}-{plan.converter}-{plan.model}{changed}-{plan.mode}")
 
 
 class Timing:

@@ -68,6 +68,10 @@ def _rest(mlp: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
     return mlp[2](mlp[1](h))
 
 
+# Gathers are ``x.index_select(0, idx)``, never ``x[idx]``: on CPU the backward of advanced indexing
+# (``index_put_`` with accumulate) is not deterministic across threads for some widths (measured: 2 threads,
+# width 3 and the hidden 32 of the tests), so two identical runs, and a resumed one, ended with other weights.
+# ``index_select``'s backward is ``index_add_``, which is deterministic.
 def _add_to(index: torch.Tensor, src: torch.Tensor, n: int) -> torch.Tensor:
     return src.new_zeros((n,) + src.shape[1:]).index_add_(0, index, src)
 
@@ -93,9 +97,9 @@ class NodeAttention(nn.Module):
         q, k, v, ea = self.query(x), self.key(x), self.value(x), self.edge(e)
         ku, mu = self.key_update, self.msg_update
         # key_update(cat(k_i, k_j, edge)) and msg_update(cat(v_i, v_j, edge)), node parts computed per atom
-        key = _rest(ku, _part(ku, 0, k)[i] + _part(ku, 1, k)[j] + _part(ku, 2, ea))
-        gate = torch.sigmoid(self.bn_att(q[i] * key / math.sqrt(self.c)))
-        msg = _rest(mu, _part(mu, 0, v)[i] + _part(mu, 1, v)[j] + _part(mu, 2, ea)) * gate
+        key = _rest(ku, _part(ku, 0, k).index_select(0, i) + _part(ku, 1, k).index_select(0, j) + _part(ku, 2, ea))
+        gate = torch.sigmoid(self.bn_att(q.index_select(0, i) * key / math.sqrt(self.c)))
+        msg = _rest(mu, _part(mu, 0, v).index_select(0, i) + _part(mu, 1, v).index_select(0, j) + _part(mu, 2, ea)) * gate
         return nn.functional.softplus(x + self.bn(self.out(_add_to(i, msg, x.shape[0]))))
 
 
@@ -130,10 +134,10 @@ class LatticeEdgeUpdate(nn.Module):
         ang = self.angle(angle)
         ku, mu = self.key_update, self.msg_update
         # key_update(cat(k, k_lattice, angle)) over the 3 lattice vectors; the edge's own part once, not 3 times
-        key = _rest(ku, _part(ku, 0, k).unsqueeze(1) + _part(ku, 1, key_l)[edge_graph] + _part(ku, 2, ang))
+        key = _rest(ku, _part(ku, 0, k).unsqueeze(1) + _part(ku, 1, key_l).index_select(0, edge_graph) + _part(ku, 2, ang))
         alpha = q.unsqueeze(1) * key / math.sqrt(self.c)
         gate = torch.sigmoid(self.bn_att(alpha.reshape(3 * n, self.c))).view(n, 3, self.c)
-        msg = _rest(mu, _part(mu, 0, v).unsqueeze(1) + _part(mu, 1, value_l)[edge_graph] + _part(mu, 2, ang)) * gate
+        msg = _rest(mu, _part(mu, 0, v).unsqueeze(1) + _part(mu, 1, value_l).index_select(0, edge_graph) + _part(mu, 2, ang)) * gate
         return nn.functional.softplus(e + self.bn(self.out(msg).sum(1)))
 
 
@@ -191,16 +195,16 @@ class EquivariantUpdate(nn.Module):
         s = self.node_in(x)
         # product 1: 0e x (0e + 1o + 2e) -> 0e + 1o + 2e, each output fed by ns inputs: scale 1/sqrt(ns)
         w00, w01, w02 = self._split(self.w1(e), ns, ns, ns, (ns, nv, nv))
-        sj = s[j].unsqueeze(1)
+        sj = s.index_select(0, j).unsqueeze(1)
         c1 = 1.0 / math.sqrt(ns)
         h0 = mean(torch.bmm(sj, w00).squeeze(1) * c1) + s
         h1 = mean(torch.bmm(sj, w01).squeeze(1).unsqueeze(-1) * y1.unsqueeze(1) * c1)  # [A, nv, 3]
         h2 = mean(torch.bmm(sj, w02).squeeze(1).unsqueeze(-1) * y2.unsqueeze(1) * c1)  # [A, nv, 5]
         # product 2: (0e + 1o + 2e) x (0e + 1o + 2e) -> 0e via 0e.0e, 1o.1o, 2e.2e (unit-norm couplings 1/sqrt(2l+1))
         v00, v11, v22 = self._split(self.w2(e), ns, nv, nv, (ns, ns, ns))
-        p1 = (h1[j] * y1.unsqueeze(1)).sum(-1) / math.sqrt(3.0)
-        p2 = (h2[j] * y2.unsqueeze(1)).sum(-1) / math.sqrt(5.0)
-        out = (torch.bmm(h0[j].unsqueeze(1), v00) + torch.bmm(p1.unsqueeze(1), v11)
+        p1 = (h1.index_select(0, j) * y1.unsqueeze(1)).sum(-1) / math.sqrt(3.0)
+        p2 = (h2.index_select(0, j) * y2.unsqueeze(1)).sum(-1) / math.sqrt(5.0)
+        out = (torch.bmm(h0.index_select(0, j).unsqueeze(1), v00) + torch.bmm(p1.unsqueeze(1), v11)
                + torch.bmm(p2.unsqueeze(1), v22)).squeeze(1) / math.sqrt(ns + 2 * nv)
         out = mean(out)
         softplus = nn.functional.softplus
@@ -284,7 +288,7 @@ class IComFormer(_ComFormer):
         edge_graph = batch.batch[batch.edge_index[1]]
         lat_len = self.edge_embed(-0.75 / lat.norm(dim=-1))  # [G, 3, C], the distances' embedding, as the reference
         # the reference's edge vector points sender -> receiver: -vec
-        lat_e = lat[edge_graph]
+        lat_e = lat.index_select(0, edge_graph)
         cos = -(lat_e * vec.unsqueeze(1)).sum(-1) / (lat_e.norm(dim=-1) * vec.norm(dim=-1, keepdim=True))
         angle = self.angle_embed(cos.clamp(-1.0, 1.0))  # [E, 3, C]
         return x, self._call(self.edge_update, e, lat_len, edge_graph, angle)

@@ -1,0 +1,126 @@
+"""ComFormer trains like the other models: `run --model comformer` end to end for both variants, exact CPU
+resume identity after SIGKILL, calibrated budgets, the out-of-memory back-off, and it learns.
+
+Small sizes (hidden 32, 2 layers) keep the file within a minute or two on 2 CPUs; the reference size is
+the default of the model options (docs/models.md).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import SHIPPED, kill_when, run_cli
+
+from colab_kit.checkpoint import LATEST
+from colab_kit.convert import build_store
+from colab_kit.detect import detect
+from colab_kit.graphs import get_converter
+from colab_kit.plan import make_plan
+from colab_kit.store import GraphStore
+from colab_kit.train import fit
+
+SMALL = ["--set", "hidden=32", "--set", "comformer_layers=2"]
+
+
+@pytest.fixture(scope="module")
+def comformer_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("comformer") / "store"
+    build_store(SHIPPED, out, get_converter("comformer"), workers=2, shard_size=60, limit=180, progress=False)
+    return out
+
+
+def _plan(variant: str, **kw: object):
+    base = dict(model="comformer", variant=variant, hidden=32, comformer_layers=2, epochs=2, batch_size=16,
+                workers=0, calibrate=False, batch_atoms=4000, batch_edges=100_000)
+    return make_plan(detect(), "debug", **{**base, **kw})
+
+
+@pytest.mark.parametrize("variant", ["invariant", "equivariant"])
+def test_run_end_to_end_with_calibration(tmp_path: Path, variant: str) -> None:
+    res = run_cli("run", "--model", "comformer", "--mode", "debug", "--work-dir", str(tmp_path), *SMALL,
+                  "--set", f"variant={variant}", "--set", "n_samples=60", "--set", "epochs=2")
+    assert res.returncode == 0, res.stderr[-2000:]
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.name.startswith("mp_eform_cgcnn_3000-comformer-comformer")]
+    assert (variant == "equivariant") == ("variant=equivariant" in run_dir.name)  # a variant is a run of its own
+    metrics = json.loads((run_dir / "report" / "metrics.json").read_text())
+    assert metrics["model"] == "comformer" and metrics["test_n"] > 0 and np.isfinite(metrics["test_mae"])
+    state = torch.load(run_dir / "checkpoints" / LATEST, map_location="cpu", weights_only=True)
+    assert "calibrated" in state["budget"]["how"]  # the memory calibration ran on the real model
+    assert state["plan"]["model_options"]["variant"] == variant
+
+
+def test_sigkill_mid_epoch_resume_gives_identical_weights(comformer_store: Path, tmp_path: Path) -> None:
+    args = ["train", "--store", str(comformer_store), "--model", "comformer", *SMALL, "--set", "epochs=2",
+            "--set", "batch_size=8", "--set", "calibrate=false", "--set", "checkpoint_minutes=0.002"]
+    ref = run_cli(*args, "--out", str(tmp_path / "ref"))
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    out = tmp_path / "killed"
+    latest = out / "checkpoints" / LATEST
+    kills = []
+    for k in range(2):
+        def mid_epoch(k: int = k) -> bool:
+            if not latest.exists():
+                return False
+            state = torch.load(latest, map_location="cpu", weights_only=True)
+            return state["step"] >= 4 + 10 * k and state["sampler"]["offset"] > 0
+        if kill_when([*args, "--out", str(out)], mid_epoch):
+            state = torch.load(latest, map_location="cpu", weights_only=True)
+            kills.append((state["epoch"], state["sampler"]["offset"]))
+    assert kills and all(off > 0 for _, off in kills), kills
+    done = run_cli(*args, "--out", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    a = torch.load(tmp_path / "ref" / "checkpoints" / LATEST, map_location="cpu", weights_only=True)
+    b = torch.load(latest, map_location="cpu", weights_only=True)
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert a["history"] == [{**h, "seconds": a["history"][i]["seconds"]} for i, h in enumerate(b["history"])]
+
+
+def test_equivariant_stop_and_resume_is_identical(comformer_store: Path, tmp_path: Path) -> None:
+    store = GraphStore(comformer_store)
+    plan = _plan("equivariant")
+    ref = fit(store, plan, tmp_path / "ref", progress=False)
+    steps = {"n": 0}
+
+    def stop_after_three() -> bool:
+        steps["n"] += 1
+        return steps["n"] > 3
+
+    assert fit(store, plan, tmp_path / "cut", progress=False, should_stop=stop_after_three).status == "stopped"
+    res = fit(store, plan, tmp_path / "cut", progress=False)
+    assert res.resumed_from is not None and res.resumed_from["step"] == 3
+    a = torch.load(tmp_path / "ref" / "best.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "best.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["val_mae"] for h in ref.history] == [h["val_mae"] for h in res.history]
+
+
+def test_oom_backoff_covers_comformer(comformer_store: Path, tmp_path: Path) -> None:
+    store = GraphStore(comformer_store)
+    atoms, edges = store.sizes()
+    # "device memory": any one graph fits (its edges + 6 lattice self-loops per atom), most batches do not
+    limit = int((edges + 6 * atoms).max())
+
+    def hook(batch: object) -> None:
+        if batch.edge_index.shape[1] > limit:  # type: ignore[attr-defined]
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+
+    seen: list[int] = []
+    res = fit(store, _plan("invariant", epochs=1), tmp_path, progress=False, step_hook=hook,
+              callbacks=[lambda ev: seen.append(ev["graphs"]) if ev["event"] == "step" else None])
+    assert sum(seen) == len(np.load(comformer_store / "splits-seed0.npz")["train"])  # each graph once
+    assert "shrunk" in res.budget.how
+
+
+def test_comformer_learns(comformer_store: Path, tmp_path: Path) -> None:
+    store = GraphStore(comformer_store)
+    res = fit(store, _plan("invariant", epochs=10, lr=3e-3, batch_size=8), tmp_path, progress=False)
+    sp = np.load(store.root / "splits-seed0.npz")
+    y = store.targets()
+    baseline = float(np.mean(np.abs(y[sp["val"]] - y[sp["train"]].mean())))
+    assert res.best_val_mae < 0.8 * baseline, (res.history, baseline)
