@@ -48,18 +48,38 @@ class BatchNormAnySize(nn.BatchNorm1d):
         return super().forward(x)
 
 
-def _tolerate_single_rows(module: nn.Module) -> None:
-    """Swap every BatchNorm1d inside ``module`` (PyG's CGConv makes its own) for :class:`BatchNormAnySize`,
-    keeping its parameters and buffers."""
-    for child in module.children():
-        if type(child) is nn.BatchNorm1d:
-            child.__class__ = BatchNormAnySize
-        else:
-            _tolerate_single_rows(child)
+class CGConv(nn.Module):
+    """CGCNN's convolution (Xie & Grossman 2018, eq. 5) in PyG's ``CGConv(channels, dim, batch_norm=True)`` form:
+    ``x_i + BN(sum_j sigmoid(z_ij W_f + b_f) * softplus(z_ij W_s + b_s))``, ``z_ij = x_i ⊕ x_j ⊕ u_ij``.
+
+    The same function and parameter names as ``torch_geometric.nn.CGConv`` (tested against it; its weights load
+    here), computed without building ``z`` per edge: ``z W = (x W_i)[i] + (x W_j)[j] + u W_u``, so the two
+    atom-sized products run once per atom instead of once per edge, and the sum over neighbours is an
+    ``index_add_`` (CPU: ~7x faster than the broadcast ``scatter_add_`` PyG's sum aggregation uses).
+    """
+
+    def __init__(self, channels: int, dim: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self.lin_f = nn.Linear(2 * channels + dim, channels)
+        self.lin_s = nn.Linear(2 * channels + dim, channels)
+        self.bn = BatchNormAnySize(channels)
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
+        """``x [A, C]``, ``edge_index [2, E]`` (row 0 neighbour j, row 1 centre i), ``edge_attr [E, dim]``."""
+        c = self.channels
+        j, i = edge_index
+        w = torch.cat([self.lin_f.weight, self.lin_s.weight])  # [2C, 2C + dim]: both gates in one product
+        b = torch.cat([self.lin_f.bias, self.lin_s.bias])
+        h = (nn.functional.linear(x, w[:, :c]).index_select(0, i) + nn.functional.linear(x, w[:, c:2 * c]).index_select(0, j)
+             + nn.functional.linear(edge_attr, w[:, 2 * c:], b))
+        f, s = h.chunk(2, dim=-1)
+        msg = torch.sigmoid(f) * nn.functional.softplus(s)
+        return self.bn(x.new_zeros(x.shape).index_add_(0, i, msg)) + x
 
 
 class CGCNN(nn.Module):
-    """CGConv layers on learned element embeddings, mean pooling, MLP head; predicts a scalar per graph.
+    """:class:`CGConv` layers on learned element embeddings, mean pooling, MLP head; predicts a scalar per graph.
 
     Args:
         hidden: node feature size.
@@ -71,12 +91,9 @@ class CGCNN(nn.Module):
     def __init__(self, hidden: int = 64, n_conv: int = 3, cutoff: float = 8.0, n_gaussians: int = 64,
                  target_mean: float = 0.0, target_std: float = 1.0) -> None:
         super().__init__()
-        from torch_geometric.nn import CGConv
-
         self.embed = nn.Embedding(101, hidden)
         self.expand = GaussianExpansion(cutoff, n_gaussians)
-        self.convs = nn.ModuleList(CGConv(hidden, dim=n_gaussians, batch_norm=True) for _ in range(n_conv))
-        _tolerate_single_rows(self.convs)
+        self.convs = nn.ModuleList(CGConv(hidden, dim=n_gaussians) for _ in range(n_conv))
         self.head = nn.Sequential(nn.Linear(hidden, 128), nn.SiLU(), nn.Linear(128, 1))
         # start as the mean predictor (output = target_mean): a few steps can then only move it towards the data,
         # where a random head starts off by about the target's std and small runs end worse than the mean
