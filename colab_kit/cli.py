@@ -37,13 +37,18 @@ Re-running the same command resumes from the last checkpoint at the next batch.
 """,
     "run": """examples:
   python -m colab_kit run --mode debug                       # shipped data, CHGNet fine-tuning, ~30 s on 2 CPUs
-  python -m colab_kit run --mode quick --converter radius    # CGCNN on radius graphs
+  python -m colab_kit run --mode quick --model cgcnn         # CGCNN (its radius graphs)
+  python -m colab_kit run --mode quick --model comformer --set variant=equivariant   # eComFormer, on a GPU
   python -m colab_kit run --mode full --data matbench_mp_e_form --persist-dir /content/drive/MyDrive/colab_kit
   python -m colab_kit run --mode full --data https://example.org/my_data.json.gz --set batch_edges=50000
 After a disconnect, run the same command again: it restores from the persist dir and resumes.
 """,
+    "models": """examples:
+  python -m colab_kit models          # every model: graph kind, options with defaults, learning rate
+""",
     "detect": """examples:
   python -m colab_kit detect
+  python -m colab_kit detect --model comformer   # the plan for ComFormer, its options among the rows
   python -m colab_kit detect --mode full --converter radius
   python -m colab_kit detect --json > machine.json
 """,
@@ -117,6 +122,20 @@ def cmd_detect(args: argparse.Namespace) -> int:
     print(format_table(plan.rows(), header=("setting", "value", "why")))
     for w in plan.warnings:
         print(f"WARNING: {w}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    rows = []
+    for name in registry.models():
+        spec = registry.model(name)
+        options = ", ".join(f"{k}={o.default}" for k, o in spec.options.items()) or "-"
+        extra = f" (pip install colab_kit[{spec.extra}])" if spec.extra else ""
+        rows.append((name, spec.graph_kind, f"{spec.lr:g}", options, spec.description + extra))
+    print(format_table(rows, header=("model", "graphs", "lr", "options (--set key=value)", "what it is")))
+    print()
+    print(format_table([(k, registry.graph_kind(k).description) for k in registry.graph_kinds()],
+                       header=("graph kind", "what it is")))
     return 0
 
 
@@ -265,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_plan_args(p)
     p.add_argument("--json", action="store_true", help="print the machine facts as JSON")
     p.set_defaults(func=cmd_detect)
+
+    p = _sub(sub, "models", "list the models and graph kinds colab_kit can train, with their options")
+    p.set_defaults(func=cmd_models)
 
     p = _sub(sub, "run", "the whole pipeline: data, convert, train, evaluate, report (resumes)")
     add_plan_args(p)

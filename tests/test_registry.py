@@ -98,7 +98,9 @@ def test_the_plan_takes_a_registered_model_and_its_options(tmp_path: Path, toy: 
 
 def test_cli_trains_resumes_and_evaluates_a_registered_model(tmp_path: Path, toy: registry.Model,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    assert "toy" in build_parser().format_help() or "toy" in _subcommand_help("train")
+    assert "toy" in _subcommand_help("train")
+    assert main(["models"]) == 0
+    assert re.search(r"^toy\s+radius\s+0.02\s+width=8\s+mean of per-element values$", capsys.readouterr().out, re.M)
     store = tmp_path / "store"
     build_store(SHIPPED, store, get_converter("radius"), limit=120, shard_size=60, progress=False)
     out = tmp_path / "run"
