@@ -38,11 +38,13 @@ class GraphKind(Protocol):
     ``convert(structure, params, graph_id)`` gives the store's numpy arrays; ``to_graph(arrays, target, graph_id,
     params)`` gives one graph as its model consumes it; ``collate(items)`` a batch of ``(graph, target)`` items.
     ``settings(params)`` is the inverse of ``params``: a store's parameters as the Plan's graph settings.
+    ``needs`` names the store arrays ``convert`` writes and ``to_graph`` reads (all in ``store.RAGGED`` + lattice);
     ``loader_workers`` is (workers, reason) when the kind needs a fixed number of DataLoader workers, else None.
     """
 
     name: str
     description: str
+    needs: tuple[str, ...]
     loader_workers: tuple[int, str] | None
 
     def resolution(self, low_ram: bool) -> dict[str, tuple[Any, str]]: ...
@@ -106,6 +108,7 @@ class Graphs:
     convert_fn: Callable[..., dict]
     to_graph_fn: Callable[..., Any]
     collate_fn: Callable[[list[tuple[Any, float]]], Any]
+    needs: tuple[str, ...] = ("z", "frac", "lattice", "nbr_count", "nbr", "image")
     loader_workers: tuple[int, str] | None = None
     plan_names: Mapping[str, str] = field(default_factory=dict)  # converter parameter -> Plan field, where they differ
 

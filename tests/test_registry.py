@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import pytest
 import torch
-from helpers import SHIPPED
+from helpers import SHIPPED, shipped_records
 from torch import nn
 
 from colab_kit import registry
@@ -155,8 +155,18 @@ def test_registry_errors_name_the_choices() -> None:
         spec = registry.model(name)
         assert isinstance(spec, registry.ModelSpec) and spec.graph_kind in registry.graph_kinds()
         assert not set(spec.options) & set(_plan_fields()), f"{name}'s options shadow Plan fields"
+    from pymatgen.core import Structure
+
+    from colab_kit.store import RAGGED
+
+    ids, rows = shipped_records(3)
     for name in registry.graph_kinds():
-        assert isinstance(registry.graph_kind(name), registry.GraphKind)
+        kind = registry.graph_kind(name)
+        assert isinstance(kind, registry.GraphKind) and set(kind.needs) <= {*RAGGED, "lattice"}
+        params = get_converter(name).params
+        arrays = kind.convert(Structure.from_dict(rows[2][0]), params, ids[2])
+        assert set(arrays) == set(kind.needs), name  # what it says it needs is what it writes
+        assert kind.to_graph(arrays, 0.5, ids[2], params) is not None
 
 
 def _plan_fields() -> list[str]:

@@ -228,4 +228,5 @@ KIND = Graphs(name="chgnet", description="CHGNet's atom + bond graphs (fine-tune
               resolve=_resolution, make_params=_params, convert_fn=convert, to_graph_fn=_to_graph, collate_fn=collate,
               loader_workers=(0, "CHGNet graphs are ~8 tensors each: the main process reads them from the store "
                                  "~16x faster than it can receive them from worker processes"),
-              plan_names={"atom_cutoff": "cutoff"})
+              plan_names={"atom_cutoff": "cutoff"},
+              needs=("z", "frac", "lattice", "nbr_count", "nbr", "image", "d2u", "angles"))
