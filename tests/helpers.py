@@ -104,3 +104,21 @@ def crystal_graph_difference(ref: Any, mine: Any) -> str | None:
     if repr(ref) != repr(mine):
         return f"repr: {ref!r} vs {mine!r}"
     return None
+
+
+def kill_mid_epoch(args: list[str], latest: Path, first_step: int, every: int, times: int) -> list[tuple[int, int]]:
+    """SIGKILL ``python -m colab_kit *args`` ``times`` times, each once its checkpoint ``latest`` is at step
+    ``first_step + every * k`` or later and mid-epoch; returns the (epoch, offset) each kill left on disk."""
+    import torch
+
+    kills = []
+    for k in range(times):
+        def mid_epoch(k: int = k) -> bool:
+            if not latest.exists():
+                return False
+            state = torch.load(latest, map_location="cpu", weights_only=True)
+            return state["step"] >= first_step + every * k and state["sampler"]["offset"] > 0
+        if kill_when(args, mid_epoch):
+            state = torch.load(latest, map_location="cpu", weights_only=True)
+            kills.append((state["epoch"], state["sampler"]["offset"]))
+    return kills

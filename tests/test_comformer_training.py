@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import SHIPPED, kill_when, run_cli
+from helpers import SHIPPED, kill_mid_epoch, run_cli
 
 from colab_kit.checkpoint import LATEST
 from colab_kit.convert import build_store
@@ -60,16 +60,7 @@ def test_sigkill_mid_epoch_resume_gives_identical_weights(comformer_store: Path,
     assert ref.returncode == 0, ref.stderr[-2000:]
     out = tmp_path / "killed"
     latest = out / "checkpoints" / LATEST
-    kills = []
-    for k in range(2):
-        def mid_epoch(k: int = k) -> bool:
-            if not latest.exists():
-                return False
-            state = torch.load(latest, map_location="cpu", weights_only=True)
-            return state["step"] >= 4 + 10 * k and state["sampler"]["offset"] > 0
-        if kill_when([*args, "--out", str(out)], mid_epoch):
-            state = torch.load(latest, map_location="cpu", weights_only=True)
-            kills.append((state["epoch"], state["sampler"]["offset"]))
+    kills = kill_mid_epoch([*args, "--out", str(out)], latest, first_step=4, every=10, times=2)
     assert kills and all(off > 0 for _, off in kills), kills
     done = run_cli(*args, "--out", str(out))
     assert done.returncode == 0, done.stderr[-2000:]

@@ -21,12 +21,13 @@ from colab_kit.cli import build_parser, main
 from colab_kit.convert import build_store
 from colab_kit.detect import GIB, Machine
 from colab_kit.graphs import get_converter
+from colab_kit.models.common import PygAdapter
 from colab_kit.plan import PlanError, make_plan
 
 PACKAGE = Path(__file__).resolve().parents[1] / "colab_kit"
 
 
-class MeanElement(nn.Module):
+class MeanElement(PygAdapter, nn.Module):
     """A toy model: the mean over a cell's atoms of a learned per-element value (a composition baseline)."""
 
     def __init__(self, target_mean: float, target_std: float, width: int) -> None:
@@ -43,18 +44,6 @@ class MeanElement(nn.Module):
 
         h = global_mean_pool(self.embed(batch.z), batch.batch, size=batch.num_graphs)
         return self.target_mean + self.target_std * self.out(h).squeeze(-1)
-
-    @staticmethod
-    def to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:
-        return batch.to(device, non_blocking=non_blocking)
-
-    @staticmethod
-    def targets(batch: Any) -> torch.Tensor:
-        return batch.y
-
-    @staticmethod
-    def size(batch: Any) -> tuple[int, int, int]:
-        return int(batch.num_graphs), int(batch.num_nodes), int(batch.edge_index.shape[1])
 
 
 TOY = registry.Model(

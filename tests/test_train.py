@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import SHIPPED, kill_when, run_cli
+from helpers import SHIPPED, kill_mid_epoch, run_cli
 
 from colab_kit.checkpoint import LATEST, PREVIOUS, load_checkpoint
 from colab_kit.convert import build_store
@@ -45,16 +45,7 @@ def test_sigkill_mid_epoch_resume_gives_identical_weights(radius_store: Path, tm
     assert ref.returncode == 0, ref.stderr
     out = tmp_path / "killed"
     latest = out / "checkpoints" / LATEST
-    kills = []
-    for k in range(3):
-        def mid_epoch(k: int = k) -> bool:
-            if not latest.exists():
-                return False
-            state = torch.load(latest, map_location="cpu", weights_only=True)
-            return state["step"] >= 8 + 12 * k and state["sampler"]["offset"] > 0
-        if kill_when([*args, "--out", str(out)], mid_epoch):
-            state = torch.load(latest, map_location="cpu", weights_only=True)
-            kills.append((state["epoch"], state["sampler"]["offset"]))
+    kills = kill_mid_epoch([*args, "--out", str(out)], latest, first_step=8, every=12, times=3)
     assert len(kills) >= 2 and all(off > 0 for _, off in kills), kills
     done = run_cli(*args, "--out", str(out))
     assert done.returncode == 0, done.stderr

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from colab_kit.graphs.radius import edge_vectors
+from colab_kit.models.common import BatchNormAnySize, PygAdapter
 from colab_kit.registry import Model, Option
 
 
@@ -26,26 +27,6 @@ class GaussianExpansion(nn.Module):
 
     def forward(self, d: torch.Tensor) -> torch.Tensor:
         return torch.exp(-self.gamma * (d.unsqueeze(-1) - self.centers) ** 2)
-
-
-class BatchNormAnySize(nn.BatchNorm1d):
-    """BatchNorm1d that normalises a one-row input with its running statistics instead of failing, and whose
-    running statistics are a plain mean over the first batches.
-
-    In training mode ``BatchNorm1d`` needs two or more values per channel; a batch that is one single-site
-    cell (real MP sets have them; an epoch's last batch or a calibration step can be just that) has one
-    node. Such a step uses the running mean/variance (as in evaluation) and leaves them unchanged.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            # running statistics as the plain mean of the first 10 batches, then the usual 0.1 moving average:
-            # with momentum 0.1 from the start, a short run evaluates with statistics still 40 % at their init
-            self.momentum = max(0.1, 1.0 / (int(self.num_batches_tracked) + 1))
-        if self.training and x.shape[0] <= 1:
-            return nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                                            False, 0.0, self.eps)
-        return super().forward(x)
 
 
 class CGConv(nn.Module):
@@ -78,7 +59,7 @@ class CGConv(nn.Module):
         return self.bn(x.new_zeros(x.shape).index_add_(0, i, msg)) + x
 
 
-class CGCNN(nn.Module):
+class CGCNN(PygAdapter, nn.Module):
     """:class:`CGConv` layers on learned element embeddings, mean pooling, MLP head; predicts a scalar per graph.
 
     Args:
@@ -116,19 +97,6 @@ class CGCNN(nn.Module):
                 x = conv(x, batch.edge_index, e)
         out = self.head(global_mean_pool(x, batch.batch, size=batch.num_graphs)).squeeze(-1)
         return self.target_mean + self.target_std * out
-
-    @staticmethod
-    def to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:
-        return batch.to(device, non_blocking=non_blocking)
-
-    @staticmethod
-    def targets(batch: Any) -> torch.Tensor:
-        return batch.y
-
-    @staticmethod
-    def size(batch: Any) -> tuple[int, int, int]:
-        """(graphs, atoms, edges) in the batch."""
-        return int(batch.num_graphs), int(batch.num_nodes), int(batch.edge_index.shape[1])
 
 
 def _build(target_mean: float, target_std: float, graph_params: dict[str, Any], hidden: int, n_conv: int) -> CGCNN:

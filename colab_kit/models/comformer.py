@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from colab_kit.graphs.radius import edge_vectors
-from colab_kit.models.cgcnn import BatchNormAnySize
+from colab_kit.models.common import BatchNormAnySize, PygAdapter
 from colab_kit.registry import Model, Option
 
 N_ELEMENTS = 119  # Z = 0..118; a learned table in place of the reference's 92 CGCNN atom features + Linear
@@ -211,7 +211,7 @@ class EquivariantUpdate(nn.Module):
         return softplus(self.node_out(softplus(self.bn(out)))) + self.skip(x)
 
 
-class _ComFormer(nn.Module):
+class _ComFormer(PygAdapter, nn.Module):
     """What both variants share: embeddings, node layers, the update after the first, readout, adapter methods.
 
     Args:
@@ -259,19 +259,6 @@ class _ComFormer(nn.Module):
         pooled = pooled / torch.bincount(batch.batch, minlength=batch.num_graphs).clamp(min=1).unsqueeze(-1)
         out = self.fc_out(self.fc(pooled)).squeeze(-1)
         return self.target_mean + self.target_std * out
-
-    @staticmethod
-    def to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:
-        return batch.to(device, non_blocking=non_blocking)
-
-    @staticmethod
-    def targets(batch: Any) -> torch.Tensor:
-        return batch.y
-
-    @staticmethod
-    def size(batch: Any) -> tuple[int, int, int]:
-        """(graphs, atoms, edges) in the batch (edges include the lattice self-loops)."""
-        return int(batch.num_graphs), int(batch.num_nodes), int(batch.edge_index.shape[1])
 
 
 class IComFormer(_ComFormer):
