@@ -214,14 +214,19 @@ def _store_graph_settings(store: Any) -> dict[str, Any]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from colab_kit.evaluate import evaluate_weights
+    from colab_kit.evaluate import evaluate_weights, trained_model_settings
     from colab_kit.loader import load_or_make_splits
     from colab_kit.report import format_scores, mean_predictor_mae, store_target_name
     from colab_kit.store import GraphStore
     from colab_kit.units import target_unit
 
     store = GraphStore(args.store)
-    plan = _plan(args, converter=store.converter_name, **_store_graph_settings(store))
+    trained = trained_model_settings(args.weights)  # what the run trained, unless --model / --set say otherwise
+    if args.model and trained.get("model") != args.model:
+        trained = {}
+    given = overrides_from_args(args)
+    plan = _plan(args, converter=store.converter_name, **_store_graph_settings(store),
+                 **{k: v for k, v in trained.items() if k not in given})
     res = evaluate_weights(store, plan, args.weights, split=args.split)
     splits = load_or_make_splits(store, plan.seed)
     baseline = mean_predictor_mae(store.targets(), splits["train"], splits[args.split])

@@ -63,6 +63,19 @@ def evaluate_with_backoff(model: Any, loader: Any, device: torch.device, amp_dty
     return retry_on_oom(lambda: evaluate(model, loader, device, amp_dtype), shrink, device)
 
 
+def trained_model_settings(weights: str | Path) -> dict[str, Any]:
+    """The model and its options the run that wrote ``weights`` (a ``best.pt``) trained, from the checkpoint beside
+    it ({} when there is none): evaluating a ``--set hidden=64`` model needs no ``--set`` again."""
+    from colab_kit.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        saved = load_checkpoint(Path(weights).parent / "checkpoints")
+    except CheckpointError:
+        return {}
+    plan = (saved or {}).get("plan") or {}
+    return {"model": plan["model"], **plan.get("model_options", {})} if "model" in plan else {}
+
+
 def load_weights(store: GraphStore, plan: Any, weights: str | Path) -> Any:
     """The model of ``plan.model`` for ``store`` with saved weights (``best.pt``, weights-only) loaded."""
     path = Path(weights)

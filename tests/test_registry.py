@@ -109,7 +109,12 @@ def test_cli_trains_resumes_and_evaluates_a_registered_model(tmp_path: Path, toy
     capsys.readouterr()
     assert main(["evaluate", "--store", str(store), "--model", "toy", "--set", "width=4",
                  "--weights", str(out / "best.pt"), "--work-dir", str(tmp_path / "work")]) == 0
-    assert re.search(r"test \(n=12\): MAE [0-9.]+ eV/atom", capsys.readouterr().out)
+    first = capsys.readouterr().out
+    assert re.search(r"test \(n=12\): MAE [0-9.]+ eV/atom", first)
+    # without --model / --set: the model and its options come from the run that wrote best.pt
+    assert main(["evaluate", "--store", str(store), "--weights", str(out / "best.pt"),
+                 "--work-dir", str(tmp_path / "work")]) == 0
+    assert capsys.readouterr().out == first
 
 
 def _subcommand_help(name: str) -> str:
