@@ -18,6 +18,10 @@ from colab_kit.errors import ColabKitError
 
 AMP_CHOICES = ("off", "fp16", "bf16")
 BAD_STRUCTURE_POLICIES = ("skip", "warn", "error")
+#: learning-rate schedules over the epochs (stepped once per epoch, so a resume continues it exactly):
+#: ``cosine`` from lr to lr_min; ``warmup_cosine`` first rises from lr/25 over 30 % of the epochs (the
+#: one-cycle warm-up ComFormer's authors train with), then the same cosine.
+SCHEDULES = ("cosine", "warmup_cosine")
 ISOLATED_ATOM_POLICIES = ("error", "warn", "ignore")  # CHGNet's CrystalGraphConverter modes
 
 #: Per-mode presets. Modes are data: anything mode-dependent is looked up here. ``epochs`` and ``patience``
@@ -78,6 +82,7 @@ class Plan:
     patience: int
     lr: float
     lr_min: float
+    schedule: str
     weight_decay: float
     grad_clip: float
     seed: int
@@ -101,6 +106,7 @@ class Plan:
         kw = {k: v for k, v in d.items() if k in names}
         kw["warnings"] = tuple(kw.get("warnings", ()))
         kw.setdefault("model_options", {})  # a Plan saved before models had options
+        kw.setdefault("schedule", "cosine")  # ... or schedules
         return cls(**kw)
 
     def replace(self, reason: str, **changes: Any) -> Plan:
@@ -170,6 +176,7 @@ OVERRIDABLE: dict[str, tuple[Any, str]] = {
     "patience": (_positive_int, "a positive integer"),
     "lr": (_positive_num, "a positive number"),
     "lr_min": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, "a number >= 0"),
+    "schedule": (lambda v: v in SCHEDULES, f"one of {SCHEDULES}"),
     "weight_decay": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, "a number >= 0"),
     "grad_clip": (_positive_num, "a positive number (max gradient norm)"),
     "seed": (_nonneg_int, "an integer >= 0"),
@@ -352,6 +359,9 @@ def make_plan(machine: Machine, mode: str = "debug", **overrides: Any) -> Plan:
     set_("patience", preset["patience"] * spec.epoch_scale, f"{mode} mode: epochs without improvement before stopping")
     set_("lr", spec.lr, f"AdamW learning rate for {model}")
     set_("lr_min", v["lr"] * 0.01, "cosine schedule ends at 1% of lr")
+    set_("schedule", spec.schedule, f"{model}: {spec.schedule_reason}")
+    if v["schedule"] not in SCHEDULES:
+        raise PlanError(f"model {model} asks for schedule {v['schedule']!r}; schedules: {SCHEDULES}")
     set_("weight_decay", 1e-4, "AdamW weight decay")
     set_("grad_clip", 5.0, "gradients clipped to this norm: one odd batch cannot wreck the weights")
     set_("seed", 0, "fixed seed: same split and order on every run and resume")

@@ -73,6 +73,8 @@ class ModelSpec(Protocol):
     bytes_per_atom: int
     bytes_per_edge: int
     lr: float
+    schedule: str
+    schedule_reason: str
     epoch_scale: int
     epoch_reason: str
     options: Mapping[str, Option]
@@ -145,6 +147,8 @@ class Model:
     bytes_per_atom: int
     bytes_per_edge: int
     lr: float
+    schedule: str = "cosine"  # one of colab_kit.plan.SCHEDULES
+    schedule_reason: str = "cosine decay over the epochs"
     epoch_scale: int = 1
     epoch_reason: str = ""
     options: Mapping[str, Option] = field(default_factory=dict)

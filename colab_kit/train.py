@@ -19,6 +19,7 @@ import io
 import itertools
 import json
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -192,14 +193,17 @@ def _setup(store: GraphStore, plan: Any, out: Path, model_kwargs: dict[str, Any]
     loaders = make_loaders(store, plan, splits, budget=(budget.max_atoms, budget.max_edges))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=plan.lr, weight_decay=plan.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=plan.epochs, eta_min=plan.lr_min)
+    scheduler = make_scheduler(optimizer, plan)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     loop = _Loop(plan, out, state, model, optimizer, scheduler, scaler, loaders, budget, device, amp_dtype, std,
                  progress, callbacks, should_stop, step_hook)
     if saved is not None:
         model.load_state_dict(state.model)
         optimizer.load_state_dict(state.optimizer)
-        scheduler.load_state_dict(state.scheduler)
+        if "lr_lambdas" in state.scheduler:
+            scheduler.load_state_dict(state.scheduler)
+        else:  # a checkpoint of a CosineAnnealingLR (before schedules): its epoch count is all the schedule needs
+            scheduler.last_epoch = int(state.scheduler.get("last_epoch", 0))
         scaler.load_state_dict(state.scaler)
         loop.sampler.load_state_dict(state.sampler)
         set_rng_state(state.rng)
@@ -207,6 +211,21 @@ def _setup(store: GraphStore, plan: Any, out: Path, model_kwargs: dict[str, Any]
         head = [model.to_device(b, device) for b in itertools.islice(iter(loaders["train"]), 16)]
         model.init_output(head)
     return loop
+
+
+def lr_factor(epoch: int, plan: Any) -> float:
+    """The learning rate of 0-based ``epoch`` as a fraction of ``plan.lr`` (see :data:`colab_kit.plan.SCHEDULES`)."""
+    floor = plan.lr_min / plan.lr
+    warmup = max(1, round(0.3 * plan.epochs)) if plan.schedule == "warmup_cosine" and plan.epochs > 1 else 0
+    if epoch < warmup:
+        return 1 / 25 + (1 - 1 / 25) * epoch / warmup
+    t = min(1.0, (epoch - warmup) / max(1, plan.epochs - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, plan: Any) -> torch.optim.lr_scheduler.LRScheduler:
+    """The Plan's schedule, stepped once per epoch (its state is the epoch count: a resume continues it)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(epoch, plan))
 
 
 def _initial_budget(model: Any, store: GraphStore, splits: dict[str, np.ndarray], plan: Any, device: torch.device,

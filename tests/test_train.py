@@ -126,3 +126,40 @@ def test_chgnet_fine_tuning_learns(tmp_path: Path) -> None:
     res = fit(store, plan, tmp_path / "run", progress=False)
     assert res.best_val_mae < 0.8 * _baseline(store, "val"), (res.history, _baseline(store, "val"))
     assert os.path.exists(tmp_path / "run" / "best.pt")
+
+
+def test_schedules_per_epoch() -> None:
+    from colab_kit.train import lr_factor
+
+    cos = _plan(epochs=10, lr=1e-3)
+    assert cos.schedule == "cosine"
+    f = [lr_factor(e, cos) for e in range(10)]
+    assert f[0] == 1.0 and all(a > b for a, b in zip(f, f[1:])) and f[-1] > 0.01
+    torch_cos = torch.optim.lr_scheduler.CosineAnnealingLR(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0),
+                                                           T_max=10, eta_min=0.01)
+    expected = []
+    for _ in range(10):
+        expected.append(torch_cos.get_last_lr()[0])
+        torch_cos.step()
+    assert np.allclose(f, expected)  # the same curve as torch's CosineAnnealingLR
+    warm = _plan(epochs=10, lr=1e-3, schedule="warmup_cosine")
+    g = [lr_factor(e, warm) for e in range(10)]
+    assert g[0] == 1 / 25 and g[:4] == sorted(g[:4]) and g[3] == 1.0 and all(a > b for a, b in zip(g[3:], g[4:]))
+    assert make_plan(detect(), "debug", model="comformer").schedule == "warmup_cosine"
+
+
+def test_a_checkpoint_from_before_schedules_resumes(radius_store: Path, tmp_path: Path) -> None:
+    """Checkpoints written before schedules hold a CosineAnnealingLR state (no lr_lambdas): they still resume."""
+    from colab_kit.checkpoint import save_checkpoint
+
+    store, plan = GraphStore(radius_store), _plan(epochs=2)
+    steps = {"n": 0}
+    assert fit(store, plan, tmp_path, progress=False,
+               should_stop=lambda: steps.__setitem__("n", steps["n"] + 1) or steps["n"] > 3).status == "stopped"
+    state = load_checkpoint(tmp_path / "checkpoints")
+    old = torch.optim.lr_scheduler.CosineAnnealingLR(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=plan.lr),
+                                                     T_max=plan.epochs, eta_min=plan.lr_min).state_dict()
+    state["scheduler"] = old
+    save_checkpoint(tmp_path / "checkpoints", state)
+    res = fit(store, plan, tmp_path, progress=False)
+    assert res.status == "finished" and len(res.history) == 2

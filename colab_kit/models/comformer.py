@@ -312,7 +312,9 @@ SPEC = Model(
     description="ComFormer (Yan et al. 2024): iComFormer / eComFormer graph transformers, trained from scratch",
     # measured (autograd's saved tensors, 256 wide, fp32): ~94 kB per edge (iComFormer; eComFormer ~83 kB) and
     # ~26 kB per atom, plus each atom's 6 lattice self-loops, which the store's edge counts do not include
-    builder=_build, bytes_per_atom=600_000, bytes_per_edge=100_000, lr=1e-3,
+    builder=_build, bytes_per_atom=600_000, bytes_per_edge=100_000, lr=1e-3, schedule="warmup_cosine",
+    schedule_reason="the authors train with a one-cycle schedule: warm up from lr/25 over 30% of the epochs, then "
+                    "cosine (early full-lr epochs make its BatchNorm statistics swing)",
     epoch_scale=5, epoch_reason="trained from scratch: 5x the epochs of a pretrained model (the paper trains 500)",
     options={
         "variant": Option("invariant", "'invariant' or 'equivariant'",
