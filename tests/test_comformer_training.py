@@ -110,7 +110,8 @@ def test_oom_backoff_covers_comformer(comformer_store: Path, tmp_path: Path) -> 
 
 def test_comformer_learns(comformer_store: Path, tmp_path: Path) -> None:
     store = GraphStore(comformer_store)
-    res = fit(store, _plan("invariant", epochs=10, lr=3e-3, batch_size=8), tmp_path, progress=False)
+    # cosine from a high lr: 144 training graphs are too few for the default warm-up to reach a good fit in 10 epochs
+    res = fit(store, _plan("invariant", epochs=10, lr=3e-3, batch_size=8, schedule="cosine"), tmp_path, progress=False)
     sp = np.load(store.root / "splits-seed0.npz")
     y = store.targets()
     baseline = float(np.mean(np.abs(y[sp["val"]] - y[sp["train"]].mean())))
