@@ -18,10 +18,7 @@ from colab_kit.errors import ColabKitError
 
 AMP_CHOICES = ("off", "fp16", "bf16")
 BAD_STRUCTURE_POLICIES = ("skip", "warn", "error")
-#: learning-rate schedules over the epochs (stepped once per epoch, so a resume continues it exactly):
-#: ``cosine`` from lr to lr_min; ``warmup_cosine`` first rises from lr/25 over 30 % of the epochs (the
-#: one-cycle warm-up ComFormer's authors train with), then the same cosine.
-SCHEDULES = ("cosine", "warmup_cosine")
+SCHEDULES = ("cosine", "warmup_cosine")  # per epoch, see colab_kit.train.lr_factor
 ISOLATED_ATOM_POLICIES = ("error", "warn", "ignore")  # CHGNet's CrystalGraphConverter modes
 
 #: Per-mode presets. Modes are data: anything mode-dependent is looked up here. ``epochs`` and ``patience``
@@ -367,26 +364,6 @@ def make_plan(machine: Machine, mode: str = "debug", **overrides: Any) -> Plan:
     set_("seed", 0, "fixed seed: same split and order on every run and resume")
     set_("checkpoint_minutes", preset["checkpoint_minutes"], f"{mode} mode: checkpoint interval")
     return Plan(**v, reasons=r, warnings=tuple(warnings))
-
-
-#: Plan fields a checkpoint cannot be resumed under different values of: they fix the model's shape,
-#: its graphs, or the split and batch order the checkpoint is a position in.
-RESUME_FIXED = ("model", "model_options", "converter", "cutoff", "bond_cutoff", "max_neighbors", "seed")
-
-
-def check_resume(saved: Mapping[str, Any], plan: Plan, where: str) -> None:
-    """Refuse to resume a checkpoint (whose Plan is ``saved``) under a Plan that changes a :data:`RESUME_FIXED` field.
-
-    Raises:
-        PlanError: naming each changed field with both values, and the two ways out.
-    """
-    changed = [f"{k} {saved[k]!r} -> {getattr(plan, k)!r}" for k in RESUME_FIXED
-               if k in saved and saved[k] != getattr(plan, k)]
-    if changed:
-        raise PlanError(
-            f"the checkpoint in {where} was trained with other settings ({', '.join(changed)}); run with the "
-            "checkpoint's values to resume, or pass --fresh (a new --out for `train`) to start training again"
-        )
 
 
 def _model_and_graphs(overrides: Mapping[str, Any]) -> tuple[str, str]:

@@ -37,9 +37,8 @@ from colab_kit.loader import GraphDataset, collate_fn, load_or_make_splits, make
 from colab_kit.memory import Budget, calibrate, static_budget
 from colab_kit.models import build_model
 from colab_kit.oom import memory_fix, retry_on_oom
-from colab_kit.plan import check_resume
 from colab_kit.store import GraphStore, atomic_write_bytes
-from colab_kit.train_state import TrainState
+from colab_kit.train_state import TrainState, check_resume
 
 log = logging.getLogger(__name__)
 MAX_OOM_RETRIES = 8
@@ -214,7 +213,9 @@ def _setup(store: GraphStore, plan: Any, out: Path, model_kwargs: dict[str, Any]
 
 
 def lr_factor(epoch: int, plan: Any) -> float:
-    """The learning rate of 0-based ``epoch`` as a fraction of ``plan.lr`` (see :data:`colab_kit.plan.SCHEDULES`)."""
+    """The learning rate of 0-based ``epoch`` as a fraction of ``plan.lr``: ``cosine`` from 1 to ``lr_min / lr``;
+    ``warmup_cosine`` first rises from 1/25 over 30 % of the epochs (the one-cycle warm-up ComFormer's authors train
+    with), then the same cosine. Stepped once per epoch, so a resume continues it exactly."""
     floor = plan.lr_min / plan.lr
     warmup = max(1, round(0.3 * plan.epochs)) if plan.schedule == "warmup_cosine" and plan.epochs > 1 else 0
     if epoch < warmup:

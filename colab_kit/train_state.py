@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
+from colab_kit.plan import Plan, PlanError
+
 STATUSES = ("training", "finished", "early-stopped")
 
 
@@ -24,7 +26,7 @@ class TrainState:
             resumed epoch reports the mean over all of its batches, not only those after the resume.
         epoch_seconds, train_seconds: compute time of the current epoch and of all training, across resumes.
         budget: the batch budget in force (calibrated or shrunk after an out-of-memory error).
-        plan: the Plan the run was started with (compared on resume: :func:`colab_kit.plan.check_resume`).
+        plan: the Plan the run was started with (compared on resume: :func:`check_resume`).
     """
 
     model: Mapping[str, Any] = field(default_factory=dict)
@@ -60,3 +62,23 @@ class TrainState:
         state.history = list(state.history)
         state.best = dict(state.best)
         return state
+
+
+#: Plan fields a checkpoint cannot be resumed under different values of: they fix the model's shape,
+#: its graphs, or the split and batch order the checkpoint is a position in.
+RESUME_FIXED = ("model", "model_options", "converter", "cutoff", "bond_cutoff", "max_neighbors", "seed")
+
+
+def check_resume(saved: Mapping[str, Any], plan: Plan, where: str) -> None:
+    """Refuse to resume a checkpoint (whose Plan is ``saved``) under a Plan that changes a :data:`RESUME_FIXED` field.
+
+    Raises:
+        PlanError: naming each changed field with both values, and the two ways out.
+    """
+    changed = [f"{k} {saved[k]!r} -> {getattr(plan, k)!r}" for k in RESUME_FIXED
+               if k in saved and saved[k] != getattr(plan, k)]
+    if changed:
+        raise PlanError(
+            f"the checkpoint in {where} was trained with other settings ({', '.join(changed)}); run with the "
+            "checkpoint's values to resume, or pass --fresh (a new --out for `train`) to start training again"
+        )
