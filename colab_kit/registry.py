@@ -249,10 +249,12 @@ def register_model(spec: ModelSpec) -> None:
 
 
 def unregister(name: str) -> None:
-    """Remove a model or graph kind registered at run time (the shipped ones come back on re-import)."""
-    _models.pop(name, None)
-    if name not in GRAPH_MODULES:
-        _graphs.pop(name, None)
+    """Remove a model or graph kind registered at run time; a shipped name goes back to the shipped spec."""
+    for table, shipped in ((_models, MODEL_MODULES), (_graphs, GRAPH_MODULES)):
+        if name in shipped:
+            table[name] = shipped[name]
+        else:
+            table.pop(name, None)
 
 
 def missing_extra(spec: ModelSpec, package: str, exc: ImportError) -> RegistryError:
