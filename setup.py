@@ -12,6 +12,15 @@ def requirements() -> list[str]:
     return [ln.split("#")[0].strip() for ln in lines if ln.split("#")[0].strip()]
 
 
+#: The field's model packages, each an optional extra: ``pip install "colab_kit[alignn]"`` / ``"colab_kit[matgl]"``.
+#: tests/test_colab_install.py resolves each against Google Colab's packages (it may add packages, never replace
+#: one of Colab's). alignn >= 2026.5.20: its pure-torch model and graph builder (no DGL); matgl >= 4.1: on
+#: PyTorch Geometric, without DGL.
+MODEL_EXTRAS = {
+    "alignn": ["alignn>=2026.5.20"],
+    "matgl": ["matgl>=4.1"],
+}
+
 setup(
     name="colab_kit",
     version="0.1.0",
@@ -25,6 +34,7 @@ setup(
     include_package_data=True,
     install_requires=requirements(),
     extras_require={
+        **MODEL_EXTRAS,
         "test": ["pytest>=8", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6", "ruff>=0.5", "cryptography>=42"],
     },
     entry_points={"console_scripts": ["colab_kit=colab_kit.cli:main"]},

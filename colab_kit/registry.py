@@ -169,11 +169,16 @@ GRAPH_MODULES: dict[str, str] = {
     "chgnet": "colab_kit.graphs.chgnet:KIND",
     "radius": "colab_kit.graphs.radius:KIND",
     "comformer": "colab_kit.graphs.comformer:KIND",
+    "alignn": "colab_kit.graphs.alignn:KIND",
+    "matgl": "colab_kit.graphs.matgl:KIND",
 }
 MODEL_MODULES: dict[str, str] = {
     "chgnet": "colab_kit.models.chgnet:SPEC",
     "cgcnn": "colab_kit.models.cgcnn:SPEC",
     "comformer": "colab_kit.models.comformer:SPEC",
+    "alignn": "colab_kit.models.alignn:SPEC",
+    "m3gnet": "colab_kit.models.matgl:M3GNET",
+    "tensornet": "colab_kit.models.matgl:TENSORNET",
 }
 _graphs: dict[str, Any] = dict(GRAPH_MODULES)
 _models: dict[str, Any] = dict(MODEL_MODULES)
@@ -261,3 +266,19 @@ def missing_extra(spec: ModelSpec, package: str, exc: ImportError) -> RegistryEr
     """The error for a model whose package is not installed: names the pip extra."""
     extra = f'pip install "colab_kit[{spec.extra}]"' if spec.extra else f"pip install {package}"
     return RegistryError(f"model {spec.name} needs the package {package}, which is not installed ({exc}); run: {extra}")
+
+
+def require(module: str, extra: str, what: str) -> Any:
+    """``importlib.import_module(module)``, or a one-line RegistryError naming the pip extra that installs it.
+
+    Args:
+        module: e.g. ``"alignn.torch_graph_builder"``.
+        extra: colab_kit's extra that brings the package (``"alignn"`` -> ``pip install "colab_kit[alignn]"``).
+        what: who needs it, named in the message (``"the alignn graph kind"``).
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        package = module.split(".")[0]
+        raise RegistryError(f"{what} needs the package {package}, which is not installed ({exc}); "
+                            f'run: pip install "colab_kit[{extra}]"') from None

@@ -37,7 +37,7 @@ SHARD_SUFFIX = ".safetensors"
 
 # per-graph ragged arrays: (name, pointer it is sliced by)
 RAGGED = {
-    "z": "atom_ptr", "frac": "atom_ptr", "nbr_count": "atom_ptr",
+    "z": "atom_ptr", "frac": "atom_ptr", "pos": "atom_ptr", "nbr_count": "atom_ptr",
     "nbr": "edge_ptr", "image": "edge_ptr", "d2u": "edge_ptr",
     "angles": "angle_ptr",
 }
