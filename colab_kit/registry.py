@@ -153,6 +153,9 @@ class Model:
     epoch_reason: str = ""
     options: Mapping[str, Option] = field(default_factory=dict)
     extra: str | None = None
+    #: train with PyTorch's deterministic kernels on CPU (needed for bit-exact resume by models that gather with
+    #: advanced indexing; optional for a ModelSpec, read with getattr)
+    deterministic: bool = False
 
     def build(self, target_mean: float = 0.0, target_std: float = 1.0, graph_params: Mapping[str, Any] | None = None,
               options: Mapping[str, Any] | None = None) -> Any:

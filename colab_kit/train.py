@@ -20,7 +20,6 @@ import itertools
 import json
 import logging
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from colab_kit import registry
 from colab_kit.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from colab_kit.errors import ColabKitError
 from colab_kit.evaluate import amp_dtype_for, evaluate_with_backoff
@@ -37,6 +37,7 @@ from colab_kit.loader import GraphDataset, collate_fn, load_or_make_splits, make
 from colab_kit.memory import Budget, calibrate, static_budget
 from colab_kit.models import build_model
 from colab_kit.oom import memory_fix, retry_on_oom
+from colab_kit.reproducible import reproducible_on_cpu, seed_everything
 from colab_kit.store import GraphStore, atomic_write_bytes
 from colab_kit.train_state import TrainState, check_resume
 
@@ -59,12 +60,6 @@ class TrainResult:
     budget: Budget | None = None
     resumed_from: dict[str, int] | None = None
     train_seconds: float = 0.0
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
@@ -137,6 +132,15 @@ def fit(
         PlanError: the checkpoint in ``out_dir`` was made with other shape-fixing settings.
         TrainingError: out of memory even for a single graph.
     """
+    with reproducible_on_cpu(torch.device(plan.device), getattr(registry.model(plan.model), "deterministic", False)):
+        return _fit(store, plan, out_dir, model_kwargs, resume, progress, callbacks, should_stop, calibrate_budget,
+                    step_hook)
+
+
+def _fit(store: GraphStore, plan: Any, out_dir: str | Path, model_kwargs: dict[str, Any] | None, resume: bool,
+         progress: bool, callbacks: list[Callable[[dict[str, Any]], None]] | None,
+         should_stop: Callable[[], bool] | None, calibrate_budget: bool | None,
+         step_hook: Callable[[Any], None] | None) -> TrainResult:
     loop = _setup(store, plan, Path(out_dir), model_kwargs or {}, resume, progress, list(callbacks or []),
                   should_stop or (lambda: False), step_hook,
                   plan.calibrate if calibrate_budget is None else calibrate_budget)

@@ -188,3 +188,49 @@ def test_what_colabs_python_313_builds_from_source(colab_install: Resolution, tm
         assert not _cp313_wheels(tmp_path, f"{name}=={adds[name]}"), (
             f"{name} {adds[name]} now publishes a cp313 wheel: drop it from SOURCE_BUILDS_ON_COLAB, the "
             "notebook's install cell and the README")
+
+
+def _model_extras() -> dict[str, list[str]]:
+    """setup.py's ``MODEL_EXTRAS`` (read from its source: importing setup.py would run setup())."""
+    import ast
+
+    for node in ast.parse((REPO / "setup.py").read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "MODEL_EXTRAS" for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise AssertionError("setup.py defines no MODEL_EXTRAS")
+
+
+#: Packages a model extra adds that publish no cp313 wheel (pip builds them on Colab), with what that costs.
+EXTRA_SOURCE_BUILDS = {"bibtexparser": "pymatgen-core's dependency (matgl extra): 1.4.4 is an sdist only, pure Python "
+                                       "(seconds)"}
+#: The one change a model extra makes to Colab's packages, each with its cause; anything else fails the test.
+KNOWN_EXTRA_CHANGES = {
+    "matgl": {"requests": "every matgl 4.x (the releases on PyTorch Geometric, without DGL) needs pymatgen-core >= "
+                          "2026.5.18, and every such pymatgen-core needs requests >= 2.32.5; Colab has 2.32.4"},
+}
+
+
+@pytest.mark.parametrize("extra", sorted(_model_extras()))
+def test_model_extra_on_colab_adds_packages_and_changes_none(extra: str, colab_python: Path, pins: dict,
+                                                            tmp_path: Path) -> None:
+    """``pip install "colab_kit[alignn]"`` / ``"[matgl]"`` on Colab: only additions (or exactly the documented
+    upgrade in :data:`KNOWN_EXTRA_CHANGES`), each package with a cp313 wheel."""
+    reqs = tmp_path / "requirements.txt"
+    reqs.write_text(REQUIREMENTS.read_text() + "".join(f"{r}\n" for r in _model_extras()[extra]))
+    known = KNOWN_EXTRA_CHANGES.get(extra, {})
+    # with a known change the constrained resolution has no answer (and pip backtracks for many minutes over
+    # boto3 releases to find that out): resolve as a user's plain `pip install` does and check what it changes
+    res = resolve(colab_python, reqs, pins, tmp_path, constrained=not known)
+    if not res.ok:
+        pytest.fail(f"installing colab_kit[{extra}] on Colab would change Colab's packages:\n"
+                    + "\n".join(colab_changes(colab_python, reqs, pins, tmp_path)))
+    assert set(res.changed) == set(known), (res.changed, known)
+    for name, (old, new) in res.changed.items():  # upgrades only: Colab's own code keeps what it was built with
+        assert Version(new) > Version(old), (name, old, new)
+    assert extra in res.installs and "torch" not in res.installs and "ipywidgets" not in res.installs
+    builds = SOURCE_BUILDS_ON_COLAB.keys() | EXTRA_SOURCE_BUILDS.keys()
+    wheels = [f"{k}=={v}" for k, v in res.installs.items() if k not in builds]
+    if not _cp313_wheels(tmp_path, *wheels):
+        missing = [r for r in wheels if not _cp313_wheels(tmp_path, r)]
+        pytest.fail(f"colab_kit[{extra}]: no CPython 3.13 wheel for {missing}: Colab would build them from source; "
+                    "add them to EXTRA_SOURCE_BUILDS and the README")

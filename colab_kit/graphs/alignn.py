@@ -166,6 +166,7 @@ def _resolution(low_ram: bool) -> dict[str, tuple[Any, str]]:
 
 def _params(cutoff: float | None, bond_cutoff: float | None, max_neighbors: int | None,
             on_isolated_atoms: str) -> dict[str, Any]:
+    _builder()  # a missing package is named before any conversion starts, not once per structure
     two = positive_cutoff("cutoff", cutoff, CUTOFF)
     three = two if bond_cutoff is None else positive_cutoff("bond_cutoff", bond_cutoff, THREE_BODY_CUTOFF)
     if three > two:

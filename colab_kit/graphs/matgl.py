@@ -129,6 +129,7 @@ def _resolution(low_ram: bool) -> dict[str, tuple[Any, str]]:
 def _params(cutoff: float | None, bond_cutoff: float | None, max_neighbors: int | None,
             on_isolated_atoms: str) -> dict[str, Any]:
     del bond_cutoff, max_neighbors  # matgl's graphs have neither (ignored, as the radius kind ignores bond_cutoff)
+    _matgl()  # a missing package is named before any conversion starts, not once per structure
     return {"cutoff": positive_cutoff("cutoff", cutoff, CUTOFF), "on_isolated_atoms": check_policy(on_isolated_atoms)}
 
 

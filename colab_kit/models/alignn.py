@@ -110,7 +110,7 @@ def _count(low: int) -> Any:
 
 
 SPEC = Model(
-    name="alignn", graph_kind="alignn", extra="alignn",
+    name="alignn", graph_kind="alignn", extra="alignn", deterministic=True,
     description="ALIGNN (the alignn package's pure-torch model): bond graph + line graph of angles, from scratch",
     # measured on mp_eform_cgcnn_3000 batches (autograd's saved tensors, 256 wide, fp32): the line graph's
     # ~5 angles per bond dominate; calibration measures the device's real figure

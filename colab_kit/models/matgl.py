@@ -133,7 +133,7 @@ _SCHEDULE = dict(schedule="cosine", schedule_reason="matgl's ModelLightningModul
 _EPOCHS = dict(epoch_scale=5, epoch_reason="trained from scratch: 5x the epochs of a pretrained model")
 
 M3GNET = Model(
-    name="m3gnet", graph_kind="matgl", extra="matgl",
+    name="m3gnet", graph_kind="matgl", extra="matgl", deterministic=True,
     description="M3GNet (the matgl package's model, PyG): many-body graph network with three-body interactions",
     # calibration measures the device's figure; these are the Plan's first guess (64 wide, fp32, with three-body
     # triplets within 4 Å per bond)
@@ -145,7 +145,7 @@ M3GNET = Model(
 )
 
 TENSORNET = Model(
-    name="tensornet", graph_kind="matgl", extra="matgl",
+    name="tensornet", graph_kind="matgl", extra="matgl", deterministic=True,
     description="TensorNet (the matgl package's model, PyG): O(3)-equivariant Cartesian tensor network",
     builder=_build_tensornet, bytes_per_atom=30_000, bytes_per_edge=8_000, lr=1e-3, **_SCHEDULE, **_EPOCHS,
     options=_options(2, ("weighted_atom", "reduce_atom")),
