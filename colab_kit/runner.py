@@ -17,6 +17,7 @@ Run directory (``<work_dir>/<run name>/``, mirrored to ``<persist_dir>/<run name
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -51,7 +52,10 @@ def run_name(plan: Plan) -> str:
     spec = registry.model(plan.model)
     changed = "".join(f"-{k}={v}" for k, v in plan.model_options.items()
                       if k in spec.options and v != spec.options[k].default)
-    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", f"{base}-{plan.converter}-{plan.model}{changed}-{plan.mode}")
+    name = re.sub(r"[^A-Za-z0-9_.=-]+", "_", f"{base}-{plan.converter}-{plan.model}{changed}-{plan.mode}")
+    if len(name) > 150:  # e.g. --set weights=<a long path>: a file name stays well under the usual 255-byte limit
+        name = f"{name[:120]}-{hashlib.sha256(name.encode()).hexdigest()[:12]}-{plan.mode}"
+    return name
 
 
 class Timing:
