@@ -40,8 +40,9 @@ peak summed RSS of the tree):
 Design decisions (and why):
 
 * **Data**: the first ``--n`` (600) structures of mp_eform_cgcnn_3000 (the shipped matbench file; sorted by id, so
-  an unbiased subset), 480 / 60 / 60 train / val / test: what lets 6 contenders x 3 seeds, the kills and the
-  ceiling run on 2 shared CPU cores in about 90 minutes (M3GNet and TensorNet cost ~1.3 s per 32-graph CPU step).
+  an unbiased subset), 480 / 60 / 60 train / val / test, and few epochs: what lets 6 contenders x 3 seeds, the
+  kills and the ceiling run in about 90 minutes on 2 CPU cores shared with other jobs at nice 10 (an ALIGNN epoch
+  took 40 s there, M3GNet and TensorNet ~1.3 s per 32-graph step even when the cores were free).
   At this size and these epochs every model is far from converged: the MAE columns compare two pipelines on
   one short budget, not the models' accuracy.
 * **Seeds vary the split and the initialisation** (as in bench_accuracy): colab_kit's ``splits-seed<s>.npz`` of
@@ -52,7 +53,7 @@ Design decisions (and why):
   7x more; colab_kit's default is that example size, so ``--set alignn_layers=2 --set gcn_layers=2 --set
   hidden=64``); M3GNet and TensorNet at matgl's default sizes (units 64; 3 and 2 blocks; ``--set units=64 --set
   nblocks=..``), cutoff 5 Å (matgl's default and colab_kit's), weighted-atom readout (matgl's default and
-  colab_kit's; the notebook's set2set is not the default). ``--epochs`` (10) ALIGNN epochs, ``--matgl-epochs`` (5)
+  colab_kit's; the notebook's set2set is not the default). ``--epochs`` (5) ALIGNN epochs, ``--matgl-epochs`` (3)
   M3GNet / TensorNet epochs, the same on both sides; 32 graphs per batch (colab_kit's CPU upper bound, which its
   atom budget may lower; alignn's example uses 2, its TrainingConfig 64). Optimiser, schedule, loss and target
   scaling are each code's own default (what its user gets: alignn AdamW + OneCycle + L1, matgl Adam + a cosine
@@ -64,8 +65,9 @@ Design decisions (and why):
   colab_kit's ``convert`` runs once per data set and is reported as prep. Wall = the whole per-seed command(s).
 * **Disk**: the bytes each leaves as its graph cache (alignn's LMDB directories, counted by allocated blocks since
   LMDB's file is sparse; matgl's ``pyg_graph.pt`` etc.; colab_kit's store), not checkpoints or logs.
-* **Kill and rerun** (``--stages kill``, seed 0): each pipeline is SIGKILLed once mid-graph-build and once
-  mid-training (half-way through the epoch after E/2 finished ones), then the same command is run again; the
+* **Kill and rerun** (``--stages kill``, seed 0; ``--kills`` picks the cases of ``KILLS``, by default one
+  mid-training kill per pipeline; ``--quick`` runs them all at 120 structures): a pipeline is SIGKILLed
+  mid-graph-build or mid-training (half an epoch after E/2 finished ones), then the same command is run again; the
   record says whether the rerun rebuilt the graphs, which epoch it started from and its test MAE. alignn is also
   run with its resume options (``read_existing``, ``resume_checkpoint`` + ``--restart_model_path``), matgl with
   Lightning's ``fit(ckpt_path="last")``; matgl's pipeline is killed once (M3GNet: TensorNet shares it); colab_kit's
@@ -602,15 +604,15 @@ def kill_case(ctx: dict[str, Any], name: str, contender: str, when: str, variant
     return rec
 
 
-KILLS = [  # (name, contender, when, variant)
-    ("alignn-ref-graphs", "alignn-ref", "graphs", ""),
+KILLS = [  # (name, contender, when, variant), the most telling first
     ("alignn-ref-train", "alignn-ref", "train", ""),
-    ("alignn-ref-train-resume-options", "alignn-ref", "train", "alignn-resume"),
-    ("matgl-ref-graphs", "m3gnet-ref", "graphs", ""),
     ("matgl-ref-train", "m3gnet-ref", "train", ""),
-    ("matgl-ref-train-ckpt-last", "m3gnet-ref", "train", "lightning-last"),
     ("alignn-ck-train", "alignn-ck", "train", ""),
     ("m3gnet-ck-train", "m3gnet-ck", "train", ""),
+    ("alignn-ref-train-resume-options", "alignn-ref", "train", "alignn-resume"),
+    ("matgl-ref-train-ckpt-last", "m3gnet-ref", "train", "lightning-last"),
+    ("alignn-ref-graphs", "alignn-ref", "graphs", ""),
+    ("matgl-ref-graphs", "m3gnet-ref", "graphs", ""),
     ("tensornet-ck-train", "tensornet-ck", "train", ""),
 ]
 
@@ -625,6 +627,8 @@ def ceiling_point(ctx: dict[str, Any], pipeline: str, n: int) -> dict[str, Any]:
     run = ctx["out"] / "runs" / "ceiling" / f"{pipeline}-n{n}"
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)
+    if pipeline.startswith("ck-"):
+        return ceiling_point_ck(ctx, pipeline, n, run, path)
     t = time.perf_counter()
     data = source_structures(ctx["mp_like"], first=n)
     ids = list(data)
@@ -668,6 +672,24 @@ def ceiling_point(ctx: dict[str, Any], pipeline: str, n: int) -> dict[str, Any]:
     return out
 
 
+def ceiling_point_ck(ctx: dict[str, Any], pipeline: str, n: int, run: Path, path: Path) -> dict[str, Any]:
+    """colab_kit's ``convert --converter K --limit n`` of the same MP-like file, beside the references' points."""
+    kind = pipeline.removeprefix("ck-")
+    cmd = ck_cmd("convert", str(ctx["mp_like"]), "--converter", kind, "--limit", str(n), "--out", str(run / "store"))
+    print(f"[ceiling] {pipeline} n={n}: colab_kit convert under {CEILING / GB:.0f} GiB ...", flush=True)
+    rec = run_watched(cmd, ceiling=CEILING, name="convert", logdir=run, env={"PYTHONPATH": str(ctx["src"])})
+    timeline = rec.pop("timeline_s_rss_mb", [])
+    out = {"pipeline": pipeline, "n": n, "proc": rec, "graph_s": rec["wall_s"], "peak_tree_rss_mb": rec["peak_tree_rss_mb"],
+           "peak_tree_pss_mb": rec["peak_tree_pss_mb"], "exceeded_ceiling": rec["exceeded_ceiling"],
+           "returncode": rec["returncode"], "disk_mb": disk_bytes(run / "store") / MB,
+           "rss_timeline_every_10": timeline[::10], "loadavg": loadavg()}
+    write_json(path, out)
+    shutil.rmtree(run / "store", ignore_errors=True)
+    print(f"[ceiling] {pipeline} n={n}: peak {out['peak_tree_rss_mb']:.0f} MB, {rec['wall_s']:.0f} s, "
+          f"store {out['disk_mb']:.0f} MB", flush=True)
+    return out
+
+
 def ceiling_fit(points: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Least-squares line peak_RSS = a + b N through the measured points; where it crosses 12 GiB (EXTRAPOLATED)."""
     ok = [p for p in points if p["returncode"] == 0]
@@ -704,7 +726,10 @@ def report(rows: list[dict[str, Any]], prep: dict[str, dict[str, Any]], kills: l
                     raise SystemExit(f"{c} and its reference tested different ids at seed {s}")
             paired = [seeds[s]["test_mae"] / ref[s]["test_mae"] for s in ss if s in ref]
             walls = [seeds[s]["wall_s"] for s in ss]
-            wall_ratio = np.mean(walls) / np.mean([ref[s]["wall_s"] for s in ref]) if ref else None
+            prep_s = prep.get(family(c), {}).get("wall_s") if c.endswith("-ck") else None
+            wr = [seeds[s]["wall_s"] / ref[s]["wall_s"] for s in ss if s in ref]
+            wall_ratio = float(np.mean(wr)) if wr else None
+            e2e = [(seeds[s]["wall_s"] + (prep_s or 0.0)) / ref[s]["wall_s"] for s in ss if s in ref]
             rss = max(seeds[s]["peak_tree_rss_mb"] for s in ss)
             rss_ratio = rss / max(ref[s]["peak_tree_rss_mb"] for s in ref) if ref else None
             eps = [h["seconds"] for s in ss for h in seeds[s].get("history", []) if "seconds" in h]
@@ -717,19 +742,20 @@ def report(rows: list[dict[str, Any]], prep: dict[str, dict[str, Any]], kills: l
                    "wall_ratio": wall_ratio, "peak_rss_mb": rss, "rss_ratio": rss_ratio,
                    "epoch_s_median": float(np.median(eps)) if eps else None,
                    "graph_s_mean": float(np.mean(graph)) if graph else None,
-                   "prep_s": prep.get(family(c), {}).get("wall_s") if c.endswith("-ck") else None,
+                   "prep_s": prep_s, "end_to_end_ratio": float(np.mean(e2e)) if e2e else None,
+                   "epoch_s_min": float(np.min(eps)) if eps else None,
                    "disk_mb": seeds[ss[0]].get("disk_mb"), "steps_per_epoch": spe,
                    "best_model_maes": best}
             summary["accuracy"].append(row)
-            steps_s = (spe / row["epoch_s_median"]) if spe and row["epoch_s_median"] else None
+            steps_s = (spe / row["epoch_s_min"]) if spe and row["epoch_s_min"] else None
             lines.append([
                 CONTENDERS[c], len(maes), seeds[ss[0]]["epochs"], f"{row['mae_mean']:.4g} ± {row['mae_std']:.2g}",
                 " ".join(f"{x:.3g}" for x in maes), "—" if not paired else f"{row['mae_ratio_paired']:.2f}",
                 "—" if not best else " ".join(f"{x:.3g}" for x in best), row["wall_mean_s"],
-                "—" if wall_ratio is None else f"{wall_ratio:.2f}",
+                "—" if wall_ratio is None else f"{wall_ratio:.2f} / {row['end_to_end_ratio']:.2f}",
                 "—" if row["graph_s_mean"] is None else row["graph_s_mean"],
                 "—" if row["prep_s"] is None else f"{row['prep_s']:.0f} (once)",
-                "—" if row["epoch_s_median"] is None else f"{row['epoch_s_median']:.3g} / "
+                "—" if row["epoch_s_median"] is None else f"{row['epoch_s_median']:.3g} / {row['epoch_s_min']:.3g} / "
                 f"{'—' if steps_s is None else f'{steps_s:.2g}'}",
                 f"{rss:.0f}" + ("" if rss_ratio is None else f" ({rss_ratio:.2f}x)"),
                 "—" if row["disk_mb"] is None else f"{row['disk_mb']:.1f}"])
@@ -737,8 +763,8 @@ def report(rows: list[dict[str, Any]], prep: dict[str, dict[str, Any]], kills: l
         print_table(f"{first['tag']}: test MAE (eV/atom), {n['train']}/{n['val']}/{n['test']} train/val/test per seed "
                     "(colab_kit's split for each seed, the same ids for every contender)",
                     ["contender", "seeds", "epochs", "test MAE mean ± std", "per seed", "MAE ÷ ref (paired)",
-                     "alignn best_model.pt MAE", "wall s / seed", "wall ÷ ref", "graph build s (in run)",
-                     "prep s (convert)", "epoch s (median) / steps/s", "peak tree RSS MB (÷ ref)", "graph cache MB"],
+                     "alignn best_model.pt MAE", "wall s / seed", "wall ÷ ref (paired) / incl. convert",
+                     "graph build s (in run)", "prep s (convert)", "epoch s median / min / steps/s at min", "peak tree RSS MB (÷ ref)", "graph cache MB"],
                     lines)
     if kills:
         lines = []
@@ -808,19 +834,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--contenders", default=",".join(CONTENDERS), help=f"subset of {','.join(CONTENDERS)}")
     ap.add_argument("--stages", default="accuracy,kill,ceiling", help="subset of accuracy,kill,ceiling")
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--kills", default="alignn-ref-train,matgl-ref-train,alignn-ck-train,m3gnet-ck-train",
+                    help=f"kill cases to run, from {','.join(k[0] for k in KILLS)}")
     ap.add_argument("--n", type=int, default=600, help="first N structures of mp_eform_cgcnn_3000")
-    ap.add_argument("--epochs", type=int, default=10, help="ALIGNN epochs (both sides)")
-    ap.add_argument("--matgl-epochs", type=int, default=5, help="M3GNet / TensorNet epochs (both sides)")
+    ap.add_argument("--epochs", type=int, default=5, help="ALIGNN epochs (both sides)")
+    ap.add_argument("--matgl-epochs", type=int, default=3, help="M3GNet / TensorNet epochs (both sides)")
     ap.add_argument("--mp-like", default=None, help="MP-like json.gz for the ceiling (made by mp_like.py if missing)")
-    ap.add_argument("--ceiling-n", default="alignn:500,1000,2000;matgl:2000,8000,32000",
-                    help="sizes per pipeline for the memory ceiling")
+    ap.add_argument("--ceiling-n", default="alignn:500,1000,2000;matgl:2000,8000,32000;ck-alignn:2000;"
+                    "ck-matgl:2000,32000", help="sizes per pipeline for the memory ceiling (ck-*: colab_kit's convert)")
     ap.add_argument("--quick", action="store_true", help="smoke run: seed 0, 120 structures, 1 epoch, tiny ceiling")
     ap.add_argument("--redo", action="store_true", help="measure again even where a result exists")
     ap.add_argument("--report-only", action="store_true", help="print the tables of every result in --out")
     args = ap.parse_args(argv)
     if args.quick:
         args.seeds, args.n, args.epochs, args.matgl_epochs = "0", 120, 2, 2
-        args.ceiling_n = "alignn:100,200;matgl:100,400"
+        args.ceiling_n = "alignn:100,200;matgl:100,400;ck-alignn:100;ck-matgl:100,400"
         args.out = args.out.rstrip("/") + "_quick"
     out = Path(args.out)
     if args.report_only:
@@ -865,8 +893,9 @@ def main(argv: list[str] | None = None) -> int:
                     run_one(ctx, c, seed)
                     run.save()
         if "kill" in stages:
+            wanted_kills = set(args.kills.split(","))
             for name, c, when, variant in KILLS:
-                if c in todo:
+                if c in todo and (name in wanted_kills or args.quick):
                     kill_case(ctx, name, c, when, variant)
                     run.save()
         if "ceiling" in stages:
@@ -876,8 +905,9 @@ def main(argv: list[str] | None = None) -> int:
                 watched([sys.executable, str(HERE / "mp_like.py"), "--n", str(max(max(v) for v in sizes.values())),
                          "--out", str(ctx["mp_like"]), "--no-progress"], "mp_like", out, src)
             for pipe, ns in sizes.items():
-                if any(family(c) in (("alignn",) if pipe == "alignn" else ("m3gnet", "tensornet"))
-                       for c in contenders if c.endswith("-ref")):
+                fams = ("alignn",) if pipe.endswith("alignn") else ("m3gnet", "tensornet")
+                side = "-ck" if pipe.startswith("ck-") else "-ref"
+                if any(family(c) in fams for c in contenders if c.endswith(side)):
                     for n in ns:
                         p = ceiling_point(ctx, pipe, n)
                         if p["exceeded_ceiling"]:
