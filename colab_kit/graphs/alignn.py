@@ -123,16 +123,16 @@ def to_graph(arrays: dict[str, Any], target: float | None = None, graph_id: str 
     three_body = float(params.get("three_body_cutoff", THREE_BODY_CUTOFF))
     dtype = torch.get_default_dtype()
     n_atoms = len(arrays["z"])
-    z = torch.from_numpy(np.asarray(arrays["z"], dtype=np.int64))
-    positions = torch.from_numpy(np.asarray(arrays["pos"], dtype=np.float32)).to(dtype)
-    lattice = torch.as_tensor(np.asarray(arrays["lattice"]), dtype=dtype)
+    z = torch.from_numpy(np.array(arrays["z"], dtype=np.int64))
+    positions = torch.from_numpy(np.array(arrays["pos"], dtype=np.float32)).to(dtype)
+    lattice = torch.as_tensor(np.array(arrays["lattice"]), dtype=dtype)
     src = torch.from_numpy(np.repeat(np.arange(n_atoms, dtype=np.int64), arrays["nbr_count"]))
-    dst = torch.from_numpy(np.asarray(arrays["nbr"], dtype=np.int64))
-    shift = torch.from_numpy(np.asarray(arrays["image"], dtype=np.float32)).to(dtype)
+    dst = torch.from_numpy(np.array(arrays["nbr"], dtype=np.int64))
+    shift = torch.from_numpy(np.array(arrays["image"], dtype=np.float32)).to(dtype)
     r = positions[dst] - positions[src] + shift @ lattice  # alignn's torch_neighbor_list, the same expression
     g = tgb.TorchGraph(num_nodes=n_atoms, src=src, dst=dst, ndata={
         "atom_features": torch.as_tensor(atom_features()[z.numpy()], dtype=dtype),
-        "frac_coords": torch.from_numpy(np.asarray(arrays["frac"], dtype=np.float32)).to(dtype),
+        "frac_coords": torch.from_numpy(np.array(arrays["frac"], dtype=np.float32)).to(dtype),
         "V": torch.abs(torch.det(lattice)).expand(n_atoms),
         "Z": z,
     }, edata={"r": r, "images": shift})

@@ -105,10 +105,10 @@ def to_graph(arrays: dict[str, Any], target: float | None = None, graph_id: str 
     src = np.repeat(np.arange(n_atoms, dtype=np.int64), arrays["nbr_count"])
     edge_index = torch.from_numpy(np.stack([src, np.asarray(arrays["nbr"], dtype=np.int64)])).to(matgl.int_th)
     graph = Data(num_nodes=n_atoms, edge_index=edge_index)
-    graph.pbc_offset = torch.from_numpy(np.asarray(arrays["image"], dtype=np.float64)).to(matgl.float_th)
+    graph.pbc_offset = torch.from_numpy(np.array(arrays["image"], dtype=np.float64)).to(matgl.float_th)
     graph.node_type = torch.from_numpy(_node_type_of_z()[np.asarray(arrays["z"], dtype=np.int64)])
-    graph.frac_coords = torch.from_numpy(np.asarray(arrays["frac"], dtype=np.float32)).to(matgl.float_th)
-    lattice = torch.as_tensor(np.asarray(arrays["lattice"])[None], dtype=matgl.float_th)
+    graph.frac_coords = torch.from_numpy(np.array(arrays["frac"], dtype=np.float32)).to(matgl.float_th)
+    lattice = torch.as_tensor(np.array(arrays["lattice"])[None], dtype=matgl.float_th)
     state_attr = torch.zeros(2, dtype=matgl.float_th)
     y = float("nan") if target is None else float(target)
     return graph, lattice, state_attr, {"y": torch.tensor(y, dtype=matgl.float_th)}
