@@ -37,7 +37,7 @@ SHARED_SETS = ["mp_eform_cgcnn_3000/mp_eform_cgcnn_3000_matbench.json.gz",
                "matsciml_devsets/mp_devset_200.json.gz", "matsciml_devsets/oqmd_devset_200.json.gz",
                "matsciml_devsets/alexandria_devset_98.json.gz", "matsciml_devsets/carolina_devset_100.json.gz",
                "alignn_jarvis_bandgap_50"]
-FIRST = 120  # structures per shared set in the default run
+FIRST = 60  # structures per shared set in the default run
 
 
 def _structures(source: Path, store: GraphStore) -> list[Any]:

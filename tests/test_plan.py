@@ -119,8 +119,8 @@ def test_overrides_validated_and_recorded() -> None:
     assert p.reasons["batch_edges"] == "set by user"
     with pytest.raises(PlanError, match="unknown plan setting 'batch'.*batch_edges"):
         make_plan(colab_free(), "debug", batch=3)
-    with pytest.raises(PlanError, match=r"converter must be one of \('chgnet', 'radius'.*\) \(got 'alignn'\)"):
-        make_plan(colab_free(), "debug", converter="alignn")
+    with pytest.raises(PlanError, match=r"converter must be one of \('chgnet', 'radius'.*\) \(got 'megnet'\)"):
+        make_plan(colab_free(), "debug", converter="megnet")
     with pytest.raises(PlanError, match="workers must be at most the 2 usable CPUs"):
         make_plan(colab_free(), "debug", workers=3)
     with pytest.raises(PlanError, match="mode must be one of"):
