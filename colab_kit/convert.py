@@ -364,12 +364,9 @@ def _make_pool(workers: int) -> ProcessPoolExecutor | None:
 
 
 def _worker_init() -> None:
-    """Ctrl-C reaches every process of the terminal's group: workers ignore it and finish their shard,
-    while the main process stops submitting, commits what is in flight and returns.
-
-    Each worker runs torch on one thread: there is a worker per core, and torch's default of one thread per
-    core in every worker made alignn's torch neighbour list 13x slower per structure (148 vs 11 ms, measured
-    with 2 threads on 2 busy cores)."""
+    """Workers ignore Ctrl-C (it reaches the whole group) and finish their shard while the main process commits
+    what is in flight. Each runs torch on one thread: a worker per core with torch's thread per core made
+    alignn's torch neighbour list 13x slower per structure (148 vs 11 ms, 2 threads on 2 busy cores)."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
