@@ -122,3 +122,26 @@ def kill_mid_epoch(args: list[str], latest: Path, first_step: int, every: int, t
             state = torch.load(latest, map_location="cpu", weights_only=True)
             kills.append((state["epoch"], state["sampler"]["offset"]))
     return kills
+
+
+def assert_stop_resume_identical(store: Any, plan: Any, tmp: Path, steps: int) -> None:
+    """``fit`` stopped after ``steps`` steps and run again equals one uninterrupted ``fit``: same best weights,
+    bit for bit, and the same validation history."""
+    import torch
+
+    from colab_kit.train import fit
+
+    ref = fit(store, plan, tmp / "ref", progress=False)
+    polls = {"n": 0}
+
+    def stop() -> bool:
+        polls["n"] += 1
+        return polls["n"] > steps
+
+    assert fit(store, plan, tmp / "cut", progress=False, should_stop=stop).status == "stopped"
+    res = fit(store, plan, tmp / "cut", progress=False)
+    assert res.resumed_from is not None and res.resumed_from["step"] == steps
+    a = torch.load(tmp / "ref" / "best.pt", weights_only=True)
+    b = torch.load(tmp / "cut" / "best.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["val_mae"] for h in ref.history] == [h["val_mae"] for h in res.history]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import SHIPPED, kill_mid_epoch, run_cli
+from helpers import SHIPPED, assert_stop_resume_identical, kill_mid_epoch, run_cli
 
 from colab_kit.checkpoint import LATEST
 from colab_kit.convert import build_store
@@ -75,20 +75,7 @@ def test_sigkill_mid_epoch_resume_gives_identical_weights(comformer_store: Path,
 def test_equivariant_stop_and_resume_is_identical(comformer_store: Path, tmp_path: Path) -> None:
     store = GraphStore(comformer_store)
     plan = _plan("equivariant")
-    ref = fit(store, plan, tmp_path / "ref", progress=False)
-    steps = {"n": 0}
-
-    def stop_after_three() -> bool:
-        steps["n"] += 1
-        return steps["n"] > 3
-
-    assert fit(store, plan, tmp_path / "cut", progress=False, should_stop=stop_after_three).status == "stopped"
-    res = fit(store, plan, tmp_path / "cut", progress=False)
-    assert res.resumed_from is not None and res.resumed_from["step"] == 3
-    a = torch.load(tmp_path / "ref" / "best.pt", weights_only=True)
-    b = torch.load(tmp_path / "cut" / "best.pt", weights_only=True)
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert [h["val_mae"] for h in ref.history] == [h["val_mae"] for h in res.history]
+    assert_stop_resume_identical(store, plan, tmp_path, steps=3)
 
 
 def test_oom_backoff_covers_comformer(comformer_store: Path, tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import SHIPPED, kill_mid_epoch, run_cli
+from helpers import SHIPPED, assert_stop_resume_identical, kill_mid_epoch, run_cli
 
 from colab_kit.checkpoint import LATEST
 from colab_kit.convert import build_store
@@ -93,20 +93,7 @@ def test_sigkill_mid_epoch_resume_gives_identical_weights(model: str, stores: di
 
 def test_m3gnet_stop_and_resume_is_identical(stores: dict[str, Path], tmp_path: Path) -> None:
     store, plan = GraphStore(stores["matgl"]), _plan("m3gnet", epochs=2)
-    ref = fit(store, plan, tmp_path / "ref", progress=False)
-    steps = {"n": 0}
-
-    def stop_after_five() -> bool:
-        steps["n"] += 1
-        return steps["n"] > 5
-
-    assert fit(store, plan, tmp_path / "cut", progress=False, should_stop=stop_after_five).status == "stopped"
-    res = fit(store, plan, tmp_path / "cut", progress=False)
-    assert res.resumed_from is not None and res.resumed_from["step"] == 5
-    a = torch.load(tmp_path / "ref" / "best.pt", weights_only=True)
-    b = torch.load(tmp_path / "cut" / "best.pt", weights_only=True)
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert [h["val_mae"] for h in ref.history] == [h["val_mae"] for h in res.history]
+    assert_stop_resume_identical(store, plan, tmp_path, steps=5)
 
 
 @pytest.mark.parametrize("model", MODELS)
