@@ -265,12 +265,6 @@ def unregister(name: str) -> None:
             table.pop(name, None)
 
 
-def missing_extra(spec: ModelSpec, package: str, exc: ImportError) -> RegistryError:
-    """The error for a model whose package is not installed: names the pip extra."""
-    extra = f'pip install "colab_kit[{spec.extra}]"' if spec.extra else f"pip install {package}"
-    return RegistryError(f"model {spec.name} needs the package {package}, which is not installed ({exc}); run: {extra}")
-
-
 def require(module: str, extra: str, what: str) -> Any:
     """``importlib.import_module(module)``, or a one-line RegistryError naming the pip extra that installs it.
 
