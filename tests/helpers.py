@@ -145,3 +145,26 @@ def assert_stop_resume_identical(store: Any, plan: Any, tmp: Path, steps: int) -
     b = torch.load(tmp / "cut" / "best.pt", weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert [h["val_mae"] for h in ref.history] == [h["val_mae"] for h in res.history]
+
+
+def assert_sigkill_resume_identical(args: list[str], tmp: Path, first_step: int, every: int) -> tuple[dict, dict]:
+    """``python -m colab_kit *args --out`` run once uninterrupted, and once SIGKILLed mid-epoch twice then rerun:
+    the final weights are equal bit for bit. Returns both final checkpoints (uninterrupted, resumed)."""
+    import torch
+
+    from colab_kit.checkpoint import LATEST
+
+    ref = run_cli(*args, "--out", str(tmp / "ref"))
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    out = tmp / "killed"
+    latest = out / "checkpoints" / LATEST
+    kills = kill_mid_epoch([*args, "--out", str(out)], latest, first_step=first_step, every=every, times=2)
+    assert kills and all(off > 0 for _, off in kills), kills
+    done = run_cli(*args, "--out", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    a = torch.load(tmp / "ref" / "checkpoints" / LATEST, map_location="cpu", weights_only=True)
+    b = torch.load(latest, map_location="cpu", weights_only=True)
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    return a, b

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import SHIPPED, assert_stop_resume_identical, kill_mid_epoch, run_cli
+from helpers import SHIPPED, assert_sigkill_resume_identical, assert_stop_resume_identical, run_cli
 
 from colab_kit.checkpoint import LATEST
 from colab_kit.convert import build_store
@@ -76,19 +76,7 @@ def test_sigkill_mid_epoch_resume_gives_identical_weights(model: str, stores: di
     args = ["train", "--store", str(stores[model_graph_kind(model)]), "--model", model, *_sets(model),
             "--set", "epochs=2", "--set", "batch_size=4", "--set", "calibrate=false",
             "--set", "checkpoint_minutes=0.002"]
-    ref = run_cli(*args, "--out", str(tmp_path / "ref"))
-    assert ref.returncode == 0, ref.stderr[-2000:]
-    out = tmp_path / "killed"
-    latest = out / "checkpoints" / LATEST
-    kills = kill_mid_epoch([*args, "--out", str(out)], latest, first_step=3, every=8, times=2)
-    assert kills and all(off > 0 for _, off in kills), kills
-    done = run_cli(*args, "--out", str(out))
-    assert done.returncode == 0, done.stderr[-2000:]
-    a = torch.load(tmp_path / "ref" / "checkpoints" / LATEST, map_location="cpu", weights_only=True)
-    b = torch.load(latest, map_location="cpu", weights_only=True)
-    assert a["model"].keys() == b["model"].keys()
-    for key in a["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert_sigkill_resume_identical(args, tmp_path, first_step=3, every=8)
 
 
 def test_m3gnet_stop_and_resume_is_identical(stores: dict[str, Path], tmp_path: Path) -> None:
