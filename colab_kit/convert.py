@@ -11,14 +11,12 @@ one store together; a final run without ``part`` adopts their shards and finishe
 
 from __future__ import annotations
 
-import gc
+import functools
 import itertools
 import logging
-import multiprocessing as mp
-import sys
 import time
 import warnings
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -38,6 +36,7 @@ from colab_kit.store import (
     fingerprint,
     write_shard,
 )
+from colab_kit.worker_pool import calm_gc, make_pool, restore_gc
 
 log = logging.getLogger(__name__)
 POLICIES = ("skip", "warn", "error")
@@ -68,13 +67,14 @@ def _compact(g: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def convert_items(items: list[RawItem], converter: Converter, policy: str) -> tuple[list, list, list, list, list]:
+def convert_items(items: list[RawItem], converter: Converter, policy: str,
+                  labels: str = "required") -> tuple[list, list, list, list, list]:
     """Convert raw items; returns (graphs, ids, targets, failures, warned). ``policy='error'`` raises on the
-    first bad item. Warnings the parsers raise (pymatgen warns once per odd CIF) are captured per item
+    first bad item; ``labels='optional'`` keeps an item without a usable label (target NaN: for prediction). Warnings the parsers raise (pymatgen warns once per odd CIF) are captured per item
     into ``warned`` as (id, message) instead of flooding the output."""
     graphs, ids, targets, failures, warned = [], [], [], [], []
     for item in items:
-        reason = check_target(item)
+        reason = check_target(item) if labels == "required" else None
         if reason is None:
             try:
                 with warnings.catch_warnings(record=True) as caught:
@@ -102,8 +102,8 @@ def _warning_text(w: warnings.WarningMessage) -> str:
 
 
 def _build_shard(root: str, index: int, first_item: int, items: list[RawItem], converter: Converter,
-                 policy: str, fp: str) -> dict[str, Any]:
-    graphs, ids, targets, failures, warned = convert_items(items, converter, policy)
+                 policy: str, fp: str, labels: str = "required") -> dict[str, Any]:
+    graphs, ids, targets, failures, warned = convert_items(items, converter, policy, labels)
     entry = write_shard(root, index, graphs, ids, targets, failures, fp, first_item, len(items), warned)
     # for the main process's log only; not stored in the manifest (the shard holds them all)
     entry["failures"] = failures[:50]
@@ -149,6 +149,7 @@ def build_store(
     progress: bool = True,
     on_shard: Callable[[dict[str, Any]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    labels: str = "required",
 ) -> ConvertResult:
     """Convert ``source`` into a store at ``out``, resuming whatever an earlier run completed.
 
@@ -165,6 +166,8 @@ def build_store(
             it to Google Drive), and with ``{"manifest": path}`` when the store completes.
         should_stop: polled before each chunk; True commits the shards in flight and returns an
             incomplete result (``complete=False``) that a later call resumes.
+        labels: "required" skips (and records) items without a usable label; "optional" keeps them with a NaN
+            target, for a store that is only predicted on (a separate store: its fingerprint says so).
 
     Raises:
         StoreError: ``out`` holds a store built from other data or settings.
@@ -172,12 +175,15 @@ def build_store(
     """
     if on_bad_structure not in POLICIES:
         raise ConversionError(f"on_bad_structure must be one of {POLICIES} (got {on_bad_structure!r})")
+    if labels not in ("required", "optional"):
+        raise ConversionError(f"labels must be 'required' or 'optional' (got {labels!r})")
     i_part, n_parts = part
     if not (n_parts >= 1 and 0 <= i_part < n_parts):
         raise ConversionError(f"part must be i/N with 0 <= i < N (got {i_part}/{n_parts})")
     t0 = time.perf_counter()
     src = source if isinstance(source, Source) else open_source(source, fmt=fmt, target=target)
-    fp = fingerprint(converter.name, converter.params, src.identity(), limit)
+    identity = src.identity() if labels == "required" else {**src.identity(), "labels": labels}
+    fp = fingerprint(converter.name, converter.params, identity, limit)
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     if n_stale := remove_stale_temporaries(root):
@@ -200,7 +206,7 @@ def build_store(
             done.update(_usable_entries(root, _load_manifest(p) or {}, fp))
     manifest = {
         "format_version": FORMAT_VERSION, "fingerprint": fp, "converter": converter.name,
-        "params": converter.params, "source": src.identity(), "limit": limit, "shard_size": shard_size,
+        "params": converter.params, "source": identity, "limit": limit, "shard_size": shard_size,
         "part": [i_part, n_parts], "complete": False, "shards": sorted(done.values(), key=lambda e: e["index"]),
     }
     if own.get("shard_size", shard_size) != shard_size and done:
@@ -224,13 +230,13 @@ def build_store(
     n_failed_warned = 0
     stopped = False
     bar = _bar(total, progress)
-    gc_state = _calm_gc()  # before the pool: forked workers inherit it
+    gc_state = calm_gc()  # before the pool: forked workers inherit it
     pool = None
     # The call's first shard is converted by every worker at once (idle pool, nothing else in flight) and the
     # main process reads no further until it commits: on 2 cores, reading ahead would take CPU from the slices.
     split_next = workers > 1
     try:
-        pool = _make_pool(workers)
+        pool = make_pool(workers)
         bar.update(min(start, total) if total is not None else start)
         for index, chunk in enumerate(_chunks(items, shard_size), start=first):
             if should_stop is not None and should_stop():
@@ -241,15 +247,16 @@ def build_store(
                 bar.update(len(chunk))
                 continue
             if pool is None or split_next:
-                entry = (_build_shard(str(root), index, first_item, chunk, converter, on_bad_structure, fp) if pool is None
-                         else build_split_shard(pool, convert_items, str(root), index, first_item, chunk, converter,
+                entry = (_build_shard(str(root), index, first_item, chunk, converter, on_bad_structure, fp, labels) if pool is None
+                         else build_split_shard(pool, functools.partial(convert_items, labels=labels), str(root), index, first_item, chunk, converter,
                                                 on_bad_structure, fp, workers))
                 split_next = False
                 n_failed_warned = _commit(mpath, manifest, entry, on_bad_structure, n_failed_warned, bar, on_shard)
                 continue
             while len(pending) >= 2 * workers:
                 n_failed_warned = _drain(pending, mpath, manifest, on_bad_structure, n_failed_warned, bar, on_shard)
-            pending[pool.submit(_build_shard, str(root), index, first_item, chunk, converter, on_bad_structure, fp)] = len(chunk)
+            pending[pool.submit(_build_shard, str(root), index, first_item, chunk, converter, on_bad_structure, fp,
+                                labels)] = len(chunk)
         while pending:
             n_failed_warned = _drain(pending, mpath, manifest, on_bad_structure, n_failed_warned, bar, on_shard)
     except BaseException:
@@ -260,7 +267,7 @@ def build_store(
         bar.close()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-        _restore_gc(gc_state)
+        restore_gc(gc_state)
     if stopped:
         log.info("conversion stopped with %d shards done; run again to resume", len(manifest["shards"]))
         return _result(root, manifest, reused, t0)
@@ -330,48 +337,6 @@ def _first_warning(root: Path) -> str:
             item, text = store._shard(k).warnings[0]
             return f"{item}: {text[:120]!r}"
     return "-"
-
-
-def _calm_gc() -> tuple[tuple[int, int, int], bool]:
-    """Keep Python's cyclic GC from re-scanning the chunks in flight over and over.
-
-    The main process holds up to 2 x workers chunks of 1000 parsed-JSON structure dicts (hundreds of
-    thousands of containers, none in reference cycles) while it allocates more, so the default thresholds
-    trigger full collections that traverse them again and again: measured 730 us of main-process CPU per
-    item with 2 workers, about half of it GC. Freezing what exists (the imports) and raising the gen-0
-    threshold cut it to ~60 % of that; forked workers inherit both. Memory is still freed by reference
-    counting; real cycles are still collected, just less often."""
-    old, was_frozen = gc.get_threshold(), gc.get_freeze_count() > 0
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(100_000, 50, 100)
-    return old, was_frozen
-
-
-def _restore_gc(state: tuple[tuple[int, int, int], bool]) -> None:
-    old, was_frozen = state
-    gc.set_threshold(*old)
-    if not was_frozen:  # leave alone a freeze the caller made (e.g. a server that forks workers)
-        gc.unfreeze()
-
-
-def _make_pool(workers: int) -> ProcessPoolExecutor | None:
-    if workers <= 1:
-        return None
-    # fork: workers inherit the imports (pymatgen, torch) instead of paying seconds to import them
-    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init)
-
-
-def _worker_init() -> None:
-    """Workers ignore Ctrl-C (it reaches the whole group) and finish their shard while the main process commits
-    what is in flight. Each runs torch on one thread: a worker per core with torch's thread per core made
-    alignn's torch neighbour list 13x slower per structure (148 vs 11 ms, 2 threads on 2 busy cores)."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(1)
 
 
 def _bar(total: int | None, enabled: bool) -> Any:
