@@ -7,3 +7,12 @@ warning filters happen at import time.
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+
+def load(path: str, **plan_overrides: object) -> object:
+    """The trained model at ``path`` (a run directory, a ``train --out`` directory or an exported model directory)
+    as a :class:`colab_kit.predictor.Predictor`: ``load(run_dir).predict(structures)``. ``plan_overrides`` are Plan
+    settings such as ``device="cpu"``."""
+    from colab_kit.predictor import load as _load
+
+    return _load(path, **plan_overrides)

@@ -327,11 +327,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("train", "val", "test"), default="test")
     p.add_argument("--json", action="store_true", help="also print the scores as one JSON line")
     p.set_defaults(func=cmd_evaluate)
+    from colab_kit.cli_use import add_commands
+
+    add_commands(sub, _sub)
     return parser
 
 
-def _sub(sub: Any, name: str, help_: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help_, description=help_, epilog=EXAMPLES[name],
+def _sub(sub: Any, name: str, help_: str, epilog: str | None = None) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help_, description=help_, epilog=epilog or EXAMPLES[name],
                           formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
