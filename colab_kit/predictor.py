@@ -87,7 +87,7 @@ class Predictor:
         Args:
             on_bad: a structure that cannot be made into a graph: ``"error"`` raises naming it; ``"nan"`` gives NaN.
         """
-        from colab_kit.convert import build_store
+        from colab_kit.convert import ConversionError, build_store
         from colab_kit.graphs import Converter
         from colab_kit.sources import open_source
         from colab_kit.store import GraphStore
@@ -101,14 +101,20 @@ class Predictor:
         with tempfile.TemporaryDirectory(prefix="colab_kit-predict-") as tmp:
             conv = Converter(self.trained.converter, self.trained.graph_params)
             src = open_source(rows, name="predict")
-            res = build_store(src, Path(tmp) / "store", conv, workers=1, shard_size=max(len(rows), 1),
-                              on_bad_structure="skip", labels="optional", progress=False)
-            store = GraphStore(res.path)
-            if store.failures() and on_bad == "error":
-                i, why = store.failures()[0]
+            try:
+                res = build_store(src, Path(tmp) / "store", conv, workers=1, shard_size=max(len(rows), 1),
+                                  on_bad_structure="skip", labels="optional", progress=False)
+            except ConversionError:  # not one of them converted
+                failures = [(r[0], _why_not(conv, r[1])) for r in rows[:1]]
+                store = None
+            else:
+                store = GraphStore(res.path)
+                failures = store.failures()
+            if failures and on_bad == "error":
+                i, why = failures[0]
                 raise PredictionError(f"structure {i} ({rows[int(i)][1].composition.reduced_formula}) cannot be made "
                                       f"into {conv.name} graphs: {why}; pass on_bad='nan' to get NaN for it")
-            if len(store):
+            if store is not None:
                 self.predict_store(store, progress=False, workers=0)
                 out[[int(i) for i in store.ids()]] = read_outputs(store, self.trained.weights_sha256)
         return out
@@ -155,12 +161,23 @@ class Predictor:
         return export_model(self.trained.weights, out)
 
 
+def _why_not(conv: Any, structure: Any) -> str:
+    """Why ``structure`` cannot be made into ``conv``'s graphs (its converter's error)."""
+    try:
+        conv.convert(structure, graph_id="0")
+    except Exception as exc:  # noqa: BLE001 - the converter's own reason, whatever its type
+        return " ".join(str(exc).split())
+    return "unknown"
+
+
 def _as_structure(x: Any, i: int) -> Any:
     from pymatgen.core import Structure
 
     if isinstance(x, Structure):
         return x
-    if type(x).__name__ == "Atoms" and hasattr(x, "get_cell"):
+    from ase import Atoms
+
+    if isinstance(x, Atoms):  # pymatgen's AseAtomsAdaptor gives its MSONAtoms subclass
         from pymatgen.io.ase import AseAtomsAdaptor
 
         return AseAtomsAdaptor.get_structure(x)
@@ -171,7 +188,13 @@ def plan_for(trained: TrainedModel, mode: str = "full", **overrides: Any) -> Any
     """The Plan this machine would use for the trained model's graphs (device, eval budget, workers)."""
     from colab_kit.detect import detect
     from colab_kit.plan import make_plan
+    from colab_kit.registry import GRAPH_SETTINGS
 
+    fixed = {**trained.graph_settings(), "model": trained.model, "converter": trained.converter}
+    if clash := [k for k in overrides if k in (*GRAPH_SETTINGS, "model", "converter") and overrides[k] != fixed.get(k)]:
+        raise PredictionError(f"{', '.join(clash)} cannot be set when predicting: the trained {trained.model} fixes "
+                              f"{', '.join(f'{k}={fixed.get(k)}' for k in clash)}; drop --set {clash[0]}=...")
+    overrides = {k: v for k, v in overrides.items() if k not in fixed}
     options = {k: v for k, v in trained.options.items() if k not in overrides}
     return make_plan(detect(), mode, model=trained.model, converter=trained.converter, **trained.graph_settings(),
                      **options, **overrides)

@@ -154,3 +154,28 @@ def test_weights_of_another_architecture_are_refused(moved: CHGNetRegressor, tmp
     with pytest.raises(ExportError, match=r"do not fit CHGNet pretrained='0.3.0': pass the pretrained option"):
         export_chgnet_weights(state, tmp_path / "out.pt")
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_a_chgnet_fine_tuned_by_run_relaxes_through_struct_optimizer(tmp_path: Path, records: list) -> None:
+    """End to end: `run` fine-tunes CHGNet, `export` writes chgnet.pt, CHGNet's own StructOptimizer relaxes with it,
+    and colab_kit.load of the export predicts what CHGNet's predict_structure gives."""
+    from chgnet.model import CHGNet, StructOptimizer
+
+    import colab_kit
+    from tests.helpers import run_cli
+
+    res = run_cli("run", "--mode", "debug", "--set", "n_samples=60", "--set", "epochs=1", "--work-dir", str(tmp_path))
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = run_cli("export", "--run", str(tmp_path / "mp_eform_cgcnn_3000-chgnet-chgnet-debug"), "--out", str(tmp_path / "m"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "chgnet: " in res.stdout and (tmp_path / "m" / "chgnet.pt").is_file()
+    model = CHGNet.from_file(str(tmp_path / "m" / "chgnet.pt"))
+    s = records[3][1].copy()
+    rng = np.random.default_rng(0)
+    for i in range(len(s)):  # a seeded displacement of every site, ~0.05 Å
+        s.translate_sites([i], rng.normal(0.0, 0.03, 3), frac_coords=False)
+    e0 = float(model.predict_structure(s)["e"])
+    assert colab_kit.load(tmp_path / "m", device="cpu").predict([s])[0] == pytest.approx(e0, abs=1e-5)
+    out = StructOptimizer(model=model).relax(s, steps=15, fmax=0.1, verbose=False)
+    assert out["final_structure"].composition == s.composition
+    assert float(model.predict_structure(out["final_structure"])["e"]) <= e0 + 1e-6
