@@ -215,7 +215,7 @@ def _store_graph_settings(store: Any) -> dict[str, Any]:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from colab_kit.evaluate import evaluate_weights, trained_model_settings
-    from colab_kit.loader import load_or_make_splits
+    from colab_kit.loader import splits_for
     from colab_kit.report import format_scores, mean_predictor_mae, store_target_name
     from colab_kit.store import GraphStore
     from colab_kit.units import target_unit
@@ -228,7 +228,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     plan = _plan(args, converter=store.converter_name, **_store_graph_settings(store),
                  **{k: v for k, v in trained.items() if k not in given})
     res = evaluate_weights(store, plan, args.weights, split=args.split)
-    splits = load_or_make_splits(store, plan.seed)
+    splits = splits_for(store, plan)
     baseline = mean_predictor_mae(store.targets(), splits["train"], splits[args.split])
     unit = target_unit(store_target_name(store), str(store.root))  # a run's store sits in a folder named after its data
     print(format_scores(args.split, int(len(res["target"])), res["mae"], res["rmse"], baseline, unit))

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from colab_kit.errors import ColabKitError
-from colab_kit.loader import load_or_make_splits, make_loaders
+from colab_kit.loader import make_loaders, splits_for
 from colab_kit.models import build_model
 from colab_kit.oom import memory_fix, retry_on_oom
 from colab_kit.store import GraphStore
@@ -96,7 +96,7 @@ def evaluate_weights(store: GraphStore, plan: Any, weights: str | Path, split: s
     """Load saved model weights and evaluate them on a split of ``store``."""
     device = torch.device(plan.device)
     model = load_weights(store, plan, weights)
-    splits = load_or_make_splits(store, plan.seed)
+    splits = splits_for(store, plan)
     loader = make_loaders(store, plan, splits)[split]
     amp_dtype, _ = amp_dtype_for(plan, device)
     return evaluate_with_backoff(model, loader, device, amp_dtype)

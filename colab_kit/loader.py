@@ -30,9 +30,10 @@ class LoaderError(ColabKitError, ValueError):
 class GraphDataset(Dataset):
     """Graph ``i`` of a store, as its model consumes it. Pickles to a path: workers reopen lazily."""
 
-    def __init__(self, store: GraphStore | str | Path) -> None:
+    def __init__(self, store: GraphStore | str | Path, targets: np.ndarray | None = None) -> None:
         self.root = str(store.root if isinstance(store, GraphStore) else store)
         self._store = store if isinstance(store, GraphStore) else None
+        self.targets = targets  # [N] replacing the stored targets (distillation), or None
 
     @property
     def store(self) -> GraphStore:
@@ -41,13 +42,14 @@ class GraphDataset(Dataset):
         return self._store
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"root": self.root, "_store": None}
+        return {"root": self.root, "_store": None, "targets": self.targets}
 
     def __len__(self) -> int:
         return len(self.store)
 
     def __getitem__(self, i: int) -> tuple[Any, float]:
-        return self.store.item(int(i))
+        i = int(i)
+        return self.store.item(i, None if self.targets is None else float(self.targets[i]))
 
 
 # ---------------------------------------------------------------- splits
@@ -76,6 +78,15 @@ def load_or_make_splits(store: GraphStore, seed: int = 0, fractions: Sequence[fl
     np.savez(buf, **splits)
     atomic_write_bytes(path, buf.getvalue())
     return splits
+
+
+def splits_for(store: GraphStore, plan: Any) -> dict[str, np.ndarray]:
+    """The Plan's split of ``store``: :func:`load_or_make_splits`, or matbench's fold ``plan.fold`` (+ a seeded val)."""
+    if getattr(plan, "split", "random") == "matbench":
+        from colab_kit.benchmark import matbench_store_split
+
+        return matbench_store_split(store, plan.fold or 0, plan.seed)
+    return load_or_make_splits(store, plan.seed)
 
 
 # ---------------------------------------------------------------- batching
@@ -169,20 +180,22 @@ def collate_fn(store: GraphStore) -> Any:
 
 
 def make_loader(store: GraphStore, sampler: BudgetBatchSampler, workers: int = 0, pin_memory: bool = False,
-                prefetch_factor: int | None = None, persistent_workers: bool = False) -> DataLoader:
+                prefetch_factor: int | None = None, persistent_workers: bool = False,
+                targets: np.ndarray | None = None) -> DataLoader:
     """A DataLoader over ``store`` driven by ``sampler`` (batches planned in the main process)."""
     kw: dict[str, Any] = {}
     if workers > 0:
         kw.update(prefetch_factor=prefetch_factor or 2, persistent_workers=persistent_workers)
-    return DataLoader(GraphDataset(store), batch_sampler=sampler, collate_fn=collate_fn(store),
+    return DataLoader(GraphDataset(store, targets), batch_sampler=sampler, collate_fn=collate_fn(store),
                       num_workers=workers, pin_memory=pin_memory, **kw)
 
 
 def make_loaders(store: GraphStore, plan: Any, splits: dict[str, np.ndarray] | None = None,
-                 budget: tuple[int, int] | None = None) -> dict[str, DataLoader]:
+                 budget: tuple[int, int] | None = None, train_targets: np.ndarray | None = None) -> dict[str, DataLoader]:
     """train / val / test loaders with the Plan's settings; eval batches are ``eval_batch_size /
-    batch_size`` times larger (no gradients). ``budget`` = (max_atoms, max_edges) overrides the Plan's."""
-    splits = splits or load_or_make_splits(store, plan.seed)
+    batch_size`` times larger (no gradients). ``budget`` = (max_atoms, max_edges) overrides the Plan's;
+    ``train_targets`` [N] replace the labels in the train loader only (distillation: validation and test see labels)."""
+    splits = splits or splits_for(store, plan)
     atoms, edges = store.sizes()
     max_atoms, max_edges = budget or (plan.batch_atoms, plan.batch_edges)
     factor = max(1, plan.eval_batch_size // plan.batch_size)
@@ -193,5 +206,5 @@ def make_loaders(store: GraphStore, plan: Any, splits: dict[str, np.ndarray] | N
         sampler = BudgetBatchSampler(idx, atoms, edges, max_atoms * f, max_edges * f,
                                      plan.batch_size if train else plan.eval_batch_size, shuffle=train, seed=plan.seed)
         loaders[name] = make_loader(store, sampler, plan.workers, plan.pin_memory, plan.prefetch_factor,
-                                    plan.persistent_workers and train)
+                                    plan.persistent_workers and train, train_targets if train else None)
     return loaders

@@ -18,8 +18,9 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 # what is worth keeping, relative to the run directory
-PATTERNS = ("plan.json", "store/manifest*.json", "store/shard-*.safetensors", "store/splits-*.npz",
-            "checkpoints/*.pt", "best.pt", "metrics.jsonl", "metrics.csv", "timing.json", "report/*")
+PATTERNS = ("plan.json", "store/manifest*.json", "store/shard-*.safetensors", "store/splits-*.npz", "store/teacher-*.npz",
+            "checkpoints/*.pt", "best.pt", "metrics.jsonl", "metrics.csv", "timing.json", "report/*",
+            "fold-*.csv", "folds.csv", "results.json.gz")  # the last three: a benchmark's directory
 
 
 class Mirror:

@@ -15,11 +15,14 @@ from typing import Any, Mapping
 from colab_kit import registry
 from colab_kit.detect import GIB, Machine
 from colab_kit.errors import ColabKitError
-
-AMP_CHOICES = ("off", "fp16", "bf16")
-BAD_STRUCTURE_POLICIES = ("skip", "warn", "error")
-SCHEDULES = ("cosine", "warmup_cosine")  # per epoch, see colab_kit.train.lr_factor
-ISOLATED_ATOM_POLICIES = ("error", "warn", "ignore")  # CHGNet's CrystalGraphConverter modes
+from colab_kit.plan_settings import (  # noqa: F401 - the Plan's API too
+    AMP_CHOICES,
+    BAD_STRUCTURE_POLICIES,
+    ISOLATED_ATOM_POLICIES,
+    OVERRIDABLE,
+    SCHEDULES,
+    SPLITS,
+)
 
 #: Per-mode presets. Modes are data: anything mode-dependent is looked up here. ``epochs`` and ``patience``
 #: are those of a pretrained model (CHGNet fine-tuning); a model's ``epoch_scale`` (in the registry) stretches them.
@@ -84,6 +87,10 @@ class Plan:
     grad_clip: float
     seed: int
     checkpoint_minutes: float
+    split: str  # one of SPLITS
+    fold: int | None  # the matbench fold (split "matbench")
+    teacher: str | None  # a trained model whose outputs are distilled into this one
+    distill_alpha: float  # loss = alpha * label loss + (1 - alpha) * teacher loss
     reasons: Mapping[str, str] = field(default_factory=dict, compare=False)
     warnings: tuple[str, ...] = ()
 
@@ -104,6 +111,8 @@ class Plan:
         kw["warnings"] = tuple(kw.get("warnings", ()))
         kw.setdefault("model_options", {})  # a Plan saved before models had options
         kw.setdefault("schedule", "cosine")  # ... or schedules
+        for k, default in (("split", "random"), ("fold", None), ("teacher", None), ("distill_alpha", 1.0)):
+            kw.setdefault(k, default)  # ... or these
         return cls(**kw)
 
     def replace(self, reason: str, **changes: Any) -> Plan:
@@ -129,56 +138,6 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:g}"
     return str(v)
-
-
-# Fields a user may override, with the check each value must pass.
-def _positive_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
-
-def _nonneg_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-
-def _positive_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
-
-
-OVERRIDABLE: dict[str, tuple[Any, str]] = {
-    "data": (lambda v: isinstance(v, str) and v != "", "a path, URL, Google Drive id/link or known dataset name"),
-    "target": (lambda v: v is None or (isinstance(v, str) and v != ""), "a column/key name of the label or None"),
-    "converter": (lambda v: v in registry.graph_kinds(), "a registered graph kind"),
-    "model": (lambda v: v in registry.models(), "a registered model"),
-    "cutoff": (_positive_num, "a positive number of Å"),
-    "bond_cutoff": (_positive_num, "a positive number of Å"),
-    "max_neighbors": (lambda v: v is None or _positive_int(v), "a positive integer or None"),
-    "on_isolated_atoms": (lambda v: v in ISOLATED_ATOM_POLICIES, f"one of {ISOLATED_ATOM_POLICIES}"),
-    "train_memory": (_positive_int, "a positive number of bytes"),
-    "batch_edges": (_positive_int, "a positive integer"),
-    "batch_atoms": (_positive_int, "a positive integer"),
-    "calibrate": (lambda v: isinstance(v, bool), "true or false"),
-    "budget_cap": (lambda v: _positive_num(v) and v >= 1, "a number >= 1"),
-    "batch_size": (_positive_int, "a positive integer"),
-    "eval_batch_size": (_positive_int, "a positive integer"),
-    "workers": (_nonneg_int, "an integer >= 0"),
-    "convert_workers": (_positive_int, "a positive integer"),
-    "shard_size": (_positive_int, "a positive integer"),
-    "on_bad_structure": (lambda v: v in BAD_STRUCTURE_POLICIES, f"one of {BAD_STRUCTURE_POLICIES}"),
-    "work_dir": (lambda v: isinstance(v, str) and v != "", "a directory path"),
-    "persist_dir": (lambda v: v is None or (isinstance(v, str) and v != ""), "a directory path or None"),
-    "device": (lambda v: isinstance(v, str) and v.split(":")[0] in ("cpu", "cuda"), "'cpu' or 'cuda[:N]'"),
-    "amp": (lambda v: v in AMP_CHOICES, f"one of {AMP_CHOICES}"),
-    "n_samples": (lambda v: v is None or _positive_int(v), "a positive integer or None (all)"),
-    "epochs": (_positive_int, "a positive integer"),
-    "patience": (_positive_int, "a positive integer"),
-    "lr": (_positive_num, "a positive number"),
-    "lr_min": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, "a number >= 0"),
-    "schedule": (lambda v: v in SCHEDULES, f"one of {SCHEDULES}"),
-    "weight_decay": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, "a number >= 0"),
-    "grad_clip": (_positive_num, "a positive number (max gradient norm)"),
-    "seed": (_nonneg_int, "an integer >= 0"),
-    "checkpoint_minutes": (_positive_num, "a positive number of minutes"),
-}
 
 
 class PlanError(ColabKitError, ValueError):
@@ -363,6 +322,14 @@ def make_plan(machine: Machine, mode: str = "debug", **overrides: Any) -> Plan:
     set_("grad_clip", 5.0, "gradients clipped to this norm: one odd batch cannot wreck the weights")
     set_("seed", 0, "fixed seed: same split and order on every run and resume")
     set_("checkpoint_minutes", preset["checkpoint_minutes"], f"{mode} mode: checkpoint interval")
+    set_("split", "random", "80/10/10 train/val/test drawn from the seed")
+    set_("fold", 0 if v["split"] == "matbench" else None,
+         "matbench's fold 0 (`benchmark` runs all 5)" if v["split"] == "matbench" else "only for split matbench")
+    if v["fold"] is not None and v["split"] != "matbench":
+        raise PlanError(f"plan setting fold={v['fold']} needs split=matbench (split is {v['split']!r}); add --set split=matbench")
+    set_("teacher", None, "no teacher: train on the labels")
+    set_("distill_alpha", 0.5 if v["teacher"] else 1.0,
+         "half label loss, half teacher loss" if v["teacher"] else "labels only (no teacher)")
     return Plan(**v, reasons=r, warnings=tuple(warnings))
 
 

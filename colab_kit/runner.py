@@ -49,13 +49,21 @@ def run_name(plan: Plan) -> str:
     and mode (same command → same dir; another model variant → another dir, not a refused resume)."""
     base = re.sub(r"\.(json|xyz|extxyz)(\.gz)?$", "", Path(plan.data.rstrip("/").split("?")[0]).name) or "data"
     base = re.sub(r"[^A-Za-z0-9_.-]+", "_", base)[:60]
-    spec = registry.model(plan.model)
-    changed = "".join(f"-{k}={v}" for k, v in plan.model_options.items()
-                      if k in spec.options and v != spec.options[k].default)
-    name = re.sub(r"[^A-Za-z0-9_.=-]+", "_", f"{base}-{plan.converter}-{plan.model}{changed}-{plan.mode}")
+    name = re.sub(r"[^A-Za-z0-9_.=-]+", "_", f"{base}-{plan.converter}-{plan.model}{variant_suffix(plan)}-{plan.mode}")
     if len(name) > 150:  # e.g. --set weights=<a long path>: a file name stays well under the usual 255-byte limit
         name = f"{name[:120]}-{hashlib.sha256(name.encode()).hexdigest()[:12]}-{plan.mode}"
     return name
+
+
+def variant_suffix(plan: Plan) -> str:
+    """``-key=value`` for each model option set away from its default, then the split's fold and the teacher."""
+    spec = registry.model(plan.model)
+    out = "".join(f"-{k}={v}" for k, v in plan.model_options.items() if k in spec.options and v != spec.options[k].default)
+    if getattr(plan, "split", "random") == "matbench":
+        out += f"-fold{plan.fold or 0}"
+    if getattr(plan, "teacher", None):
+        out += f"-teacher{hashlib.sha256(str(Path(plan.teacher).resolve()).encode()).hexdigest()[:8]}-a{plan.distill_alpha:g}"
+    return out
 
 
 class Timing:
@@ -239,6 +247,13 @@ def _pipeline(plan: Plan, run_dir: Path, persist: Path | None, data_path: Path, 
         elif ev["event"] == "best":
             mirror.push("best.pt")
 
+    if plan.teacher:
+        from colab_kit.distill import teacher_column
+
+        stage("teacher", f"outputs of {plan.teacher} over the {len(store)} graphs (computed once, then cached)")
+        if teacher_column(store, plan, data_path, progress=progress, should_stop=should_stop) is None:
+            mirror.push_all()
+            return RunResult(run_dir, {"status": "stopped"}, {}, resumed, mirror.failures)
     stage("train", f"{plan.model} on {len(store)} graphs, {plan.epochs} epochs, device {plan.device}")
     result = fit(store, plan, run_dir, progress=progress, callbacks=[on_train_event, *callbacks],
                  should_stop=should_stop)
@@ -253,14 +268,14 @@ def _pipeline(plan: Plan, run_dir: Path, persist: Path | None, data_path: Path, 
 def _finish(plan: Plan, run_dir: Path, store: Any, result: Any, timing: Timing, mirror: Any, resumed: list[str],
             stage: Callable[[str, str], None], t0: float) -> RunResult:
     """Test-set evaluation with the best weights, the mean-predictor baseline, and the report."""
-    import numpy as np
 
     from colab_kit.evaluate import evaluate_weights
+    from colab_kit.loader import splits_for
     from colab_kit.report import mean_predictor_mae, write_report
 
     stage("evaluate", "test set with the best validation weights")
     test = evaluate_weights(store, plan, run_dir / "best.pt")
-    splits = np.load(run_dir / "store" / f"splits-seed{plan.seed}.npz", allow_pickle=False)
+    splits = splits_for(store, plan)
     baseline = mean_predictor_mae(store.targets(), splits["train"], splits["test"])
     stage("report", str(run_dir / "report"))
     _write_item_records(run_dir / "report", store)

@@ -313,11 +313,12 @@ class GraphStore:
         """Graph ``i`` as its model consumes it (its graph kind's ``to_graph``: e.g. a PyG ``Data``, a CHGNet ``CrystalGraph``)."""
         return self.item(i)[0]
 
-    def item(self, i: int) -> tuple[Any, float]:
-        """(graph ``i`` as :meth:`get` returns it, its target), with one index lookup."""
+    def item(self, i: int, target: float | None = None) -> tuple[Any, float]:
+        """(graph ``i`` as :meth:`get` returns it, its target), with one index lookup; ``target`` replaces the
+        stored one (a distillation target)."""
         k, j = self.locate(i)
         sh = self._shard(k)
-        t = float(sh.target[j])
+        t = float(sh.target[j]) if target is None else float(target)
         return self.converter.to_graph(sh.graph(j), target=t, graph_id=sh.ids[j]), t
 
     def _per_graph(self, fn: Any) -> np.ndarray:

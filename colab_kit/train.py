@@ -30,10 +30,11 @@ import torch
 
 from colab_kit import registry
 from colab_kit.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from colab_kit.distill import distill_targets
 from colab_kit.errors import ColabKitError
 from colab_kit.evaluate import amp_dtype_for, evaluate_with_backoff
 from colab_kit.fsutil import remove_stale_temporaries
-from colab_kit.loader import GraphDataset, collate_fn, load_or_make_splits, make_loaders
+from colab_kit.loader import GraphDataset, collate_fn, make_loaders, splits_for
 from colab_kit.memory import Budget, calibrate, static_budget
 from colab_kit.models import build_model
 from colab_kit.oom import memory_fix, retry_on_oom
@@ -177,7 +178,8 @@ def _setup(store: GraphStore, plan: Any, out: Path, model_kwargs: dict[str, Any]
     device = torch.device(plan.device)
     amp_dtype, use_scaler = amp_dtype_for(plan, device)
     seed_everything(plan.seed)
-    splits = load_or_make_splits(store, plan.seed)
+    splits = splits_for(store, plan)
+    train_targets = distill_targets(store, plan)  # before the student is built: a teacher computed here is freed
     train_y = store.targets()[splits["train"]]
     mean, std = float(np.mean(train_y)), float(np.std(train_y) or 1.0)
     model = build_model(plan.model, target_mean=mean, target_std=std, graph_params=store.params,
@@ -193,7 +195,7 @@ def _setup(store: GraphStore, plan: Any, out: Path, model_kwargs: dict[str, Any]
         seed_everything(plan.seed)  # calibration must not change the run's random stream
     state.budget = dataclasses.asdict(budget)
 
-    loaders = make_loaders(store, plan, splits, budget=(budget.max_atoms, budget.max_edges))
+    loaders = make_loaders(store, plan, splits, budget=(budget.max_atoms, budget.max_edges), train_targets=train_targets)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=plan.lr, weight_decay=plan.weight_decay)
     scheduler = make_scheduler(optimizer, plan)

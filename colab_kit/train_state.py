@@ -66,7 +66,8 @@ class TrainState:
 
 #: Plan fields a checkpoint cannot be resumed under different values of: they fix the model's shape,
 #: its graphs, or the split and batch order the checkpoint is a position in.
-RESUME_FIXED = ("model", "model_options", "converter", "cutoff", "bond_cutoff", "max_neighbors", "seed")
+RESUME_FIXED = ("model", "model_options", "converter", "cutoff", "bond_cutoff", "max_neighbors", "seed", "split", "fold",
+                "teacher", "distill_alpha")
 
 
 def check_resume(saved: Mapping[str, Any], plan: Plan, where: str) -> None:

@@ -1,0 +1,69 @@
+"""The Plan settings a user may override (``--set key=value``, the panel), each with the check its value must
+pass and the words that say what it must be."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from colab_kit import registry
+
+AMP_CHOICES = ("off", "fp16", "bf16")
+BAD_STRUCTURE_POLICIES = ("skip", "warn", "error")
+SCHEDULES = ("cosine", "warmup_cosine")  # per epoch, see colab_kit.train.lr_factor
+ISOLATED_ATOM_POLICIES = ("error", "warn", "ignore")  # CHGNet's CrystalGraphConverter modes
+SPLITS = ("random", "matbench")  # 80/10/10 by seed, or matbench's official fold + a seeded validation part
+
+
+def _positive_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _nonneg_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _positive_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+
+
+# Fields a user may override, with the check each value must pass.
+OVERRIDABLE: dict[str, tuple[Any, str]] = {
+    "data": (lambda v: isinstance(v, str) and v != "", "a path, URL, Google Drive id/link or known dataset name"),
+    "target": (lambda v: v is None or (isinstance(v, str) and v != ""), "a column/key name of the label or None"),
+    "converter": (lambda v: v in registry.graph_kinds(), "a registered graph kind"),
+    "model": (lambda v: v in registry.models(), "a registered model"),
+    "cutoff": (_positive_num, "a positive number of Å"),
+    "bond_cutoff": (_positive_num, "a positive number of Å"),
+    "max_neighbors": (lambda v: v is None or _positive_int(v), "a positive integer or None"),
+    "on_isolated_atoms": (lambda v: v in ISOLATED_ATOM_POLICIES, f"one of {ISOLATED_ATOM_POLICIES}"),
+    "train_memory": (_positive_int, "a positive number of bytes"),
+    "batch_edges": (_positive_int, "a positive integer"),
+    "batch_atoms": (_positive_int, "a positive integer"),
+    "calibrate": (lambda v: isinstance(v, bool), "true or false"),
+    "budget_cap": (lambda v: _positive_num(v) and v >= 1, "a number >= 1"),
+    "batch_size": (_positive_int, "a positive integer"),
+    "eval_batch_size": (_positive_int, "a positive integer"),
+    "workers": (_nonneg_int, "an integer >= 0"),
+    "convert_workers": (_positive_int, "a positive integer"),
+    "shard_size": (_positive_int, "a positive integer"),
+    "on_bad_structure": (lambda v: v in BAD_STRUCTURE_POLICIES, f"one of {BAD_STRUCTURE_POLICIES}"),
+    "work_dir": (lambda v: isinstance(v, str) and v != "", "a directory path"),
+    "persist_dir": (lambda v: v is None or (isinstance(v, str) and v != ""), "a directory path or None"),
+    "device": (lambda v: isinstance(v, str) and v.split(":")[0] in ("cpu", "cuda"), "'cpu' or 'cuda[:N]'"),
+    "amp": (lambda v: v in AMP_CHOICES, f"one of {AMP_CHOICES}"),
+    "n_samples": (lambda v: v is None or _positive_int(v), "a positive integer or None (all)"),
+    "epochs": (_positive_int, "a positive integer"),
+    "patience": (_positive_int, "a positive integer"),
+    "lr": (_positive_num, "a positive number"),
+    "lr_min": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, "a number >= 0"),
+    "schedule": (lambda v: v in SCHEDULES, f"one of {SCHEDULES}"),
+    "weight_decay": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, "a number >= 0"),
+    "grad_clip": (_positive_num, "a positive number (max gradient norm)"),
+    "seed": (_nonneg_int, "an integer >= 0"),
+    "checkpoint_minutes": (_positive_num, "a positive number of minutes"),
+    "split": (lambda v: v in SPLITS, f"one of {SPLITS}"),
+    "fold": (lambda v: v is None or (_nonneg_int(v) and v < 5), "a matbench fold 0..4, or None"),
+    "teacher": (lambda v: v is None or (isinstance(v, str) and v != ""), "a trained model's run or export directory, or None"),
+    "distill_alpha": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1,
+                      "a number from 0 (teacher only) to 1 (labels only)"),
+}
