@@ -1,5 +1,5 @@
-"""The commands that use what was trained: ``predict`` and ``export`` (parsing here, the work in
-:mod:`colab_kit.predictor` and :mod:`colab_kit.trained`)."""
+"""The commands that use what was trained: ``predict``, ``export`` and ``benchmark`` (parsing here, the work in
+:mod:`colab_kit.predictor`, :mod:`colab_kit.trained` and :mod:`colab_kit.benchmark`)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,11 @@ Re-running the same command resumes: converted shards and predicted shards are k
     "export": """examples:
   python -m colab_kit export --run runs/<name> --out my_model/   # model.json + weights.pt (+ chgnet.pt for CHGNet)
 Then: colab_kit.load("my_model").predict(structures), or for CHGNet: CHGNet.from_file("my_model/chgnet.pt").
+""",
+    "benchmark": """examples:
+  python -m colab_kit benchmark --task matbench_mp_e_form --model cgcnn --mode full --persist-dir /content/drive/MyDrive/colab_kit
+  python -m colab_kit benchmark --task matbench_phonons --data matbench_phonons.json.gz --model cgcnn --folds 0,1
+The five folds run one after the other; run the same command again after a disconnect: a fold done is never redone.
 """,
 }
 
@@ -59,6 +64,32 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from colab_kit.benchmark import run_benchmark
+    from colab_kit.cli import _plan, _stopped_code, format_table
+    from colab_kit.interrupt import stop_on_signals
+    from colab_kit.matbench import N_FOLDS
+
+    extra: dict[str, Any] = {"data": args.data or args.task, "split": "matbench"}
+    if args.persist_dir:
+        extra["persist_dir"] = args.persist_dir
+    sets = [t.split("=", 1)[0].strip() for t in args.set or []]
+    if "n_samples" not in sets:
+        extra["n_samples"] = None  # matbench's folds are over the whole task, whatever the mode's sample cap
+    folds = sorted({int(f) for f in args.folds.split(",")}) if args.folds else list(range(N_FOLDS))
+    with stop_on_signals() as stop:
+        res = run_benchmark(args.task, lambda k: _plan(args, **extra, fold=k), folds=folds, should_stop=stop)
+    rows = [(str(f["fold"]), str(f["n_test"]), f"{f['mae']:.4g}", f"{f['rmse']:.4g}", f"{f['seconds']:g}")
+            for f in res["folds"]]
+    print(format_table(rows, header=("fold", "n_test", "MAE", "RMSE", "seconds")))
+    if res["status"] == "stopped":
+        print(f"stopped; folds done are kept in {res['dir']}: run the same command again to go on", file=sys.stderr)
+        return _stopped_code(stop.signal)
+    print(f"MAE over {len(res['folds'])} folds: {res['mae_mean']:.4g} ± {res['mae_std']:.4g}; "
+          f"{res['dir'] / 'folds.csv'}" + (f"; matbench results: {res['results']}" if res["results"] else ""))
+    return 0
+
+
 def add_commands(sub: Any, make: Any) -> None:
     """Add ``predict`` and ``export`` to the CLI's subparsers (``make(sub, name, help, epilog)`` makes one)."""
     p = make(sub, "predict", "predict a source with a trained model: resumable, chunked, memory flat",
@@ -80,3 +111,14 @@ def add_commands(sub: Any, make: Any) -> None:
     p.add_argument("--run", required=True, help="run directory, `train --out` directory or best.pt")
     p.add_argument("--out", required=True, help="directory to write")
     p.set_defaults(func=cmd_export)
+
+    from colab_kit.cli import add_plan_args
+
+    p = make(sub, "benchmark", "matbench's protocol: train and score the task's 5 official folds (resumes)",
+             EXAMPLES["benchmark"])
+    p.add_argument("--task", required=True, help="a matbench task, e.g. matbench_mp_e_form, matbench_phonons")
+    p.add_argument("--data", help="the task's data file (default: download it by the task's name)")
+    p.add_argument("--folds", help="comma-separated folds to run (default: 0,1,2,3,4)")
+    p.add_argument("--persist-dir", help="mirror the folds here (default: Google Drive when mounted)")
+    add_plan_args(p)
+    p.set_defaults(func=cmd_benchmark)

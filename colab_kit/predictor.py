@@ -127,26 +127,15 @@ class Predictor:
         Rows are ``id,prediction`` (``,target`` too when the source has labels), in source order, one per structure
         that converted; the others are listed with their reason in ``<out>.skipped.csv``.
         """
-        from colab_kit.convert import build_store
-        from colab_kit.graphs import Converter
-        from colab_kit.sources import open_source
-        from colab_kit.store import GraphStore, fingerprint
-
         out = Path(out)
-        src = open_source(source, target=target)
-        conv = Converter(self.trained.converter, self.trained.graph_params)
-        fp = fingerprint(conv.name, conv.params, {**src.identity(), "labels": "optional"}, None)
-        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(str(source).rstrip("/")).name.split(".")[0])[:60] or "data"
-        root = Path(work_dir or self.plan.work_dir) / "predict" / f"{stem}-{conv.name}-{fp[:12]}"
-        res = build_store(src, root, conv, workers=self.plan.convert_workers, shard_size=self.plan.shard_size,
-                          on_bad_structure="skip", labels="optional", progress=progress, should_stop=should_stop)
-        if not res.complete:
+        root, store = self.prediction_store(source, target=target, work_dir=work_dir, progress=progress,
+                                            should_stop=should_stop)
+        if store is None:
             return PredictResult(out, 0, 0, root, False)
-        store = GraphStore(root)
         done = self.predict_store(store, progress=progress, should_stop=should_stop)
         if not done.complete:
             return PredictResult(out, 0, 0, root, False)
-        with_target = bool(src.target_name) and bool(np.isfinite(store.targets()).any())
+        with_target = bool(store.manifest["source"].get("target_name")) and bool(np.isfinite(store.targets()).any())
         rows = write_csv(store, self.trained.weights_sha256, out, with_target)
         skipped = store.failures()
         buf = io.StringIO()
@@ -155,6 +144,24 @@ class Predictor:
         w.writerows(skipped)
         atomic_write_bytes(_skipped_path(out), buf.getvalue().encode())
         return PredictResult(out, rows, len(skipped), root, True)
+
+    def prediction_store(self, source: str | Path, *, target: str | None = None, work_dir: str | Path | None = None,
+                         progress: bool = True, should_stop: Callable[[], bool] | None = None) -> tuple[Path, Any]:
+        """(its directory, the store) of ``source`` in this model's graphs, labels optional, under
+        ``<work dir>/predict/`` by fingerprint: built, resumed or reused. The store is None when a stop came first."""
+        from colab_kit.convert import build_store
+        from colab_kit.graphs import Converter
+        from colab_kit.sources import open_source
+        from colab_kit.store import GraphStore, fingerprint
+
+        src = open_source(source, target=target)
+        conv = Converter(self.trained.converter, self.trained.graph_params)
+        fp = fingerprint(conv.name, conv.params, {**src.identity(), "labels": "optional"}, None)
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(str(source).rstrip("/")).name.split(".")[0])[:60] or "data"
+        root = Path(work_dir or self.plan.work_dir) / "predict" / f"{stem}-{conv.name}-{fp[:12]}"
+        res = build_store(src, root, conv, workers=self.plan.convert_workers, shard_size=self.plan.shard_size,
+                          on_bad_structure="skip", labels="optional", progress=progress, should_stop=should_stop)
+        return root, (GraphStore(root) if res.complete else None)
 
     def export(self, out: str | Path) -> dict[str, Path]:
         """Write this model as an exported model directory (see :func:`colab_kit.trained.export_model`)."""

@@ -1,0 +1,212 @@
+"""The matbench protocol: a store split by matbench's official folds, and ``benchmark``, which trains and scores the
+five folds one after the other through :func:`colab_kit.runner.run` (each fold a run of its own, resumable; a fold
+whose predictions are recorded is never redone) and writes per-fold scores and matbench's ``results.json.gz``.
+
+Layout (``<work_dir>/benchmark/<task>-<model>[-options]-<mode>/``)::
+
+    <run name>-fold<k>-<mode>/   fold k's run directory (store, checkpoints, best.pt, report/); the first fold's
+                       store is hard-linked into the others (the folds only split it)
+    fold-<k>.csv       its test predictions (matbench id, row, prediction, target), written when the fold is done
+    folds.csv          fold, n_test, mae, rmse, seconds
+    results.json.gz    matbench's submission layout (when the data is the whole task and all 5 folds are done)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from colab_kit.fsutil import atomic_write_bytes, atomic_write_json
+from colab_kit.matbench import MATBENCH_TASKS, N_FOLDS, MatbenchError, matbench_folds, matbench_ids, write_results
+from colab_kit.store import GraphStore
+
+log = logging.getLogger(__name__)
+_MB_ID = re.compile(r"^mb-[a-z0-9-]+-(\d+)$")
+
+
+def store_rows(store: GraphStore) -> tuple[np.ndarray, int]:
+    """(the source row of each graph ``[N]``, the source's row count): matbench folds are made over source rows,
+    and a structure that conversion skipped still holds its row.
+
+    Rows come from matbench ids (``mb-phonons-0001`` is row 0), from ids that are the row numbers themselves, or,
+    when nothing was skipped, from the store's order (which is the source's).
+
+    Raises:
+        MatbenchError: structures were skipped and the ids do not say which rows the others are.
+    """
+    ids = store.ids()
+    failed = [i for i, _ in store.failures()]
+    n_rows = int(store.manifest.get("n_items", len(ids) + len(failed)))
+    if ids and all(_MB_ID.match(i) for i in ids):
+        return np.array([int(_MB_ID.match(i).group(1)) - 1 for i in ids], dtype=np.int64), n_rows
+    every = ids + failed
+    if every and all(i.isdigit() for i in every) and sorted(int(i) for i in every) == list(range(n_rows)):
+        return np.array([int(i) for i in ids], dtype=np.int64), n_rows
+    if not failed:
+        return np.arange(len(ids), dtype=np.int64), n_rows
+    raise MatbenchError(
+        f"store {store.root}: {len(failed)} structures were skipped and its ids ({ids[0]!r}, ...) are neither matbench "
+        "ids nor row numbers, so the other graphs cannot be placed in matbench's rows; use the task's own file")
+
+
+def matbench_store_split(store: GraphStore, fold: int, seed: int = 0, val_fraction: float = 0.1) -> dict[str, np.ndarray]:
+    """Train/val/test graph indices of ``store`` for matbench fold ``fold``: test = the graphs in the fold's official
+    test rows; val = a seeded ``val_fraction`` of the others (matbench leaves validation to the user). Saved beside
+    the store (``splits-matbench-fold<k>-seed<s>.npz``) as the random split is."""
+    if not (isinstance(fold, int) and 0 <= fold < N_FOLDS):
+        raise MatbenchError(f"matbench fold {fold!r} does not exist; choose 0..{N_FOLDS - 1}")
+    path = store.root / f"splits-matbench-fold{fold}-seed{seed}.npz"
+    if path.exists():
+        with np.load(path, allow_pickle=False) as z:
+            splits = {k: z[k] for k in ("train", "val", "test")}
+        if sum(len(v) for v in splits.values()) == len(store):
+            return splits
+    rows, n_rows = store_rows(store)
+    fold_of_row = np.empty(n_rows, dtype=np.int64)
+    for k, test_rows in enumerate(matbench_folds(n_rows)):
+        fold_of_row[test_rows] = k
+    in_test = fold_of_row[rows] == fold
+    test, rest = np.flatnonzero(in_test), np.flatnonzero(~in_test)
+    val = np.sort(np.random.default_rng(seed).choice(rest, size=round(val_fraction * len(rest)), replace=False))
+    splits = {"train": np.setdiff1d(rest, val), "val": val.astype(np.int64), "test": test.astype(np.int64)}
+    buf = io.BytesIO()
+    np.savez(buf, **splits)
+    atomic_write_bytes(path, buf.getvalue())
+    return splits
+
+
+def bench_dir(plan: Any, task: str) -> Path:
+    from colab_kit.runner import variant_suffix
+
+    name = re.sub(r"[^A-Za-z0-9_.=-]+", "_", f"{task}-{plan.model}{variant_suffix(plan)}-{plan.mode}")
+    return Path(plan.work_dir) / "benchmark" / name.replace("-fold0", "")
+
+
+def _seed_store(root: Path, run_dir: Path) -> None:
+    """Give a fold's run the store another fold converted (the same data and graphs: folds only split it), by hard
+    links where the file system has them, so five folds convert once."""
+    dst = run_dir / "store"
+    if (dst / "manifest.json").exists():
+        return
+    done = [m.parent for m in root.glob("*/store/manifest.json") if '"complete": true' in m.read_text()]
+    if not done:
+        return
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in sorted(done[0].glob("shard-*.safetensors")) + [done[0] / "manifest.json"]:  # the manifest last
+        try:
+            os.link(f, dst / f.name)
+        except OSError:
+            shutil.copyfile(f, dst / f.name)
+
+
+def run_benchmark(task: str, make: Callable[[int], Any], *, folds: list[int] | None = None, progress: bool = True,
+                  should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """Train and score matbench ``task``'s folds in turn; ``make(k)`` is fold k's Plan (split matbench, fold k).
+
+    Returns:
+        {"dir", "folds": [{fold, n_test, mae, rmse, seconds}], "mae_mean", "mae_std", "results", "status"}.
+    """
+    from colab_kit.evaluate import evaluate_weights
+    from colab_kit.persist import Mirror, restore
+    from colab_kit.runner import run, run_name
+
+    if task not in MATBENCH_TASKS:
+        raise MatbenchError(f"unknown matbench task {task!r}; choose one of {sorted(MATBENCH_TASKS)}")
+    if MATBENCH_TASKS[task]["input_type"] != "structure":
+        raise MatbenchError(f"{task} has compositions, not structures: a crystal graph model cannot train on it")
+    first = make(0)
+    root = bench_dir(first, task)
+    root.mkdir(parents=True, exist_ok=True)
+    persist = Path(first.persist_dir) / "benchmark" / root.name if first.persist_dir else None
+    restore(persist, root)
+    mirror = Mirror(root, persist)
+    scores = _read_scores(root)
+    for k in folds if folds is not None else range(N_FOLDS):
+        if k in scores and (root / f"fold-{k}.csv").exists():
+            log.info("fold %d of %s is done (MAE %.4g): not redone", k, task, scores[k]["mae"])
+            continue
+        plan = make(k).replace("benchmark", work_dir=str(root),
+                               persist_dir=str(persist / "runs") if persist is not None else None)
+        _seed_store(root, root / run_name(plan))
+        t0 = time.perf_counter()
+        res = run(plan, progress=progress, should_stop=should_stop, log_to_file=True)
+        if res.metrics.get("status") == "stopped":
+            return {"dir": root, "status": "stopped", "folds": [scores[f] for f in sorted(scores)]}
+        store = GraphStore(res.run_dir / "store")
+        test = evaluate_weights(store, plan, res.run_dir / "best.pt")
+        _write_fold(root, k, store, plan, test)
+        scores[k] = {"fold": k, "n_test": int(len(test["target"])), "mae": test["mae"], "rmse": test["rmse"],
+                     "seconds": round(res.metrics.get("time", {}).get("compute_seconds", time.perf_counter() - t0), 1)}
+        _write_scores(root, scores)
+        mirror.push(f"fold-{k}.csv", "folds.csv")
+        log.info("fold %d of %s: test MAE %.4g on %d structures", k, task, test["mae"], len(test["target"]))
+    maes = [scores[f]["mae"] for f in sorted(scores)]
+    out = {"dir": root, "status": "finished", "folds": [scores[f] for f in sorted(scores)],
+           "mae_mean": float(np.mean(maes)), "mae_std": float(np.std(maes)), "results": None}
+    if len(scores) == N_FOLDS:
+        out["results"] = _submission(root, task, first)
+        mirror.push("results.json.gz")
+    atomic_write_json(root / "summary.json", {k: (str(v) if isinstance(v, Path) else v) for k, v in out.items()})
+    return out
+
+
+def _write_fold(root: Path, k: int, store: GraphStore, plan: Any, test: dict[str, Any]) -> None:
+    from colab_kit.loader import splits_for
+
+    rows, _ = store_rows(store)
+    idx = splits_for(store, plan)["test"]
+    ids = store.ids()
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["id", "row", "prediction", "target"])
+    for i, p, t in zip(idx, test["pred"], test["target"]):
+        w.writerow([ids[i], int(rows[i]), f"{float(p):.9g}", f"{float(t):.9g}"])
+    atomic_write_bytes(root / f"fold-{k}.csv", buf.getvalue().encode())
+
+
+def _read_scores(root: Path) -> dict[int, dict[str, Any]]:
+    try:
+        with open(root / "folds.csv", newline="") as f:
+            return {int(r["fold"]): {"fold": int(r["fold"]), "n_test": int(r["n_test"]), "mae": float(r["mae"]),
+                                     "rmse": float(r["rmse"]), "seconds": float(r["seconds"])} for r in csv.DictReader(f)}
+    except OSError:
+        return {}
+
+
+def _write_scores(root: Path, scores: dict[int, dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["fold", "n_test", "mae", "rmse", "seconds"])
+    w.writeheader()
+    w.writerows(scores[k] for k in sorted(scores))
+    atomic_write_bytes(root / "folds.csv", buf.getvalue().encode())
+
+
+def _submission(root: Path, task: str, plan: Any) -> Path | None:
+    """matbench's results.json.gz from the fold files, when they cover the whole task; else None (logged)."""
+    n = MATBENCH_TASKS[task]["n_samples"]
+    preds: dict[int, dict[str, float]] = {}
+    targets: dict[str, float] = {}
+    for k in range(N_FOLDS):
+        with open(root / f"fold-{k}.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        preds[k] = {}
+        for r in rows:
+            mb = matbench_ids(task, [int(r["row"])])[0]
+            preds[k][mb], targets[mb] = float(r["prediction"]), float(r["target"])
+    if len(targets) != n:
+        log.warning("no results.json.gz: the folds hold %d of %s's %d rows (a subset, or skipped structures), so "
+                    "this is not a matbench submission; per-fold scores are in %s", len(targets), task, n,
+                    root / "folds.csv")
+        return None
+    params = {"model": plan.model, "model_options": dict(plan.model_options), "epochs": plan.epochs, "seed": plan.seed}
+    return write_results(root / "results.json.gz", task, preds, targets=targets, model=f"colab_kit {plan.model}",
+                         parameters=params, user_metadata={"colab_kit_mode": plan.mode})
