@@ -1,4 +1,4 @@
-"""The commands that use what was trained: ``predict``, ``export`` and ``benchmark`` (parsing here, the work in
+"""The commands that use what was trained: ``predict``, ``export``, ``benchmark`` and ``head`` (parsing here, the work in
 :mod:`colab_kit.predictor`, :mod:`colab_kit.trained` and :mod:`colab_kit.benchmark`)."""
 
 from __future__ import annotations
@@ -21,6 +21,11 @@ Then: colab_kit.load("my_model").predict(structures), or for CHGNet: CHGNet.from
   python -m colab_kit benchmark --task matbench_mp_e_form --model cgcnn --mode full --persist-dir /content/drive/MyDrive/colab_kit
   python -m colab_kit benchmark --task matbench_phonons --data matbench_phonons.json.gz --model cgcnn --folds 0,1
 The five folds run one after the other; run the same command again after a disconnect: a fold done is never redone.
+""",
+    "head": """examples:
+  python -m colab_kit head --mode quick          # CHGNet's frozen crystal features + a small MLP, on the shipped data
+  python -m colab_kit head --data matbench_phonons.json.gz --set split=matbench --set fold=0
+The features are computed once (resumable) and cached beside the store; the head trains in seconds.
 """,
 }
 
@@ -90,6 +95,25 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_head(args: argparse.Namespace) -> int:
+    from colab_kit.cli import _plan, _stopped_code
+    from colab_kit.frozen_head import run_head
+    from colab_kit.interrupt import stop_on_signals
+    from colab_kit.report import format_scores
+    from colab_kit.units import target_unit
+
+    plan = _plan(args, model="chgnet", **({"data": args.data} if args.data else {}))
+    with stop_on_signals() as stop:
+        res = run_head(plan, should_stop=stop)
+    if res["status"] == "stopped":
+        print(f"stopped; work so far is kept in {res['dir']}: run the same command again to go on", file=sys.stderr)
+        return _stopped_code(stop.signal)
+    unit = target_unit(None, plan.data)
+    print(format_scores("test", res["test_n"], res["test_mae"], res["test_rmse"], res["mean_predictor_test_mae"], unit))
+    print(f"features {res['features_seconds']} s (once, cached), head {res['head_seconds']} s; {res['files']['head']}")
+    return 0
+
+
 def add_commands(sub: Any, make: Any) -> None:
     """Add ``predict`` and ``export`` to the CLI's subparsers (``make(sub, name, help, epilog)`` makes one)."""
     p = make(sub, "predict", "predict a source with a trained model: resumable, chunked, memory flat",
@@ -122,3 +146,9 @@ def add_commands(sub: Any, make: Any) -> None:
     p.add_argument("--persist-dir", help="mirror the folds here (default: Google Drive when mounted)")
     add_plan_args(p)
     p.set_defaults(func=cmd_benchmark)
+
+    p = make(sub, "head", "frozen CHGNet backbone: cached crystal features + a small MLP head, trained in seconds",
+             EXAMPLES["head"])
+    p.add_argument("--data", help="path, URL or dataset name (default: the shipped 3,000 MP set)")
+    add_plan_args(p)
+    p.set_defaults(func=cmd_head)

@@ -113,6 +113,7 @@ def run_pass(store: GraphStore, model: Any, key: str, what: str, *, device: torc
             if values is None:
                 return False
             commit(k, values)
+            store.release(k)
         return True
 
     def shrink(exc: BaseException) -> None:
@@ -198,6 +199,7 @@ def write_csv(store: GraphStore, key: str, path: str | Path, with_target: bool) 
                         row.append("" if np.isnan(t) else f"{t:.9g}")
                     w.writerow(row)
                 rows += len(sh.ids)
+                store.release(k)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

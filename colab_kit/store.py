@@ -282,6 +282,11 @@ class GraphStore:
             sh = self._open[k] = _Shard(self.root / meta["file"], self.fingerprint, meta["bytes"])
         return sh
 
+    def release(self, k: int) -> None:
+        """Unmap shard ``k`` (mapped again on next use): a pass over the store keeps only its current shards mapped,
+        so mapped pages, which RSS counts, do not grow with the store."""
+        self._open.pop(k, None)
+
     def locate(self, i: int) -> tuple[int, int]:
         if not 0 <= i < self._n:
             raise IndexError(f"graph index {i} out of range for a store of {self._n} graphs")
