@@ -146,9 +146,10 @@ class Predictor:
         return PredictResult(out, rows, len(skipped), root, True)
 
     def prediction_store(self, source: str | Path, *, target: str | None = None, work_dir: str | Path | None = None,
-                         progress: bool = True, should_stop: Callable[[], bool] | None = None) -> tuple[Path, Any]:
-        """(its directory, the store) of ``source`` in this model's graphs, labels optional, under
-        ``<work dir>/predict/`` by fingerprint: built, resumed or reused. The store is None when a stop came first."""
+                         limit: int | None = None, progress: bool = True,
+                         should_stop: Callable[[], bool] | None = None) -> tuple[Path, Any]:
+        """(its directory, the store) of ``source`` (its first ``limit`` items) in this model's graphs, labels optional,
+        under ``<work dir>/predict/`` by fingerprint: built, resumed or reused. The store is None when a stop came first."""
         from colab_kit.convert import build_store
         from colab_kit.graphs import Converter
         from colab_kit.sources import open_source
@@ -156,11 +157,12 @@ class Predictor:
 
         src = open_source(source, target=target)
         conv = Converter(self.trained.converter, self.trained.graph_params)
-        fp = fingerprint(conv.name, conv.params, {**src.identity(), "labels": "optional"}, None)
+        fp = fingerprint(conv.name, conv.params, {**src.identity(), "labels": "optional"}, limit)
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(str(source).rstrip("/")).name.split(".")[0])[:60] or "data"
         root = Path(work_dir or self.plan.work_dir) / "predict" / f"{stem}-{conv.name}-{fp[:12]}"
         res = build_store(src, root, conv, workers=self.plan.convert_workers, shard_size=self.plan.shard_size,
-                          on_bad_structure="skip", labels="optional", progress=progress, should_stop=should_stop)
+                          limit=limit, on_bad_structure="skip", labels="optional", progress=progress,
+                          should_stop=should_stop)
         return root, (GraphStore(root) if res.complete else None)
 
     def export(self, out: str | Path) -> dict[str, Path]:

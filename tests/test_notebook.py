@@ -115,6 +115,8 @@ def test_quickstart_runs_headless(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     images = [o for o in cells["6"].outputs if "image/png" in o.get("data", {})]
     assert len(images) == 2, "loss curve and parity plot not shown"
     assert "test_mae" in _texts(cells["6"].outputs)
+    use_text = _texts(cells["7"].outputs)  # the trained model, loaded, predicts the first structures of the data
+    assert "Predictor(cgcnn" in use_text and "predicted (eV/atom)" in use_text and "Traceback" not in use_text
     run_dir = tmp_path / "work" / "mp_eform_cgcnn_3000-radius-cgcnn-debug"
     assert (run_dir / "report" / "metrics.json").is_file()
 
