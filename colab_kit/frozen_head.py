@@ -3,8 +3,8 @@
 by the prediction pass and cached beside it, then a small MLP head trained on them in seconds.
 
 ``python -m colab_kit head`` writes ``<work_dir>/<data>-chgnet-head-<mode>/``: ``store/`` (CHGNet graphs and the
-cached features), ``head.pt`` (the head's state dict, with the feature and target scaling as buffers),
-``head.json`` and ``metrics.json``.
+cached features, shared by every fold and seed), ``head[-fold<k>][-seed<s>].pt`` (the head's state dict, with the
+feature and target scaling as buffers), ``head...json`` and ``metrics...json``.
 """
 
 from __future__ import annotations
@@ -129,7 +129,10 @@ def run_head(plan: Any, progress: bool = True, should_stop: Any = None) -> dict[
     from colab_kit.runner import run_name
 
     data = resolve(plan.data, Path(plan.work_dir) / "downloads", progress=progress)
-    root = Path(plan.work_dir) / run_name(plan).replace(f"-chgnet-{plan.model}", "-chgnet-head", 1)
+    # one store and one feature cache for every fold and seed; the head's files name them
+    root = Path(plan.work_dir) / run_name(plan.replace("head", split="random", fold=None, seed=0)).replace(
+        f"-chgnet-{plan.model}", "-chgnet-head", 1)
+    tag = (f"-fold{plan.fold}" if plan.split == "matbench" else "") + (f"-seed{plan.seed}" if plan.seed else "")
     conv = get_converter("chgnet", cutoff=plan.cutoff, bond_cutoff=plan.bond_cutoff, max_neighbors=plan.max_neighbors,
                          on_isolated_atoms=plan.on_isolated_atoms)
     res = build_store(data, root / "store", conv, workers=plan.convert_workers, shard_size=plan.shard_size,
@@ -155,11 +158,11 @@ def run_head(plan: Any, progress: bool = True, should_stop: Any = None) -> dict[
                "features_seconds": round(feature_s, 1), "head_seconds": info["seconds"], "head": info}
     buf = io.BytesIO()
     torch.save(head.state_dict(), buf)
-    atomic_write_bytes(root / "head.pt", buf.getvalue())
-    atomic_write_json(root / "head.json", {"features": "chgnet crystal_fea", "pretrained": plan.model_options.get("pretrained"),
+    atomic_write_bytes(root / f"head{tag}.pt", buf.getvalue())
+    atomic_write_json(root / f"head{tag}.json", {"features": "chgnet crystal_fea", "pretrained": plan.model_options.get("pretrained"),
                                            "n_features": int(x.shape[1]), "hidden": head.mlp[0].out_features,
                                            "target": store.manifest["source"].get("target_name")})
-    atomic_write_json(root / "metrics.json", metrics)
+    atomic_write_json(root / f"metrics{tag}.json", metrics)
     log.info("frozen CHGNet + head: test MAE %.4g (mean predictor %.4g); features %.1f s once, head %.1f s",
              metrics["test_mae"], metrics["mean_predictor_test_mae"], feature_s, info["seconds"])
-    return {**metrics, "dir": root, "files": {"head": root / "head.pt", "metrics": root / "metrics.json"}}
+    return {**metrics, "dir": root, "files": {"head": root / f"head{tag}.pt", "metrics": root / f"metrics{tag}.json"}}

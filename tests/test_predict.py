@@ -82,8 +82,10 @@ def _passes(store_root: Path) -> int:
 
 def test_predict_resumes_after_sigkill_to_identical_file(run_dir: Path, tmp_path: Path) -> None:
     """SIGKILL mid-conversion, then mid-prediction; the same command then gives the uninterrupted run's file."""
-    common = ["predict", "--run", str(run_dir), "--data", str(SHIPPED), "--set", "shard_size=150", "--workers", "1",
-              "--set", "eval_batch_size=32"]
+    ids, rows = shipped_records(900)
+    src = write_matbench(tmp_path / "first900.json.gz", ids, rows)
+    common = ["predict", "--run", str(run_dir), "--data", str(src), "--set", "shard_size=90", "--workers", "1",
+              "--set", "eval_batch_size=8"]
     ref = run_cli(*common, "--out", str(tmp_path / "ref.csv"), "--work-dir", str(tmp_path / "ref"))
     assert ref.returncode == 0, ref.stderr[-3000:]
     work = tmp_path / "w"
@@ -93,13 +95,13 @@ def test_predict_resumes_after_sigkill_to_identical_file(run_dir: Path, tmp_path
         return next((work / "predict").glob("*"), work / "none")
 
     assert kill_when(args, lambda: shard_count(store()) >= 3)  # mid-conversion
-    assert 3 <= shard_count(store()) < 20 and not (tmp_path / "p.csv").exists()
+    assert 3 <= shard_count(store()) < 10 and not (tmp_path / "p.csv").exists()
     assert kill_when(args, lambda: _passes(store()) >= 2)  # conversion finished, prediction under way
-    assert 2 <= _passes(store()) < 20 and not (tmp_path / "p.csv").exists()
+    assert 2 <= _passes(store()) < 10 and not (tmp_path / "p.csv").exists()
     res = run_cli(*args)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (tmp_path / "p.csv").read_bytes() == (tmp_path / "ref.csv").read_bytes()
-    assert len(_rows(tmp_path / "p.csv")) - 1 == 3000 - (len(_rows(tmp_path / "p.skipped.csv")) - 1)
+    assert len(_rows(tmp_path / "p.csv")) - 1 == 900 - (len(_rows(tmp_path / "p.skipped.csv")) - 1)
 
 
 def test_export_and_load_give_the_same_predictions(run_dir: Path, tmp_path: Path) -> None:
