@@ -32,11 +32,12 @@ def features_key(pretrained: str) -> str:
 def crystal_features(store: GraphStore, plan: Any, pretrained: str = "0.3.0", progress: bool = True,
                      should_stop: Any = None) -> np.ndarray | None:
     """CHGNet's crystal features ``[N, 64]`` for every graph of a CHGNet store (cached; None if stopped first)."""
+    from colab_kit import registry
     from colab_kit.errors import ColabKitError
     from colab_kit.models.chgnet import CHGNetRegressor
     from colab_kit.predict import read_outputs, run_pass
 
-    if store.converter_name != "chgnet":
+    if store.converter_name != registry.model_graph_kind("chgnet"):
         raise ColabKitError(f"store {store.root} holds {store.converter_name} graphs; CHGNet features need chgnet "
                             "graphs (`--converter chgnet`)")
     key = features_key(pretrained)

@@ -156,6 +156,9 @@ class Model:
     #: train with PyTorch's deterministic kernels on CPU (needed for bit-exact resume by models that gather with
     #: advanced indexing; optional for a ModelSpec, read with getattr)
     deterministic: bool = False
+    #: extra files ``export`` writes for the model's own package: file name -> ``fn(trained module, path) -> path``
+    #: (CHGNet: ``chgnet.pt`` for ``CHGNet.from_file``); optional for a ModelSpec, read with getattr
+    exports: Mapping[str, Callable[[Any, Any], Any]] = field(default_factory=dict)
 
     def build(self, target_mean: float = 0.0, target_std: float = 1.0, graph_params: Mapping[str, Any] | None = None,
               options: Mapping[str, Any] | None = None) -> Any:

@@ -12,7 +12,6 @@ An exported model directory (:func:`export_model`)::
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import torch
 
 from colab_kit.errors import ColabKitError
-from colab_kit.fsutil import atomic_write_json, sha256_file
+from colab_kit.fsutil import atomic_write_bytes, atomic_write_json, sha256_file
 
 SPEC_FILE = "model.json"
 WEIGHTS_FILE = "weights.pt"
@@ -153,14 +152,14 @@ def export_model(path: str | Path, out: str | Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     files = {"weights": out / WEIGHTS_FILE, "spec": out / SPEC_FILE}
     if trained.weights.resolve() != files["weights"].resolve():
-        tmp = out / f".{WEIGHTS_FILE}.tmp"
-        shutil.copyfile(trained.weights, tmp)
-        tmp.replace(files["weights"])
-    if trained.model == "chgnet":
-        from colab_kit.export_chgnet import export_chgnet
+        atomic_write_bytes(files["weights"], trained.weights.read_bytes())
+    from colab_kit import __version__, registry
 
-        files["chgnet"] = Path(export_chgnet(trained.build("cpu"), out / "chgnet.pt"))
-    from colab_kit import __version__
+    exports = getattr(registry.model(trained.model), "exports", {})
+    if exports:
+        module = trained.build("cpu")
+        for name, write in exports.items():  # files for the model's own package (CHGNet.from_file)
+            files[name.split(".")[0]] = Path(write(module, out / name))
 
     spec = {k: v for k, v in asdict(trained).items() if k != "weights"}
     spec.update(format=SPEC_FORMAT, weights_sha256=sha256_file(files["weights"]), colab_kit=__version__)

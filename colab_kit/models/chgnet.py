@@ -53,8 +53,14 @@ class CHGNetRegressor(nn.Module):
         return torch.stack(rows)
 
     @torch.no_grad()
-    def init_output(self, batches: list[tuple[list[Any], torch.Tensor]], ridge: float = 1e-3) -> None:
-        """Least-squares ``a`` and per-element ``mu`` so ``a * chgnet_e + x @ mu`` fits the targets."""
+    def init_output(self, batches: list[tuple[list[Any], torch.Tensor]], ridge: float = 1e-6) -> None:
+        """Least-squares ``a`` and per-element ``mu`` so ``a * chgnet_e + x @ mu`` fits the targets.
+
+        ``ridge * n`` only keeps elements the batches hold little or nothing of near the prior; it must stay tiny.
+        Formation energies need ``mu`` at minus the elemental references, several eV/atom from any prior, and
+        ridge 1e-3 fitted ``a ~ 0.02`` (composition alone: 0.33 eV/atom on MP formation energies) where 1e-6 fits
+        ``a ~ 0.96`` and 0.04 eV/atom before any training (docs/performance.md, "Accuracy against the reference
+        implementations"). A target CHGNet's energy says nothing about still gets ``a ~ 0``."""
         es, xs, ys = [], [], []
         for graphs, y in batches:
             es.append(self.chgnet(graphs, task="e")["e"].double().cpu())
@@ -99,10 +105,16 @@ def _build(target_mean: float, target_std: float, graph_params: dict[str, Any], 
                            target_std=target_std)
 
 
+def _export_chgnet(module: CHGNetRegressor, path: Any) -> Any:
+    from colab_kit.export_chgnet import export_chgnet
+
+    return export_chgnet(module, path)
+
+
 SPEC = Model(
     name="chgnet", graph_kind="chgnet", description="CHGNet's pretrained weights fine-tuned on the target",
     builder=_build, bytes_per_atom=20_000, bytes_per_edge=6_000, lr=1e-3,
-    epoch_scale=1, epoch_reason="pretrained: a few epochs fine-tune it",
+    epoch_scale=1, epoch_reason="pretrained: a few epochs fine-tune it", exports={"chgnet.pt": _export_chgnet},
     options={"pretrained": Option("0.3.0", "a CHGNet version such as '0.3.0', or none (from scratch)",
                                   "CHGNet's shipped pretrained weights", lambda v: v is None or isinstance(v, str)),
              "freeze_layers": Option(0, "an integer from 0 to 4", "fine-tune every layer",
