@@ -145,7 +145,8 @@ def export_model(path: str | Path, out: str | Path) -> dict[str, Path]:
     """Write the trained model at ``path`` (see :func:`load_trained`) as an exported model directory ``out``.
 
     Returns:
-        {"spec": model.json, "weights": weights.pt[, "chgnet": chgnet.pt]}; ``colab_kit.load(out)`` rebuilds it.
+        {"spec": model.json, "weights": weights.pt}, plus each file the model's spec exports for its own package
+        (CHGNet's ``chgnet.pt``, keyed by its stem); ``colab_kit.load(out)`` rebuilds the model.
     """
     trained = load_trained(path)
     out = Path(out)
