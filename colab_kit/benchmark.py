@@ -71,6 +71,9 @@ def matbench_store_split(store: GraphStore, fold: int, seed: int = 0, val_fracti
         if sum(len(v) for v in splits.values()) == len(store):
             return splits
     rows, n_rows = store_rows(store)
+    if store.manifest.get("limit") is not None:
+        log.warning("matbench folds over the first %d rows only (n_samples caps the data): matbench's official folds "
+                    "need the whole task; use --mode full or --set n_samples=null", n_rows)
     fold_of_row = np.empty(n_rows, dtype=np.int64)
     for k, test_rows in enumerate(matbench_folds(n_rows)):
         fold_of_row[test_rows] = k
