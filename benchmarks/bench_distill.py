@@ -35,16 +35,19 @@ Design decisions (and why):
   draw is written beforehand with the right indices (colab_kit loads a split file that covers its store). After
   each run the script checks the run's split by id and stops if it is not the teacher's.
 * **Paired by seed**: ratio = MAE(with teacher) / MAE(without), same seed, same data, mean over seeds.
-* **One teacher pass**: both settings read the same source, and every student work dir links ``predict/`` to one
-  shared ``<workdir>/predict`` (colab_kit keeps the teacher's CHGNet graphs of a source and its outputs there by
-  fingerprint), so the first distilled run computes the teacher's outputs (CHGNet conversion + forward over every
-  structure: the one-off cost, ``== teacher`` to ``== train`` in ``run.log``) and the later ones read them.
+* **One teacher pass per setting**: every student work dir links ``predict/`` to one shared ``<workdir>/predict``
+  (colab_kit keeps the teacher's CHGNet graphs of a source and its outputs there by fingerprint), so the first
+  distilled run of a setting computes the teacher's outputs (CHGNet conversion + forward: the one-off cost,
+  ``== teacher`` to ``== train`` in ``run.log``) and the later ones read them. Since colab_kit ``3fa3b41`` the
+  prediction store follows the student store's item limit, so ``small`` (``--set n_samples``) has its own (before
+  it, both settings read the full source's).
   (Run names do not carry the seed, so each (setting, seed) has its own work dir.)
 * **Memory**: a ``run``'s figure is the peak over its ``train`` stage (``== train`` to ``== evaluate`` in
   ``run.log``); the loop's is from before its models are built to the end of its last epoch. Whole-process peaks
   are recorded too.
-* **Threads**: the students and the loop run with ``--threads`` torch threads (default 1, through OMP_NUM_THREADS):
-  on the loaded 2-core machine 2 threads made CGCNN epochs ≈ 10× slower (bench_train.py's README saw the same).
+* **Threads**: the students and the loop run with ``--threads`` torch threads, the teacher with ``--teacher-threads``
+  (both default 1, through OMP_NUM_THREADS / MKL_NUM_THREADS): on the loaded 2-core machine 2 threads made CGCNN
+  and CHGNet epochs 10-30x slower (bench_train.py's README saw the same). ``0`` leaves torch's default.
 * **Frozen code**: ``--colab-kit-src DIR`` runs every command from another tree (e.g. a ``git archive HEAD`` export),
   so edits in the checkout cannot reach a run under way.
 
@@ -217,7 +220,7 @@ class Bench:
         if (rec := self.done(key)) is None:
             cmd = [*self.py, "-m", "colab_kit", "run", "--mode", "quick", "--model", "chgnet", "--data",
                    str(self.a.source), "--work-dir", str(w), *[x for s in sets for x in ("--set", s)]]
-            rec, _ = watched(cmd, self.work / "logs" / "teacher.log", self.src)
+            rec, _ = watched(cmd, self.work / "logs" / "teacher.log", self.src, self.a.teacher_threads)
             m = json.loads((run_dir / "report" / "metrics.json").read_text())
             rec.update(run_dir=str(run_dir), epochs=n, test_mae=m["test_mae"], test_n=m["test_n"],
                        mean_predictor_test_mae=m["mean_predictor_test_mae"], history=epochs_of(run_dir),
@@ -476,9 +479,13 @@ def report(res: dict[str, Any]) -> None:
             print("|---|--:|--:|---|")
             seen: set[str] = set()
             for r in first:
-                src = Path(r["run_dir"]).name.split("-radius")[0]
-                what = "computed (CHGNet graphs + forward)" if src not in seen else \
-                    "read from the shared predict store (teacher model built, not run)"
+                # the prediction store the run's teacher stage used (one per source and item limit since 3fa3b41:
+                # the small setting has its own), from run.log; the first run of each computed the outputs
+                log = Path(r["run_dir"]) / "run.log"
+                m = re.search(r"/predict/([^\s:]+)", log.read_text(errors="replace")) if log.exists() else None
+                src = m.group(1) if m else Path(r["run_dir"]).name.split("-radius")[0]
+                what = f"computed (CHGNet graphs + forward), `predict/{src}`" if src not in seen else \
+                    f"read from `predict/{src}` (teacher model built, not run)"
                 seen.add(src)
                 print(f"| {r['setting']}/s{r['seed']}/a{r['alpha']:g} | {r['teacher_stage_s']:.1f} | "
                       f"{fmt(r.get('teacher_stage_peak_rss_mb'), 0)} | {what} |")
@@ -529,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--small-seed", type=int, default=0, help="which of the teacher's training structures they are")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads of the students and the loop (OMP_NUM_THREADS; 0 = torch's default)")
+    p.add_argument("--teacher-threads", type=int, default=1,
+                   help="torch threads of the teacher's fine-tuning run (OMP_NUM_THREADS; 0 = torch's default)")
     p.add_argument("--loop-seed", type=int, default=0)
     p.add_argument("--loop-epochs", type=int, default=0, help="epochs of the reference loop (default: --epochs)")
     p.add_argument("--redo", action="store_true")
