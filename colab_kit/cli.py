@@ -193,6 +193,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     store = GraphStore(args.store)
     plan = _plan(args, converter=store.converter_name, **_store_graph_settings(store))
     out = Path(args.out or Path(args.store).parent / f"train-{plan.model}-{plan.mode}")
+    if args.fresh and plan.world_size > 1:
+        raise PlanError(f"--fresh would delete {out} while the other ranks of this torchrun launch use it; "
+                        f"delete it first (rm -r {out}), then launch without --fresh")
     if args.fresh and out.exists():
         import shutil
 
@@ -203,6 +206,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"{stop.signal or 'stop'} received: checkpoint saved in {out / 'checkpoints'}; "
               "run the same command again to resume", file=sys.stderr)
         return _stopped_code(stop.signal)
+    if plan.rank != 0:  # rank 0 speaks for the launch
+        return 0
     print(f"training {res.status}: {res.epochs_done} epochs, best epoch {res.best_epoch} "
           f"(validation MAE {res.best_val_mae:.4f}); weights: {out / 'best.pt'}")
     return 0
@@ -252,15 +257,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.persist_dir:
         extra["persist_dir"] = args.persist_dir
     plan = _plan(args, **extra)
-    print(f"Plan for --mode {plan.mode}")
-    print(format_table(plan.rows(), header=("setting", "value", "why")))
-    for w in plan.warnings:
-        print(f"WARNING: {w}")
+    if plan.rank == 0:  # rank 0 speaks for a torchrun launch
+        print(f"Plan for --mode {plan.mode}")
+        print(format_table(plan.rows(), header=("setting", "value", "why")))
+        for w in plan.warnings:
+            print(f"WARNING: {w}")
     res = run(plan, fresh=args.fresh)
-    print()
     if res.metrics.get("status") == "stopped":
         print(f"stopped; work so far is saved in {res.run_dir}: run the same command again to resume", file=sys.stderr)
         return _stopped_code(res.metrics.get("signal"))
+    if plan.rank != 0:
+        return 0
+    print()
     from colab_kit.report import format_scores
 
     m = res.metrics
@@ -327,9 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("train", "val", "test"), default="test")
     p.add_argument("--json", action="store_true", help="also print the scores as one JSON line")
     p.set_defaults(func=cmd_evaluate)
-    from colab_kit.cli_use import add_commands
+    from colab_kit import cli_store, cli_use
 
-    add_commands(sub, _sub)
+    cli_use.add_commands(sub, _sub)
+    cli_store.add_commands(sub, _sub)
     return parser
 
 
@@ -341,10 +350,21 @@ def _sub(sub: Any, name: str, help_: str, epilog: str | None = None) -> argparse
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from colab_kit import distributed
     from colab_kit.logs import setup_logging
 
-    setup_logging(logging.DEBUG if args.verbose else logging.INFO)
-
+    try:
+        world = distributed.world_from_env()
+    except ColabKitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    # under torchrun rank 0 tells the story; the other ranks only warn
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO if world.is_main else logging.WARNING)
+    if world.distributed and args.command not in DISTRIBUTED_COMMANDS:
+        print(f"error: `{args.command}` runs in one process, not under torchrun ({world.size} ranks); launch it with "
+              f"`python -m colab_kit {args.command} ...` (torchrun is for {' and '.join(DISTRIBUTED_COMMANDS)})",
+              file=sys.stderr)
+        return 2
     try:
         return int(args.func(args) or 0)
     except PlanError as exc:
@@ -363,6 +383,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\ninterrupted; completed shards and checkpoints are kept: run the same command again to resume",
               file=sys.stderr)
         return 130
+    finally:
+        distributed.stop()
+
+
+#: commands that train with several ranks under torchrun (``detect`` shows each rank's plan)
+DISTRIBUTED_COMMANDS = ("run", "train", "detect")
 
 
 def _one_line(exc: BaseException) -> str:

@@ -197,8 +197,11 @@ def build_store(
             "Use another --out directory, or delete this one (`--fresh` in `run`) to rebuild it"
         )
     if manifest.get("complete"):
-        log.info("store %s is complete (%d graphs): nothing to convert", root, manifest["n_graphs"])
-        return _result(root, manifest, len(manifest["shards"]), t0)
+        lost = len(manifest["shards"]) - len(_usable_entries(root, manifest, fp))
+        if not lost:
+            log.info("store %s is complete (%d graphs): nothing to convert", root, manifest["n_graphs"])
+            return _result(root, manifest, len(manifest["shards"]), t0)
+        log.warning("%d shard(s) of the complete store %s are missing or damaged: rebuilding them", lost, root)
     own = _load_manifest(mpath) or {}
     done = _usable_entries(root, own, fp) if own else {}
     if n_parts == 1:  # adopt shards that parallel parts built into this directory
@@ -272,11 +275,7 @@ def build_store(
         log.info("conversion stopped with %d shards done; run again to resume", len(manifest["shards"]))
         return _result(root, manifest, reused, t0)
 
-    manifest["complete"] = True
-    manifest["n_graphs"] = sum(e["n_graphs"] for e in manifest["shards"])
-    manifest["n_failed"] = sum(e["n_failed"] for e in manifest["shards"])
-    manifest["n_items"] = sum(e["n_items"] for e in manifest["shards"])
-    manifest["n_warned"] = sum(e.get("n_warned", 0) for e in manifest["shards"])
+    complete_manifest(manifest)
     if n_parts == 1 and manifest["n_items"] == 0:
         raise ConversionError(f"source {src.path or src.format} has no structures; check the file or --format")
     if n_parts == 1 and manifest["n_graphs"] == 0:
@@ -296,6 +295,16 @@ def build_store(
         log.info("%d structures converted although their parser warned (e.g. %s); each is listed with its warning "
                  "by GraphStore(%r).warnings()", manifest["n_warned"], _first_warning(root), str(root))
     return _result(root, manifest, reused, t0)
+
+
+def complete_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Mark ``manifest`` complete with its totals (a finished conversion, or a merge of parts)."""
+    manifest["complete"] = True
+    manifest["n_graphs"] = sum(e["n_graphs"] for e in manifest["shards"])
+    manifest["n_failed"] = sum(e["n_failed"] for e in manifest["shards"])
+    manifest["n_items"] = sum(e["n_items"] for e in manifest["shards"])
+    manifest["n_warned"] = sum(e.get("n_warned", 0) for e in manifest["shards"])
+    return manifest
 
 
 def _commit(mpath: Path, manifest: dict[str, Any], entry: dict[str, Any], policy: str, warned: int, bar: Any,

@@ -38,6 +38,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def temporary_name(path: str | Path) -> Path:
+    """A not-yet-created temporary path beside ``path`` in the form :func:`remove_stale_temporaries` recognises
+    (for a file put in place by ``os.link`` / ``os.replace`` rather than written)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{_HOST}-{os.getpid()}.{os.urandom(4).hex()}{TMP_SUFFIX}")
+
+
 def remove_stale_temporaries(directory: str | Path, legacy_age_s: float = 600.0) -> int:
     """Delete the temporary files that killed writers on this host left in ``directory``; returns how many.
 
