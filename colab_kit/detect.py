@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
+from colab_kit.distributed import World, world_from_env
+
 GIB = 1024**3
 
 #: Environment variables that Colab sets in the kernel *and* in `!python -m ...` children.
@@ -54,6 +56,7 @@ class Machine:
         home_cache: the per-user cache directory used off Colab.
         content_dir: Colab's local disk (only meaningful when ``is_colab``).
         drive_dir: where Google Drive's "MyDrive" is mounted.
+        world: this process's rank among those of a torchrun launch (torchrun's environment variables).
     """
 
     ram_total: int
@@ -67,6 +70,7 @@ class Machine:
     home_cache: str = ""
     content_dir: str = COLAB_CONTENT
     drive_dir: str = DRIVE_MYDRIVE
+    world: World = field(default_factory=World)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -89,6 +93,7 @@ class Machine:
             ("GPU", gpu),
             ("Google Colab", "yes" if self.is_colab else "no"),
             ("Google Drive mounted", "yes" if self.drive_mounted else "no"),
+            ("torchrun", self.world.describe()),
         ]
         rows += [(f"free disk at {p}", f"{b / GIB:.1f} GiB") for p, b in self.disk_free.items()]
         return rows
@@ -223,6 +228,7 @@ def detect(
         gpu=gpu(),
         is_colab=colab,
         drive_mounted=drive,
+        world=world_from_env(environ),
         disk_free=free,
         home_cache=home_cache,
         content_dir=content_dir,

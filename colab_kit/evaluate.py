@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from colab_kit import distributed
 from colab_kit.errors import ColabKitError
 from colab_kit.loader import make_loaders, splits_for
 from colab_kit.models import build_model
@@ -30,18 +31,38 @@ def amp_dtype_for(plan: Any, device: torch.device) -> tuple[torch.dtype | None, 
 
 
 def evaluate(model: Any, loader: Any, device: torch.device, amp_dtype: torch.dtype | None = None) -> dict[str, Any]:
-    """MAE / RMSE over a loader, plus predictions and targets (chunked, no gradients)."""
+    """MAE / RMSE over a loader, plus predictions and targets (chunked, no gradients).
+
+    Under torchrun each rank's loader holds its share of the batches: the parts are gathered, in the order of a
+    single process's batches, so every graph is counted once."""
+    return _scores(*_gather(_local_pass(model, loader, device, amp_dtype), loader))
+
+
+def _local_pass(model: Any, loader: Any, device: torch.device, amp_dtype: torch.dtype | None) -> list[tuple[Any, Any]]:
+    """(predictions, targets) of each of this process's batches."""
     model.eval()
-    preds, ys = [], []
+    parts = []
     with torch.no_grad():
         for batch in loader:
             batch = model.to_device(batch, device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 pred = model(batch)
-            preds.append(pred.float().cpu())
-            ys.append(model.targets(batch).float().cpu())
-    p = torch.cat(preds) if preds else torch.zeros(0)
-    y = torch.cat(ys) if ys else torch.zeros(0)
+            parts.append((pred.float().cpu(), model.targets(batch).float().cpu()))
+    return parts
+
+
+def _gather(parts: list[tuple[Any, Any]], loader: Any) -> tuple[Any, Any]:
+    """All ranks' batches in global order (batch k of rank r is global batch k x world + r), concatenated."""
+    world = getattr(loader.batch_sampler, "world", 1)
+    if world > 1 and distributed.active():
+        per_rank = distributed.all_gather(parts)
+        parts = [per_rank[r][k] for k in range(max(map(len, per_rank))) for r in range(world) if k < len(per_rank[r])]
+    p = torch.cat([a for a, _ in parts]) if parts else torch.zeros(0)
+    y = torch.cat([b for _, b in parts]) if parts else torch.zeros(0)
+    return p, y
+
+
+def _scores(p: Any, y: Any) -> dict[str, Any]:
     err = p - y
     return {"mae": float(err.abs().mean()) if len(err) else float("nan"),
             "rmse": float(err.pow(2).mean().sqrt()) if len(err) else float("nan"),
@@ -49,7 +70,8 @@ def evaluate(model: Any, loader: Any, device: torch.device, amp_dtype: torch.dty
 
 
 def evaluate_with_backoff(model: Any, loader: Any, device: torch.device, amp_dtype: torch.dtype | None = None) -> dict[str, Any]:
-    """:func:`evaluate`, halving the loader's batches after an out-of-memory error until it fits."""
+    """:func:`evaluate`, halving the loader's batches after an out-of-memory error until it fits (on every rank
+    when one of several runs out: their shares are cut from the same batches)."""
     sampler = loader.batch_sampler
 
     def shrink(exc: BaseException) -> None:
@@ -60,7 +82,9 @@ def evaluate_with_backoff(model: Any, loader: Any, device: torch.device, amp_dty
         log.warning("out of memory in evaluation: batches shrunk to %d graphs / %d edges; evaluating again",
                     sampler.max_graphs, sampler.max_edges)
 
-    return retry_on_oom(lambda: evaluate(model, loader, device, amp_dtype), shrink, device)
+    parts = retry_on_oom(lambda: _local_pass(model, loader, device, amp_dtype), shrink, device,
+                         agreed=getattr(sampler, "world", 1) > 1)
+    return _scores(*_gather(parts, loader))
 
 
 def trained_model_settings(weights: str | Path) -> dict[str, Any]:

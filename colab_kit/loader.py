@@ -117,18 +117,27 @@ class BudgetBatchSampler(Sampler[list[int]]):
     from ``offset`` (graphs already consumed this epoch), so resuming at an offset, or changing the
     budget mid-epoch (OOM back-off), re-packs only what is left and never skips or repeats a graph.
 
+    With ``world`` ranks every rank packs the same global batches and takes batch ``rank`` of each group of
+    ``world`` (:func:`rank_batches`); ``offset`` counts the graphs of all ranks, so it is the same on every rank
+    and a checkpoint resumes under another world size by re-partitioning what is left.
+
     The trainer calls :meth:`advance` after each step and :meth:`next_epoch` at the epoch's end;
     ``state_dict()`` holds (epoch, offset, budget) for checkpoints.
     """
 
     def __init__(self, indices: np.ndarray, atoms: np.ndarray, edges: np.ndarray, max_atoms: int,
-                 max_edges: int, max_graphs: int, shuffle: bool = True, seed: int = 0) -> None:
+                 max_edges: int, max_graphs: int, shuffle: bool = True, seed: int = 0, rank: int = 0,
+                 world: int = 1, equal_steps: bool = True) -> None:
         self.indices = np.asarray(indices, dtype=np.int64)
         self.atoms, self.edges = atoms, edges
         self.max_atoms, self.max_edges, self.max_graphs = int(max_atoms), int(max_edges), int(max_graphs)
         self.shuffle, self.seed = shuffle, seed
+        self.rank, self.world, self.equal_steps = int(rank), int(world), equal_steps
         self.epoch = 0
         self.offset = 0
+        #: (graphs of this rank's batch that count, graphs of the whole step across ranks) for each batch of
+        #: the iteration in progress (set by ``__iter__``)
+        self.step_info: list[tuple[int, int]] = []
         self._warned: set[int] = set()
 
     def order(self, epoch: int | None = None) -> np.ndarray:
@@ -137,8 +146,8 @@ class BudgetBatchSampler(Sampler[list[int]]):
             return self.indices
         return self.indices[np.random.default_rng([self.seed, epoch]).permutation(len(self.indices))]
 
-    def batches(self) -> list[list[int]]:
-        """The rest of this epoch's batches, from the current offset."""
+    def global_batches(self) -> list[list[int]]:
+        """The rest of this epoch's batches across all ranks, from the current offset."""
         rest = self.order()[self.offset:]
         batches = pack(rest, self.atoms, self.edges, self.max_atoms, self.max_edges, self.max_graphs)
         for b in batches:
@@ -148,13 +157,28 @@ class BudgetBatchSampler(Sampler[list[int]]):
                             b[0], self.atoms[b[0]], self.edges[b[0]], self.max_atoms, self.max_edges)
         return batches
 
+    def _plan(self) -> tuple[list[list[int]], list[tuple[int, int]]]:
+        glob = self.global_batches()
+        if self.world == 1:
+            return glob, [(len(b), len(b)) for b in glob]
+        if not self.equal_steps:  # evaluation: no collective inside a batch, so ranks may differ by one batch
+            mine = glob[self.rank::self.world]
+            return mine, [(len(b), len(b)) for b in mine]
+        return rank_batches(glob, self.rank, self.world)
+
+    def batches(self) -> list[list[int]]:
+        """This rank's rest of the epoch."""
+        return self._plan()[0]
+
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches())
+        batches, self.step_info = self._plan()
+        return iter(batches)
 
     def __len__(self) -> int:
         return len(self.batches())
 
     def advance(self, n_graphs: int) -> None:
+        """``n_graphs`` (of all ranks) were consumed."""
         self.offset += n_graphs
 
     def next_epoch(self) -> None:
@@ -174,6 +198,29 @@ class BudgetBatchSampler(Sampler[list[int]]):
         self.max_graphs, self.seed = int(state["max_graphs"]), int(state["seed"])
 
 
+def rank_batches(batches: list[list[int]], rank: int, world: int) -> tuple[list[list[int]], list[tuple[int, int]]]:
+    """Rank ``rank``'s share of the global ``batches``: batch ``rank`` of each group of ``world``, with the
+    (counted graphs, graphs of the whole group) of each step.
+
+    Every rank takes the same number of steps (DistributedDataParallel needs each rank in every gradient
+    all-reduce). When the last group has fewer than ``world`` batches, a rank without one gets a padding batch:
+    the first graph of the group's last batch, counted 0 times (its loss weight is 0), so across ranks an epoch
+    still uses each training graph exactly once.
+    """
+    mine: list[list[int]] = []
+    info: list[tuple[int, int]] = []
+    for g in range(0, len(batches), world):
+        group = batches[g:g + world]
+        total = sum(len(b) for b in group)
+        if rank < len(group):
+            mine.append(group[rank])
+            info.append((len(group[rank]), total))
+        else:
+            mine.append(group[-1][:1])
+            info.append((0, total))
+    return mine, info
+
+
 def collate_fn(store: GraphStore) -> Any:
     """The store's graph kind's collate: ``(graph, target)`` items to its model's batch."""
     return registry.graph_kind(store.converter_name).collate
@@ -191,12 +238,17 @@ def make_loader(store: GraphStore, sampler: BudgetBatchSampler, workers: int = 0
 
 
 def make_loaders(store: GraphStore, plan: Any, splits: dict[str, np.ndarray] | None = None,
-                 budget: tuple[int, int] | None = None, train_targets: np.ndarray | None = None) -> dict[str, DataLoader]:
+                 budget: tuple[int, int] | None = None, train_targets: np.ndarray | None = None,
+                 distributed_ranks: bool = True) -> dict[str, DataLoader]:
     """train / val / test loaders with the Plan's settings; eval batches are ``eval_batch_size /
     batch_size`` times larger (no gradients). ``budget`` = (max_atoms, max_edges) overrides the Plan's;
-    ``train_targets`` [N] replace the labels in the train loader only (distillation: validation and test see labels)."""
+    ``train_targets`` [N] replace the labels in the train loader only (distillation: validation and test see labels).
+    In a torchrun launch (``distributed_ranks``) each loader yields this rank's share of the batches."""
+    from colab_kit import distributed
+
     splits = splits or splits_for(store, plan)
     atoms, edges = store.sizes()
+    rank, world = (distributed.rank(), distributed.size()) if distributed_ranks else (0, 1)
     max_atoms, max_edges = budget or (plan.batch_atoms, plan.batch_edges)
     factor = max(1, plan.eval_batch_size // plan.batch_size)
     loaders = {}
@@ -204,7 +256,8 @@ def make_loaders(store: GraphStore, plan: Any, splits: dict[str, np.ndarray] | N
         train = name == "train"
         f = 1 if train else factor
         sampler = BudgetBatchSampler(idx, atoms, edges, max_atoms * f, max_edges * f,
-                                     plan.batch_size if train else plan.eval_batch_size, shuffle=train, seed=plan.seed)
+                                     plan.batch_size if train else plan.eval_batch_size, shuffle=train, seed=plan.seed,
+                                     rank=rank, world=world, equal_steps=train)
         loaders[name] = make_loader(store, sampler, plan.workers, plan.pin_memory, plan.prefetch_factor,
                                     plan.persistent_workers and train, train_targets if train else None)
     return loaders

@@ -35,20 +35,31 @@ def free_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def retry_on_oom(work: Callable[[], T], shrink: Callable[[BaseException], None], device: torch.device) -> T:
+def retry_on_oom(work: Callable[[], T], shrink: Callable[[BaseException], None], device: torch.device,
+                 agreed: bool = False) -> T:
     """Run ``work()``; after each out-of-memory error free memory and call ``shrink(error)``, then run it again.
 
     ``shrink`` makes the next attempt smaller (a smaller batch budget) or raises when it cannot. Any
-    other error propagates unchanged.
+    other error propagates unchanged. ``agreed`` (work without collectives inside, on several ranks): every rank
+    retries, smaller, when any one of them ran out.
     """
     while True:
+        failure = None
         try:
-            return work()
+            result = work()
         except Exception as exc:  # noqa: BLE001 - re-raised unless it is an allocator failure
             if not is_oom(exc):
                 raise
             # drop the traceback: its frames hold the failed batch's tensors, which must be freed first
             failure = exc.with_traceback(None)
+        if agreed:
+            from colab_kit import distributed
+
+            (anywhere,) = distributed.agree(failure is not None)
+            if anywhere and failure is None:
+                failure = MemoryError("another rank ran out of memory")
+        if failure is None:
+            return result
         free_memory(device)
         shrink(failure)
 

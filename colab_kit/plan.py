@@ -91,6 +91,10 @@ class Plan:
     fold: int | None  # the matbench fold (split "matbench")
     teacher: str | None  # a trained model whose outputs are distilled into this one
     distill_alpha: float  # loss = alpha * label loss + (1 - alpha) * teacher loss
+    # the torchrun launch this process is part of (1 / 0 / 0: a plain process); not settings, facts
+    world_size: int = 1
+    rank: int = 0
+    local_rank: int = 0
     reasons: Mapping[str, str] = field(default_factory=dict, compare=False)
     warnings: tuple[str, ...] = ()
 
@@ -175,9 +179,10 @@ def make_plan(machine: Machine, mode: str = "debug", **overrides: Any) -> Plan:
         check, allowed = OVERRIDABLE[key]
         if not check(value):
             raise PlanError(f"plan setting {key} must be {allowed} (got {value!r})")
-    if "workers" in overrides and overrides["workers"] > machine.cpus:
+    if "workers" in overrides and overrides["workers"] > machine.cpus // max(1, machine.world.local_size):
         raise PlanError(
-            f"plan setting workers must be at most the {machine.cpus} usable CPUs (got {overrides['workers']})"
+            f"plan setting workers must be at most the {machine.cpus // max(1, machine.world.local_size)} usable CPUs "
+            f"of this rank (got {overrides['workers']})"
         )
 
     v: dict[str, Any] = {}
@@ -204,8 +209,16 @@ def make_plan(machine: Machine, mode: str = "debug", **overrides: Any) -> Plan:
         v["model_options"][key] = overrides.get(key, option.default)
         r[key] = "set by user" if key in overrides else f"{model}: {option.reason}"
     kind = registry.graph_kind(converter)
-    avail = machine.ram_available
-    if machine.gpu is not None:
+    world = machine.world
+    per_host = max(1, world.local_size)  # ranks sharing this host's RAM and CPUs
+    avail = machine.ram_available // per_host
+    v["world_size"], v["rank"], v["local_rank"] = world.size, world.rank, world.local_rank
+    launched = (f"torchrun: {world.size} ranks, {world.local_size} on this host" if world.distributed
+                else "one process (not launched by torchrun)")
+    r["world_size"] = r["rank"] = r["local_rank"] = launched
+    if machine.gpu is not None and world.distributed:
+        set_("device", f"cuda:{world.local_rank}", f"{machine.gpu.name} found; local rank {world.local_rank} trains on GPU {world.local_rank}")
+    elif machine.gpu is not None:
         set_("device", "cuda", f"{machine.gpu.name} found")
     else:
         set_("device", "cpu", "no CUDA GPU found")
@@ -227,7 +240,8 @@ def make_plan(machine: Machine, mode: str = "debug", **overrides: Any) -> Plan:
     if gpu is not None:
         set_("train_memory", int(gpu.free_bytes * 0.7), f"70% of {gpu.free_bytes / GIB:.1f} GiB free on {gpu.name}")
     else:
-        set_("train_memory", int(min(avail * 0.4, 8 * GIB)), f"40% of {avail / GIB:.1f} GiB free RAM (max 8 GiB)")
+        set_("train_memory", int(min(avail * 0.4, 8 * GIB)), f"40% of {avail / GIB:.1f} GiB free RAM (max 8 GiB)"
+             + (f", this rank's 1/{per_host} of the host's" if per_host > 1 else ""))
     train_mem = v["train_memory"]
     where = f"{train_mem / GIB:.1f} GiB for training"
     # the model's rough training memory per edge / atom; `colab_kit.memory` measures it at train time
@@ -249,24 +263,26 @@ def make_plan(machine: Machine, mode: str = "debug", **overrides: Any) -> Plan:
     # DataLoader workers: each is a process; tiny RAM cannot afford them. Reading a graph from the mmap'd
     # store is cheaper than receiving it from a worker: torch passes every tensor of a batch through its
     # own file descriptor, ~0.5 ms of main-process time each (docs/performance.md, "DataLoader throughput").
+    cpus = max(1, machine.cpus // per_host)  # this rank's share of the host's CPUs
     if avail < LOW_RAM:
         set_("workers", 0, f"only {avail / GIB:.1f} GiB RAM free: load in the main process")
     elif kind.loader_workers is not None:
         set_("workers", *kind.loader_workers)
-    elif machine.cpus <= 2:
-        set_("workers", 0, f"{machine.cpus} CPUs: the main process reads the store ~3x faster than it "
+    elif cpus <= 2:
+        set_("workers", 0, f"{cpus} CPUs: the main process reads the store ~3x faster than it "
                            "receives batches from workers")
     elif gpu is not None:
-        set_("workers", min(machine.cpus, 4), f"GPU training: up to 4 loader processes on {machine.cpus} CPUs")
+        set_("workers", min(cpus, 4), f"GPU training: up to 4 loader processes on {cpus} CPUs")
     else:
-        set_("workers", min(machine.cpus // 2, 4), f"CPU training: half of {machine.cpus} CPUs load data")
+        set_("workers", min(cpus // 2, 4), f"CPU training: half of {cpus} CPUs load data")
     set_("pin_memory", v["device"].startswith("cuda"), "pinned host memory only helps CUDA copies")
     set_("persistent_workers", v["workers"] > 0, "keep loader processes between epochs (needs workers > 0)")
     set_("prefetch_factor", 2 if v["workers"] > 0 else None, "batches prefetched per worker (needs workers > 0)")
 
-    n_convert = max(1, min(machine.cpus, (avail - 1 * GIB) // CONVERT_WORKER_BYTES))
-    set_("convert_workers", int(n_convert),
-         f"{machine.cpus} CPUs, {CONVERT_WORKER_BYTES // 1024**2} MB per worker within {avail / GIB:.1f} GiB free")
+    # conversion runs in one process (rank 0 of a torchrun launch): the whole host is its
+    n_convert = max(1, min(machine.cpus, (machine.ram_available - 1 * GIB) // CONVERT_WORKER_BYTES))
+    set_("convert_workers", int(n_convert), f"{machine.cpus} CPUs, {CONVERT_WORKER_BYTES // 1024**2} MB per worker "
+         f"within {machine.ram_available / GIB:.1f} GiB free")
     set_("on_bad_structure", "warn", "skip bad structures, record and report each one")
 
     # Places: fast local disk for work, Drive only for persistence.

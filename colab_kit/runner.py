@@ -158,6 +158,14 @@ def _run(plan: Plan, fresh: bool, progress: bool, callbacks: list[Callable[[dict
         for cb in callbacks:
             cb({"event": "stage", "stage": name_, "message": msg})
 
+    if plan.world_size > 1:
+        if fresh:
+            from colab_kit.plan import PlanError
+
+            raise PlanError(f"--fresh would delete {run_dir} while the other ranks of this torchrun launch read it; "
+                            f"delete it first (rm -r {run_dir}), then launch without --fresh")
+        if plan.rank != 0:
+            return _follow(plan, run_dir, should_stop)
     if fresh:
         for d in (run_dir, persist):
             if d is not None and d.exists():
@@ -254,7 +262,12 @@ def _pipeline(plan: Plan, run_dir: Path, persist: Path | None, data_path: Path, 
         if teacher_column(store, plan, data_path, progress=progress, should_stop=should_stop) is None:
             mirror.push_all()
             return RunResult(run_dir, {"status": "stopped"}, {}, resumed, mirror.failures)
-    stage("train", f"{plan.model} on {len(store)} graphs, {plan.epochs} epochs, device {plan.device}")
+    if plan.world_size > 1:  # the other ranks have waited for this
+        from colab_kit.fsutil import atomic_write_json
+
+        atomic_write_json(run_dir / PREPARED, _prepared_key(plan))
+    ranks = f" x {plan.world_size} ranks" if plan.world_size > 1 else ""
+    stage("train", f"{plan.model} on {len(store)} graphs, {plan.epochs} epochs, device {plan.device}{ranks}")
     result = fit(store, plan, run_dir, progress=progress, callbacks=[on_train_event, *callbacks],
                  should_stop=should_stop)
     timing.set_train(result.train_seconds)
@@ -263,6 +276,42 @@ def _pipeline(plan: Plan, run_dir: Path, persist: Path | None, data_path: Path, 
         mirror.push_all()
         return RunResult(run_dir, {"status": "stopped"}, {}, resumed, mirror.failures)
     return _finish(plan, run_dir, store, result, timing, mirror, resumed, stage, t0)
+
+
+PREPARED = "prepared.json"  # rank 0 of a torchrun launch: the store (and teacher outputs) are ready
+
+
+def _prepared_key(plan: Plan) -> dict[str, Any]:
+    return {"run": run_name(plan), "data": plan.data, "n_samples": plan.n_samples, "teacher": plan.teacher,
+            "distill_alpha": plan.distill_alpha, "world_size": plan.world_size}
+
+
+def _follow(plan: Plan, run_dir: Path, should_stop: Callable[[], bool]) -> RunResult:
+    """A rank other than 0 of a torchrun launch: wait until rank 0 has the data, store and teacher outputs ready
+    (its ``prepared.json`` names this run and the store is complete), then train and evaluate its share. Rank 0
+    writes every file and the report; a stale marker of an earlier launch of the same run is safe to follow, because
+    what it marks is complete and rank 0 only reuses it."""
+    from colab_kit.evaluate import evaluate_weights
+    from colab_kit.store import GraphStore, StoreError
+    from colab_kit.train import fit
+
+    want = _prepared_key(plan)
+    log.info("rank %d: waiting for rank 0 to prepare %s", plan.rank, run_dir / "store")
+    while True:
+        if should_stop():
+            return RunResult(run_dir, {"status": "stopped"}, {})
+        try:
+            if json.loads((run_dir / PREPARED).read_text()) == want:
+                store = GraphStore(run_dir / "store")
+                break
+        except (OSError, ValueError, StoreError):
+            pass
+        time.sleep(0.5)
+    result = fit(store, plan, run_dir, progress=False, should_stop=should_stop)
+    if result.status == "stopped":
+        return RunResult(run_dir, {"status": "stopped"}, {})
+    test = evaluate_weights(store, plan, run_dir / "best.pt")  # gathered: rank 0 has every graph's prediction
+    return RunResult(run_dir, {"status": result.status, "rank": plan.rank, "test_mae": test["mae"]}, {})
 
 
 def _finish(plan: Plan, run_dir: Path, store: Any, result: Any, timing: Timing, mirror: Any, resumed: list[str],

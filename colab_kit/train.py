@@ -28,7 +28,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from colab_kit import registry
+from colab_kit import distributed, registry
 from colab_kit.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from colab_kit.distill import distill_targets
 from colab_kit.errors import ColabKitError
@@ -94,18 +94,23 @@ class _Loop:
     callbacks: list[Callable[[dict[str, Any]], None]]
     should_stop: Callable[[], bool]
     step_hook: Callable[[Any], None] | None
+    forward: Any = None  # the model in DistributedDataParallel under torchrun, else the model itself
+    world: int = 1  # ranks training together
+    main: bool = True  # rank 0: the one that writes files
     mark: float = field(default_factory=time.perf_counter)  # start of the time not yet added to the state
     last_ckpt: float = field(default_factory=time.monotonic)
     last_graphs: int = 0
     ooms: int = 0
+    pending: tuple[float, int] = (0.0, 0)  # (loss sum, graphs) of this rank's last step, not yet in the state
 
     @property
     def sampler(self) -> Any:
         return self.loaders["train"].batch_sampler
 
     def emit(self, event: dict[str, Any]) -> None:
-        for cb in self.callbacks:
-            cb(event)
+        if self.main:  # callbacks write files (the Drive mirror, the notebook's plot): rank 0's job
+            for cb in self.callbacks:
+                cb(event)
 
 
 def fit(
@@ -129,10 +134,14 @@ def fit(
         calibrate_budget: overrides ``plan.calibrate`` (measure the batch budget with real steps).
         step_hook: called with each batch before its forward pass (tests use it to inject failures).
 
+    Under torchrun (``plan.world_size`` > 1) every rank calls this with the same arguments: each trains on its
+    share of every epoch's batches in DistributedDataParallel, and rank 0 writes the files (:mod:`colab_kit.distributed`).
+
     Raises:
         PlanError: the checkpoint in ``out_dir`` was made with other shape-fixing settings.
         TrainingError: out of memory even for a single graph.
     """
+    distributed.start(distributed.plan_world(plan), plan.device)
     with reproducible_on_cpu(torch.device(plan.device), getattr(registry.model(plan.model), "deterministic", False)):
         return _fit(store, plan, out_dir, model_kwargs, resume, progress, callbacks, should_stop, calibrate_budget,
                     step_hook)
@@ -171,28 +180,42 @@ def _fit(store: GraphStore, plan: Any, out_dir: str | Path, model_kwargs: dict[s
 def _setup(store: GraphStore, plan: Any, out: Path, model_kwargs: dict[str, Any], resume: bool, progress: bool,
            callbacks: list[Callable[[dict[str, Any]], None]], should_stop: Callable[[], bool],
            step_hook: Callable[[Any], None] | None, calibrate_budget: bool) -> _Loop:
+    main = distributed.rank() == 0
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / "checkpoints"
-    for d in (out, ckpt_dir):  # temporaries of a run that was killed mid-write
-        remove_stale_temporaries(d)
+    if main:
+        for d in (out, ckpt_dir):  # temporaries of a run that was killed mid-write
+            remove_stale_temporaries(d)
     device = torch.device(plan.device)
     amp_dtype, use_scaler = amp_dtype_for(plan, device)
     seed_everything(plan.seed)
-    splits = splits_for(store, plan)
-    train_targets = distill_targets(store, plan)  # before the student is built: a teacher computed here is freed
+    # rank 0 reads (or makes) the split, the teacher's targets and the checkpoint; the others receive them
+    splits = distributed.broadcast(splits_for(store, plan) if main else None)
+    # before the student is built: a teacher computed here is freed
+    train_targets = distributed.broadcast(distill_targets(store, plan) if main else None)
     train_y = store.targets()[splits["train"]]
     mean, std = float(np.mean(train_y)), float(np.std(train_y) or 1.0)
     model = build_model(plan.model, target_mean=mean, target_std=std, graph_params=store.params,
                         options={**plan.model_options, **model_kwargs}).to(device)
-    saved = load_checkpoint(ckpt_dir, map_location=device) if resume else None
+    saved, hint = distributed.broadcast((load_checkpoint(ckpt_dir) if resume else None, read_oom_hint(ckpt_dir))
+                                        if main else None)
     if saved is not None:
         check_resume(saved.get("plan", {}), plan, str(ckpt_dir))
         state = TrainState.from_dict(saved)
         budget = Budget(**state.budget)
+        if state.world_size != distributed.size():
+            log.info("the checkpoint was written by %d rank(s), this launch has %d: the rest of epoch %d (from graph "
+                     "%d) is re-partitioned across %d", state.world_size, distributed.size(), state.sampler["epoch"] + 1,
+                     state.sampler["offset"], distributed.size())
     else:
         state = TrainState(plan=plan.to_dict())
-        budget = _initial_budget(model, store, splits, plan, device, amp_dtype) if calibrate_budget else static_budget(plan)
+        budget = _agreed(_initial_budget(model, store, splits, plan, device, amp_dtype) if calibrate_budget
+                         else static_budget(plan))
         seed_everything(plan.seed)  # calibration must not change the run's random stream
+    if hint is not None and (hint.max_atoms < budget.max_atoms or hint.max_edges < budget.max_edges):
+        budget = hint
+        log.warning("a rank ran out of memory in the last launch: the batch budget is now %d atoms / %d edges",
+                    budget.max_atoms, budget.max_edges)
     state.budget = dataclasses.asdict(budget)
 
     loaders = make_loaders(store, plan, splits, budget=(budget.max_atoms, budget.max_edges), train_targets=train_targets)
@@ -201,7 +224,7 @@ def _setup(store: GraphStore, plan: Any, out: Path, model_kwargs: dict[str, Any]
     scheduler = make_scheduler(optimizer, plan)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     loop = _Loop(plan, out, state, model, optimizer, scheduler, scaler, loaders, budget, device, amp_dtype, std,
-                 progress, callbacks, should_stop, step_hook)
+                 progress and main, callbacks, should_stop, step_hook, world=distributed.size(), main=main)
     if saved is not None:
         model.load_state_dict(state.model)
         optimizer.load_state_dict(state.optimizer)
@@ -211,11 +234,34 @@ def _setup(store: GraphStore, plan: Any, out: Path, model_kwargs: dict[str, Any]
             scheduler.last_epoch = int(state.scheduler.get("last_epoch", 0))
         scaler.load_state_dict(state.scaler)
         loop.sampler.load_state_dict(state.sampler)
-        set_rng_state(state.rng)
+        loop.sampler.set_budget(budget.max_atoms, budget.max_edges)
+        _restore_rng(state, plan)
     elif hasattr(model, "init_output"):  # an output head fitted to the targets before the first step
         head = [model.to_device(b, device) for b in itertools.islice(iter(loaders["train"]), 16)]
         model.init_output(head)
+    loop.forward = distributed.wrap(model, device)  # rank 0's weights (and output head) on every rank
     return loop
+
+
+def _restore_rng(state: TrainState, plan: Any) -> None:
+    """This rank's random streams as the checkpoint left them; a rank the checkpoint had no stream for (a launch
+    with more ranks) starts one from (seed, rank, step)."""
+    rank, streams = distributed.rank(), state.rng_ranks or [state.rng]
+    if rank < len(streams) and (rank == 0 or len(streams) == distributed.size()):
+        set_rng_state(streams[rank])
+    else:
+        seed_everything(plan.seed + 1_000_003 * rank + state.step)
+
+
+OOM_HINT = "oom-budget.json"
+
+
+def read_oom_hint(ckpt_dir: Path) -> Budget | None:
+    """The halved budget a rank saved when it ran out of memory in a distributed launch (None when there is none)."""
+    try:
+        return Budget(**json.loads((ckpt_dir / OOM_HINT).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def lr_factor(epoch: int, plan: Any) -> float:
@@ -260,6 +306,14 @@ def _initial_budget(model: Any, store: GraphStore, splits: dict[str, np.ndarray]
     return Budget(min(budget.max_atoms, cap_atoms), min(budget.max_edges, cap_edges), budget.how)
 
 
+def _agreed(budget: Budget) -> Budget:
+    """The budget every rank uses: the smallest of theirs (each measured its own device), so all plan the same batches."""
+    if distributed.size() == 1:
+        return budget
+    max_atoms, max_edges = distributed.all_min(budget.max_atoms, budget.max_edges)
+    return Budget(max_atoms, max_edges, f"{budget.how}; the smallest over {distributed.size()} ranks")
+
+
 def train_epoch(loop: _Loop) -> bool:
     """Train the rest of the current epoch; False when a stop was requested (a checkpoint is saved)."""
     st, sampler, plan = loop.state, loop.sampler, loop.plan
@@ -271,22 +325,24 @@ def train_epoch(loop: _Loop) -> bool:
                disable=not loop.progress, dynamic_ncols=True)
 
     def rest_of_epoch() -> bool:
-        for batch in loop.loaders["train"]:
-            if loop.should_stop():
-                return False
-            loop.last_graphs = loop.model.size(batch)[0]
-            loss = train_step(loop, batch)
-            loop.ooms = 0
-            n = loop.last_graphs
-            sampler.advance(n)
-            st.step += 1
-            st.epoch_loss_sum += loss * n
-            st.epoch_graphs += n
-            bar.update(n)
-            bar.set_postfix(loss=f"{st.epoch_loss_sum / st.epoch_graphs:.4f}")
-            loop.emit({"event": "step", "epoch": sampler.epoch, "step": st.step, "loss": loss, "graphs": n})
-            if time.monotonic() - loop.last_ckpt > plan.checkpoint_minutes * 60:
+        for k, batch in enumerate(loop.loaders["train"]):
+            # one agreement per step: stop and checkpoint together on every rank (and the last step's loss in)
+            stop, due = _sync(loop, loop.should_stop(), time.monotonic() - loop.last_ckpt > plan.checkpoint_minutes * 60)
+            if due:
                 checkpoint(loop)
+            if stop:
+                return False
+            n, n_step = sampler.step_info[k]  # graphs of this batch that count; of the whole step across ranks
+            loop.last_graphs = loop.model.size(batch)[0]
+            loss_sum = train_step(loop, batch, n, n_step)
+            loop.ooms = 0
+            sampler.advance(n_step)
+            st.step += 1
+            loop.pending = (loss_sum, n)
+            bar.update(n_step)
+            bar.set_postfix(loss=f"{(st.epoch_loss_sum + loss_sum) / max(st.epoch_graphs + n, 1):.4f}")
+            loop.emit({"event": "step", "epoch": sampler.epoch, "step": st.step, "loss": loss_sum / max(n, 1), "graphs": n_step})
+        _sync(loop, False, False)
         return True
 
     try:
@@ -300,23 +356,45 @@ def train_epoch(loop: _Loop) -> bool:
     return done
 
 
-def train_step(loop: _Loop, batch: Any) -> float:
-    """One optimiser step on ``batch``; returns its loss (MSE in units of the target's std²)."""
+def _sync(loop: _Loop, stop: bool, due: bool) -> tuple[bool, bool]:
+    """Add the last step's loss of every rank to the state; (stop, checkpoint due) true on any rank."""
+    st = loop.state
+    flag_stop, flag_due, loss_sum, graphs = distributed.all_sum(float(stop), float(due), *loop.pending) \
+        if loop.world > 1 else (stop, due, *loop.pending)
+    st.epoch_loss_sum += loss_sum
+    st.epoch_graphs += int(graphs)
+    loop.pending = (0.0, 0)
+    return bool(flag_stop), bool(flag_due)
+
+
+def train_step(loop: _Loop, batch: Any, n: int | None = None, n_step: int | None = None) -> float:
+    """One optimiser step on ``batch``; returns the sum over its ``n`` counted graphs of the squared error in units
+    of the target's std² (the loss is its mean).
+
+    With several ranks the loss is that sum x ``world / n_step`` (0 for a padding batch): DistributedDataParallel
+    averages gradients over ranks, so the step follows the mean over all ``n_step`` graphs of the step."""
     if loop.step_hook is not None:
         loop.step_hook(batch)
     model, plan = loop.model, loop.plan
+    n = model.size(batch)[0] if n is None else n
     batch = model.to_device(batch, loop.device, non_blocking=plan.pin_memory)
     with torch.autocast(loop.device.type, dtype=loop.amp_dtype, enabled=loop.amp_dtype is not None):
-        pred = model(batch)
+        pred = loop.forward(batch) if loop.forward is not None else model(batch)
     y = model.targets(batch)
-    loss = torch.nn.functional.mse_loss(pred.float() / loop.std, y / loop.std)
+    if loop.world == 1:
+        loss = torch.nn.functional.mse_loss(pred.float() / loop.std, y / loop.std)
+        value = loss.detach().item() * n  # one device sync per step
+    else:
+        sq = ((pred.float() - y) / loop.std).pow(2)
+        loss = sq.sum() * (loop.world / n_step if n else 0.0)
+        value = sq.detach().sum().item() if n else 0.0
     loop.optimizer.zero_grad(set_to_none=True)
     loop.scaler.scale(loss).backward()
     loop.scaler.unscale_(loop.optimizer)
     torch.nn.utils.clip_grad_norm_([p for g in loop.optimizer.param_groups for p in g["params"]], plan.grad_clip)
     loop.scaler.step(loop.optimizer)
     loop.scaler.update()
-    return loss.detach().item()  # one device sync per step
+    return value
 
 
 def _shrink_budget(loop: _Loop, exc: BaseException) -> None:
@@ -324,6 +402,14 @@ def _shrink_budget(loop: _Loop, exc: BaseException) -> None:
     loop.optimizer.zero_grad(set_to_none=True)
     loop.ooms += 1
     n, b = loop.last_graphs, loop.budget
+    if loop.world > 1:  # the other ranks wait in a gradient all-reduce: this launch cannot go on
+        half = b.shrink(0.5)
+        atomic_write_bytes(loop.out / "checkpoints" / OOM_HINT, json.dumps(dataclasses.asdict(half)).encode())
+        raise TrainingError(
+            f"out of memory on rank {distributed.rank()} on a batch of {n} graph(s) with budget {b.max_atoms} atoms / "
+            f"{b.max_edges} edges; run the same command again: it resumes from the last checkpoint with the budget "
+            f"halved ({half.max_atoms} atoms / {half.max_edges} edges)"
+        ) from exc
     if loop.ooms > MAX_OOM_RETRIES or n <= 1:
         raise TrainingError(
             f"out of memory {loop.ooms} times in a row, the last on a batch of {n} graph(s) with budget "
@@ -355,13 +441,15 @@ def end_epoch(loop: _Loop) -> None:
     st.epoch_loss_sum, st.epoch_graphs, st.epoch_seconds = 0.0, 0, 0.0
     if val["mae"] < st.best["val_mae"]:
         st.best, st.bad_epochs = {"epoch": epoch + 1, "val_mae": val["mae"]}, 0
-        buf = io.BytesIO()
-        torch.save(loop.model.state_dict(), buf)
-        atomic_write_bytes(loop.out / "best.pt", buf.getvalue())
+        if loop.main:
+            buf = io.BytesIO()
+            torch.save(loop.model.state_dict(), buf)
+            atomic_write_bytes(loop.out / "best.pt", buf.getvalue())
         loop.emit({"event": "best", "epoch": epoch + 1})
     else:
         st.bad_epochs += 1
-    write_metrics(loop.out, st.history)
+    if loop.main:
+        write_metrics(loop.out, st.history)
     log.info("epoch %d: train loss %.4f, val MAE %.4f, RMSE %.4f", epoch + 1, row["train_loss"], val["mae"], val["rmse"])
     loop.emit({"event": "epoch", **row})
     if st.bad_epochs >= plan.patience and sampler.epoch < plan.epochs:
@@ -379,13 +467,18 @@ def _tick(loop: _Loop) -> None:
 
 
 def checkpoint(loop: _Loop) -> None:
-    """Save the whole :class:`TrainState` atomically (the previous checkpoint is kept)."""
+    """Save the whole :class:`TrainState` atomically (the previous checkpoint is kept); with several ranks, rank 0
+    saves it with every rank's random streams."""
     _tick(loop)
     st = loop.state
-    st.model, st.optimizer = loop.model.state_dict(), loop.optimizer.state_dict()
-    st.scheduler, st.scaler = loop.scheduler.state_dict(), loop.scaler.state_dict()
-    st.sampler, st.epoch, st.rng = loop.sampler.state_dict(), loop.sampler.epoch, rng_state()
-    save_checkpoint(loop.out / "checkpoints", st.to_dict())
-    st.model = st.optimizer = st.scheduler = st.scaler = {}  # saved: hold no references to them
+    streams = distributed.all_gather(rng_state())
+    if loop.main:
+        st.model, st.optimizer = loop.model.state_dict(), loop.optimizer.state_dict()
+        st.scheduler, st.scaler = loop.scheduler.state_dict(), loop.scaler.state_dict()
+        st.sampler, st.epoch, st.rng = loop.sampler.state_dict(), loop.sampler.epoch, streams[0]
+        st.rng_ranks, st.world_size = (streams if loop.world > 1 else []), loop.world
+        save_checkpoint(loop.out / "checkpoints", st.to_dict())
+        st.model = st.optimizer = st.scheduler = st.scaler = {}  # saved: hold no references to them
+        (loop.out / "checkpoints" / OOM_HINT).unlink(missing_ok=True)  # its budget is in the checkpoint now
     loop.last_ckpt = time.monotonic()
     loop.emit({"event": "checkpoint", "epoch": loop.sampler.epoch, "step": st.step})

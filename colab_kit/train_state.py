@@ -26,6 +26,7 @@ class TrainState:
             resumed epoch reports the mean over all of its batches, not only those after the resume.
         epoch_seconds, train_seconds: compute time of the current epoch and of all training, across resumes.
         budget: the batch budget in force (calibrated or shrunk after an out-of-memory error).
+        world_size: ranks that trained together when it was saved (a resume may have another number).
         plan: the Plan the run was started with (compared on resume: :func:`check_resume`).
     """
 
@@ -48,6 +49,7 @@ class TrainState:
     epoch_seconds: float = 0.0
     train_seconds: float = 0.0
     world_size: int = 1
+    rng_ranks: list[Any] = field(default_factory=list)  # every rank's random streams (several ranks), rank order
 
     def to_dict(self) -> dict[str, Any]:
         """The checkpoint dict (shallow: state dicts are not copied)."""
@@ -60,6 +62,7 @@ class TrainState:
         if state.status not in STATUSES:  # "stopped" (older checkpoints): a stop is only a pause
             state.status = "training"
         state.history = list(state.history)
+        state.rng_ranks = list(state.rng_ranks)
         state.best = dict(state.best)
         return state
 
