@@ -208,9 +208,12 @@ def wrap(model: Any, device: Any) -> Any:
     """``model`` in DistributedDataParallel when several ranks train, else ``model`` itself.
 
     The adapter moves its batches to the device itself (``device_ids=None``: DDP leaves the inputs alone);
-    its parameters are broadcast from rank 0 here, so every rank starts from rank 0's weights."""
+    its parameters are broadcast from rank 0 here, so every rank starts from rank 0's weights. ``static_graph``:
+    every step uses the same parameters, and some models leave some unused (CHGNet's magnetic-moment head and
+    alignn's unused layers when trained on one energy-like target); DDP then reduces only what is used, with
+    no per-step search of the autograd graph (``find_unused_parameters``)."""
     if not active():
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model, device_ids=None)
+    return DistributedDataParallel(model, device_ids=None, static_graph=True)

@@ -255,6 +255,13 @@ class ControlPanel:
         plan = self.plan()
         if plan is None:
             return False
+        if plan.world_size > 1:
+            self.error_box.value = (
+                "<div style='color:#b00020'><b>Cannot start:</b> this kernel is rank "
+                f"{plan.rank} of a {plan.world_size}-rank torchrun launch; the panel trains in one process. Run "
+                "<code>torchrun --nproc_per_node N -m colab_kit run --mode ...</code> in a terminal (docs/scale-out.md), "
+                "or unset WORLD_SIZE / RANK for a one-process run here.</div>")
+            return False
         self.result, self.error, self.messages = None, None, []
         self._stop.clear()
         self._losses, self._epochs = [], []
