@@ -56,7 +56,7 @@ def test_rank_batches_partition_every_graph_once_with_equal_steps() -> None:
             counted = [i for mine, info in shares for b, (n, _) in zip(mine, info) for i in b[:n]]
             assert sorted(counted) == sorted(i for b in batches for i in b)  # each graph exactly once
             for mine, info in shares:
-                for b, (n, total) in zip(mine, info):
+                for b, (n, _total) in zip(mine, info):
                     assert n in (0, len(b)) and (n > 0 or len(b) == 1)  # a padding batch: one graph, weight 0
             # the step's total is the same on every rank (the loss scale of one global step)
             assert len({tuple(t for _, t in info) for _, info in shares}) == 1
