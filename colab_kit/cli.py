@@ -202,12 +202,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         shutil.rmtree(out)
     with stop_on_signals() as stop:
         res = fit(store, plan, out, resume=True, should_stop=stop)
+    if plan.rank != 0:  # rank 0 speaks for the launch
+        return _stopped_code(stop.signal) if res.status == "stopped" else 0
     if res.status == "stopped":
         print(f"{stop.signal or 'stop'} received: checkpoint saved in {out / 'checkpoints'}; "
               "run the same command again to resume", file=sys.stderr)
         return _stopped_code(stop.signal)
-    if plan.rank != 0:  # rank 0 speaks for the launch
-        return 0
     print(f"training {res.status}: {res.epochs_done} epochs, best epoch {res.best_epoch} "
           f"(validation MAE {res.best_val_mae:.4f}); weights: {out / 'best.pt'}")
     return 0
@@ -264,7 +264,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"WARNING: {w}")
     res = run(plan, fresh=args.fresh)
     if res.metrics.get("status") == "stopped":
-        print(f"stopped; work so far is saved in {res.run_dir}: run the same command again to resume", file=sys.stderr)
+        if plan.rank == 0:
+            print(f"stopped; work so far is saved in {res.run_dir}: run the same command again to resume", file=sys.stderr)
         return _stopped_code(res.metrics.get("signal"))
     if plan.rank != 0:
         return 0

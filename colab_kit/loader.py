@@ -28,12 +28,16 @@ class LoaderError(ColabKitError, ValueError):
 
 
 class GraphDataset(Dataset):
-    """Graph ``i`` of a store, as its model consumes it. Pickles to a path: workers reopen lazily."""
+    """Graph ``i`` of a store, as its model consumes it. Pickles to a path: workers reopen lazily.
 
-    def __init__(self, store: GraphStore | str | Path, targets: np.ndarray | None = None) -> None:
+    With ``batch_reads`` a DataLoader's batch comes from :meth:`__getitems__` already assembled (one read of its
+    slices, :mod:`colab_kit.batch_read`), and its collate function is :func:`assembled`."""
+
+    def __init__(self, store: GraphStore | str | Path, targets: np.ndarray | None = None, batch_reads: bool = False) -> None:
         self.root = str(store.root if isinstance(store, GraphStore) else store)
         self._store = store if isinstance(store, GraphStore) else None
         self.targets = targets  # [N] replacing the stored targets (distillation), or None
+        self.batch_reads = batch_reads
 
     @property
     def store(self) -> GraphStore:
@@ -42,7 +46,7 @@ class GraphDataset(Dataset):
         return self._store
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"root": self.root, "_store": None, "targets": self.targets}
+        return {"root": self.root, "_store": None, "targets": self.targets, "batch_reads": self.batch_reads}
 
     def __len__(self) -> int:
         return len(self.store)
@@ -50,6 +54,14 @@ class GraphDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[Any, float]:
         i = int(i)
         return self.store.item(i, None if self.targets is None else float(self.targets[i]))
+
+    def __getitems__(self, indices: list[int]) -> Any:
+        """A batch: assembled from one read of its graphs' slices (``batch_reads``), else the list of its items."""
+        if self.batch_reads:
+            from colab_kit.batch_read import gather
+
+            return registry.graph_kind(self.store.converter_name).batch_fn(gather(self.store, indices, self.targets))
+        return [self[i] for i in indices]
 
 
 # ---------------------------------------------------------------- splits
@@ -226,6 +238,19 @@ def collate_fn(store: GraphStore) -> Any:
     return registry.graph_kind(store.converter_name).collate
 
 
+def assembled(batch: Any) -> Any:
+    """The collate function of a dataset whose ``__getitems__`` already assembles the batch."""
+    return batch
+
+
+def dataset_and_collate(store: GraphStore, targets: np.ndarray | None = None) -> tuple[GraphDataset, Any]:
+    """The Dataset and collate function a DataLoader over ``store`` uses: whole-batch reads when the store's graph
+    kind can assemble a batch from them (``batch_fn``), else one graph per item and the kind's collate."""
+    if getattr(registry.graph_kind(store.converter_name), "batch_fn", None) is not None:
+        return GraphDataset(store, targets, batch_reads=True), assembled
+    return GraphDataset(store, targets), collate_fn(store)
+
+
 def make_loader(store: GraphStore, sampler: BudgetBatchSampler, workers: int = 0, pin_memory: bool = False,
                 prefetch_factor: int | None = None, persistent_workers: bool = False,
                 targets: np.ndarray | None = None) -> DataLoader:
@@ -233,7 +258,8 @@ def make_loader(store: GraphStore, sampler: BudgetBatchSampler, workers: int = 0
     kw: dict[str, Any] = {}
     if workers > 0:
         kw.update(prefetch_factor=prefetch_factor or 2, persistent_workers=persistent_workers)
-    return DataLoader(GraphDataset(store, targets), batch_sampler=sampler, collate_fn=collate_fn(store),
+    dataset, collate = dataset_and_collate(store, targets)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
                       num_workers=workers, pin_memory=pin_memory, **kw)
 
 

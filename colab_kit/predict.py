@@ -139,7 +139,7 @@ def _shard_outputs(store: GraphStore, model: Any, shards: list[int], limits: lis
     """Yields (shard, outputs) in shard order, or (shard, None) when a stop was requested."""
     from torch.utils.data import DataLoader
 
-    from colab_kit.loader import GraphDataset, collate_fn, pack
+    from colab_kit.loader import dataset_and_collate, pack
 
     atoms, edges = store.sizes()
     plan: list[tuple[int, int]] = []  # (shard, batches of it)
@@ -150,8 +150,8 @@ def _shard_outputs(store: GraphStore, model: Any, shards: list[int], limits: lis
         plan.append((k, len(own)))
         batches += own
     kw: dict[str, Any] = {"prefetch_factor": 2} if workers > 0 else {}
-    loader = iter(DataLoader(GraphDataset(store), batch_sampler=batches, collate_fn=collate_fn(store),
-                             num_workers=workers, **kw)) if batches else iter(())
+    dataset, collate = dataset_and_collate(store)
+    loader = iter(DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=workers, **kw)) if batches else iter(())
     for k, n_batches in plan:
         values = []
         for _ in range(n_batches):

@@ -40,6 +40,8 @@ class GraphKind(Protocol):
     ``settings(params)`` is the inverse of ``params``: a store's parameters as the Plan's graph settings.
     ``needs`` names the store arrays ``convert`` writes and ``to_graph`` reads (all in ``store.RAGGED`` + lattice);
     ``loader_workers`` is (workers, reason) when the kind needs a fixed number of DataLoader workers, else None.
+    An optional ``batch_fn(gathered)`` assembles the batch ``collate`` would make straight from a whole-batch read
+    (:func:`colab_kit.batch_read.gather`), without a graph object per item.
     """
 
     name: str
@@ -113,6 +115,8 @@ class Graphs:
     needs: tuple[str, ...] = ("z", "frac", "lattice", "nbr_count", "nbr", "image")
     loader_workers: tuple[int, str] | None = None
     plan_names: Mapping[str, str] = field(default_factory=dict)  # converter parameter -> Plan field, where they differ
+    # a batch from a whole-batch read (colab_kit.batch_read.Gathered) equal to collate_fn of its graphs; None: per graph
+    batch_fn: Callable[[Any], Any] | None = None
 
     def resolution(self, low_ram: bool) -> dict[str, tuple[Any, str]]:
         return self.resolve(low_ram)

@@ -12,14 +12,12 @@ checkpoint is the :class:`~colab_kit.train_state.TrainState`, written atomically
 
 from __future__ import annotations
 
-import copy
 import csv
 import dataclasses
 import io
 import itertools
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,25 +29,26 @@ import torch
 from colab_kit import distributed, registry
 from colab_kit.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from colab_kit.distill import distill_targets
-from colab_kit.errors import ColabKitError
 from colab_kit.evaluate import amp_dtype_for, evaluate_with_backoff
 from colab_kit.fsutil import remove_stale_temporaries
-from colab_kit.loader import GraphDataset, collate_fn, make_loaders, splits_for
-from colab_kit.memory import Budget, calibrate, static_budget
+from colab_kit.loader import make_loaders, splits_for
+from colab_kit.memory import Budget, static_budget
 from colab_kit.models import build_model
-from colab_kit.oom import memory_fix, retry_on_oom
+from colab_kit.oom import retry_on_oom
 from colab_kit.reproducible import reproducible_on_cpu, seed_everything
+from colab_kit.schedule import lr_factor, make_scheduler  # noqa: F401 - the trainer's API too
 from colab_kit.store import GraphStore, atomic_write_bytes
+from colab_kit.train_budget import (  # noqa: F401 - TrainingError: the trainer's API too
+    OOM_HINT,
+    TrainingError,
+    agreed,
+    initial_budget,
+    read_oom_hint,
+    shrink_budget,
+)
 from colab_kit.train_state import TrainState, check_resume
 
 log = logging.getLogger(__name__)
-MAX_OOM_RETRIES = 8
-
-
-class TrainingError(ColabKitError, RuntimeError):
-    """Training cannot go on; the message says what to change."""
-
-
 @dataclass
 class TrainResult:
     out_dir: Path
@@ -209,7 +208,7 @@ def _setup(store: GraphStore, plan: Any, out: Path, model_kwargs: dict[str, Any]
                      state.sampler["offset"], distributed.size())
     else:
         state = TrainState(plan=plan.to_dict())
-        budget = _agreed(_initial_budget(model, store, splits, plan, device, amp_dtype) if calibrate_budget
+        budget = agreed(initial_budget(model, store, splits, plan, device, amp_dtype) if calibrate_budget
                          else static_budget(plan))
         seed_everything(plan.seed)  # calibration must not change the run's random stream
     if hint is not None and (hint.max_atoms < budget.max_atoms or hint.max_edges < budget.max_edges):
@@ -253,67 +252,6 @@ def _restore_rng(state: TrainState, plan: Any) -> None:
         seed_everything(plan.seed + 1_000_003 * rank + state.step)
 
 
-OOM_HINT = "oom-budget.json"
-
-
-def read_oom_hint(ckpt_dir: Path) -> Budget | None:
-    """The halved budget a rank saved when it ran out of memory in a distributed launch (None when there is none)."""
-    try:
-        return Budget(**json.loads((ckpt_dir / OOM_HINT).read_text()))
-    except (OSError, ValueError, TypeError):
-        return None
-
-
-def lr_factor(epoch: int, plan: Any) -> float:
-    """The learning rate of 0-based ``epoch`` as a fraction of ``plan.lr``: ``cosine`` from 1 to ``lr_min / lr``;
-    ``warmup_cosine`` first rises from 1/25 over 30 % of the epochs (the one-cycle warm-up ComFormer's authors train
-    with), then the same cosine. Stepped once per epoch, so a resume continues it exactly."""
-    floor = plan.lr_min / plan.lr
-    warmup = max(1, round(0.3 * plan.epochs)) if plan.schedule == "warmup_cosine" and plan.epochs > 1 else 0
-    if epoch < warmup:
-        return 1 / 25 + (1 - 1 / 25) * epoch / warmup
-    t = min(1.0, (epoch - warmup) / max(1, plan.epochs - warmup))
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, plan: Any) -> torch.optim.lr_scheduler.LRScheduler:
-    """The Plan's schedule, stepped once per epoch (its state is the epoch count: a resume continues it)."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(epoch, plan))
-
-
-def _initial_budget(model: Any, store: GraphStore, splits: dict[str, np.ndarray], plan: Any, device: torch.device,
-                    amp_dtype: torch.dtype | None) -> Budget:
-    """The calibrated batch budget, within ``plan.budget_cap`` x the static one (the model is left unchanged)."""
-    dataset, collate = GraphDataset(store), collate_fn(store)
-    atoms, edges = store.sizes()
-
-    def fwd_bwd(indices: list[int]) -> None:
-        batch = model.to_device(collate([dataset[i] for i in indices]), device)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss = (model(batch).float() - model.targets(batch)).pow(2).mean()
-        loss.backward()
-        model.zero_grad(set_to_none=True)
-
-    snapshot = copy.deepcopy(model.state_dict())  # calibration steps must not change the model
-    model.train()
-    try:
-        budget = calibrate(fwd_bwd, splits["train"], atoms, edges, device, plan.train_memory)
-    except MemoryError as exc:  # no room measured, or out of memory on the smallest graphs
-        log.warning("batch budget calibration failed (%s); using the plan's static budget", exc)
-        budget = static_budget(plan)
-    model.load_state_dict(snapshot)
-    cap_atoms, cap_edges = int(plan.batch_atoms * plan.budget_cap), int(plan.batch_edges * plan.budget_cap)
-    return Budget(min(budget.max_atoms, cap_atoms), min(budget.max_edges, cap_edges), budget.how)
-
-
-def _agreed(budget: Budget) -> Budget:
-    """The budget every rank uses: the smallest of theirs (each measured its own device), so all plan the same batches."""
-    if distributed.size() == 1:
-        return budget
-    max_atoms, max_edges = distributed.all_min(budget.max_atoms, budget.max_edges)
-    return Budget(max_atoms, max_edges, f"{budget.how}; the smallest over {distributed.size()} ranks")
-
-
 def train_epoch(loop: _Loop) -> bool:
     """Train the rest of the current epoch; False when a stop was requested (a checkpoint is saved)."""
     st, sampler, plan = loop.state, loop.sampler, loop.plan
@@ -346,7 +284,7 @@ def train_epoch(loop: _Loop) -> bool:
         return True
 
     try:
-        done = retry_on_oom(rest_of_epoch, lambda exc: _shrink_budget(loop, exc), loop.device)
+        done = retry_on_oom(rest_of_epoch, lambda exc: shrink_budget(loop, exc), loop.device)
     finally:
         bar.close()
     if not done:
@@ -395,31 +333,6 @@ def train_step(loop: _Loop, batch: Any, n: int | None = None, n_step: int | None
     loop.scaler.step(loop.optimizer)
     loop.scaler.update()
     return value
-
-
-def _shrink_budget(loop: _Loop, exc: BaseException) -> None:
-    """After an out-of-memory step: halve the budget (the rest of the epoch is re-packed), or give up."""
-    loop.optimizer.zero_grad(set_to_none=True)
-    loop.ooms += 1
-    n, b = loop.last_graphs, loop.budget
-    if loop.world > 1:  # the other ranks wait in a gradient all-reduce: this launch cannot go on
-        half = b.shrink(0.5)
-        atomic_write_bytes(loop.out / "checkpoints" / OOM_HINT, json.dumps(dataclasses.asdict(half)).encode())
-        raise TrainingError(
-            f"out of memory on rank {distributed.rank()} on a batch of {n} graph(s) with budget {b.max_atoms} atoms / "
-            f"{b.max_edges} edges; run the same command again: it resumes from the last checkpoint with the budget "
-            f"halved ({half.max_atoms} atoms / {half.max_edges} edges)"
-        ) from exc
-    if loop.ooms > MAX_OOM_RETRIES or n <= 1:
-        raise TrainingError(
-            f"out of memory {loop.ooms} times in a row, the last on a batch of {n} graph(s) with budget "
-            f"{b.max_atoms} atoms / {b.max_edges} edges; {memory_fix(loop.device)}"
-        ) from exc
-    loop.budget = b.shrink(0.5)
-    loop.sampler.set_budget(loop.budget.max_atoms, loop.budget.max_edges)
-    loop.state.budget = dataclasses.asdict(loop.budget)
-    log.warning("out of memory on a batch of %d graphs: budget shrunk to %d atoms / %d edges; retrying",
-                n, loop.budget.max_atoms, loop.budget.max_edges)
 
 
 def validate(loop: _Loop) -> dict[str, Any]:

@@ -73,7 +73,7 @@ def to_data(g: dict[str, Any], target: float | None = None, graph_id: str | None
     edge_index = np.stack([g["nbr"].astype(np.int64), center])
     data = Data(
         z=torch.from_numpy(g["z"].astype(np.int64)),
-        pos=torch.from_numpy(np.asarray(g["frac"], dtype=np.float32) @ lattice),
+        pos=torch.from_numpy(cartesian(np.asarray(g["frac"], dtype=np.float32), lattice[None])),
         cell=torch.from_numpy(lattice).unsqueeze(0),
         edge_index=torch.from_numpy(edge_index),
         edge_shift=torch.from_numpy(g["image"].astype(np.float32)),
@@ -84,6 +84,51 @@ def to_data(g: dict[str, Any], target: float | None = None, graph_id: str | None
     if graph_id is not None:
         data.graph_id = graph_id
     return data
+
+
+def cartesian(frac: np.ndarray, lattice: np.ndarray) -> np.ndarray:
+    """Cartesian positions ``[A, 3]`` of fractional ``frac [A, 3]`` in ``lattice`` (``[A, 3, 3]`` per atom, or
+    ``[1, 3, 3]``), as three element-wise products and sums: the same float32 bits whether one graph or a whole
+    batch is converted (a matrix product may sum in another order)."""
+    return frac[:, 0:1] * lattice[:, 0] + frac[:, 1:2] * lattice[:, 1] + frac[:, 2:3] * lattice[:, 2]
+
+
+def batch_from(g: Any) -> Any:
+    """The PyG ``Batch`` that :func:`collate` makes of the graphs' :func:`to_data`, assembled from a whole-batch read
+    (:func:`colab_kit.batch_read.gather`) with vectorised operations: no ``Data`` per graph."""
+    import torch
+    from torch_geometric.data import Batch
+
+    n_atoms, n_edges = g.counts["atom_ptr"], g.counts["edge_ptr"]
+    n_graphs, total = len(n_atoms), int(n_atoms.sum())
+    graph = np.repeat(np.arange(n_graphs, dtype=np.int64), n_atoms)
+    lattice = g.lattice.astype(np.float32)
+    atom_ptr = np.concatenate(([0], np.cumsum(n_atoms))).astype(np.int64)
+    edge_ptr = np.concatenate(([0], np.cumsum(n_edges))).astype(np.int64)
+    center = np.repeat(np.arange(total, dtype=np.int64), g.arrays["nbr_count"])
+    neighbor = g.arrays["nbr"].astype(np.int64) + np.repeat(atom_ptr[:-1], n_edges)
+    batch = Batch(
+        z=torch.from_numpy(g.arrays["z"].astype(np.int64)),
+        pos=torch.from_numpy(cartesian(g.arrays["frac"].astype(np.float32), lattice[graph])),
+        cell=torch.from_numpy(lattice),
+        edge_index=torch.from_numpy(np.stack([neighbor, center])),
+        edge_shift=torch.from_numpy(g.arrays["image"].astype(np.float32)),
+        y=torch.from_numpy(g.target.astype(np.float32)),
+        graph_id=list(g.ids),
+        batch=torch.from_numpy(graph),
+        ptr=torch.from_numpy(atom_ptr),
+        num_nodes=total,
+    )
+    # what Batch.from_data_list records, so that to_data_list() / batch[i] / num_graphs work as on a collated batch
+    per_graph = torch.arange(n_graphs + 1)
+    a, e = torch.from_numpy(atom_ptr), torch.from_numpy(edge_ptr)
+    batch._num_graphs = n_graphs
+    batch._slice_dict = {"z": a, "pos": a, "cell": per_graph, "edge_index": e, "edge_shift": e, "y": per_graph,
+                         "graph_id": per_graph}
+    zero = torch.zeros(n_graphs, dtype=torch.long)
+    batch._inc_dict = {"z": zero, "pos": zero, "cell": zero, "edge_index": a[:-1], "edge_shift": zero, "y": zero,
+                       "graph_id": None}
+    return batch
 
 
 def edge_vectors(pos: Any, cell: Any, edge_index: Any, edge_shift: Any, batch: Any | None = None) -> Any:
@@ -126,4 +171,5 @@ def _to_graph(arrays: dict, target: float | None, graph_id: str | None, params: 
 
 
 KIND = Graphs(name="radius", description="periodic radius graph, k nearest within the cutoff (CGCNN)",
-              resolve=_resolution, make_params=_params, convert_fn=convert, to_graph_fn=_to_graph, collate_fn=collate)
+              resolve=_resolution, make_params=_params, convert_fn=convert, to_graph_fn=_to_graph, collate_fn=collate,
+              batch_fn=batch_from)

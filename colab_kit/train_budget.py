@@ -1,0 +1,102 @@
+"""The batch budget of a training run: calibrated on this rank's device with real steps, agreed across the ranks of
+a torchrun launch (the smallest wins: every rank must plan the same batches), halved after an out-of-memory step.
+
+In one process the epoch is re-packed under the halved budget and training goes on; in a distributed launch the
+other ranks wait in a gradient all-reduce, so the rank saves the halved budget beside the checkpoints
+(:data:`OOM_HINT`) and stops the launch: the same command resumes with it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from colab_kit import distributed
+from colab_kit.errors import ColabKitError
+from colab_kit.loader import GraphDataset, collate_fn
+from colab_kit.memory import Budget, calibrate, static_budget
+from colab_kit.oom import memory_fix
+from colab_kit.store import GraphStore, atomic_write_bytes
+
+log = logging.getLogger(__name__)
+MAX_OOM_RETRIES = 8
+
+
+class TrainingError(ColabKitError, RuntimeError):
+    """Training cannot go on; the message says what to change."""
+
+
+OOM_HINT = "oom-budget.json"
+
+
+def read_oom_hint(ckpt_dir: Path) -> Budget | None:
+    """The halved budget a rank saved when it ran out of memory in a distributed launch (None when there is none)."""
+    try:
+        return Budget(**json.loads((ckpt_dir / OOM_HINT).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def initial_budget(model: Any, store: GraphStore, splits: dict[str, np.ndarray], plan: Any, device: torch.device,
+                    amp_dtype: torch.dtype | None) -> Budget:
+    """The calibrated batch budget, within ``plan.budget_cap`` x the static one (the model is left unchanged)."""
+    dataset, collate = GraphDataset(store), collate_fn(store)
+    atoms, edges = store.sizes()
+
+    def fwd_bwd(indices: list[int]) -> None:
+        batch = model.to_device(collate([dataset[i] for i in indices]), device)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss = (model(batch).float() - model.targets(batch)).pow(2).mean()
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    snapshot = copy.deepcopy(model.state_dict())  # calibration steps must not change the model
+    model.train()
+    try:
+        budget = calibrate(fwd_bwd, splits["train"], atoms, edges, device, plan.train_memory)
+    except MemoryError as exc:  # no room measured, or out of memory on the smallest graphs
+        log.warning("batch budget calibration failed (%s); using the plan's static budget", exc)
+        budget = static_budget(plan)
+    model.load_state_dict(snapshot)
+    cap_atoms, cap_edges = int(plan.batch_atoms * plan.budget_cap), int(plan.batch_edges * plan.budget_cap)
+    return Budget(min(budget.max_atoms, cap_atoms), min(budget.max_edges, cap_edges), budget.how)
+
+
+def agreed(budget: Budget) -> Budget:
+    """The budget every rank uses: the smallest of theirs (each measured its own device), so all plan the same batches."""
+    if distributed.size() == 1:
+        return budget
+    max_atoms, max_edges = distributed.all_min(budget.max_atoms, budget.max_edges)
+    return Budget(max_atoms, max_edges, f"{budget.how}; the smallest over {distributed.size()} ranks")
+
+
+def shrink_budget(loop: Any, exc: BaseException) -> None:
+    """After an out-of-memory step: halve the budget (the rest of the epoch is re-packed), or give up."""
+    loop.optimizer.zero_grad(set_to_none=True)
+    loop.ooms += 1
+    n, b = loop.last_graphs, loop.budget
+    if loop.world > 1:  # the other ranks wait in a gradient all-reduce: this launch cannot go on
+        half = b.shrink(0.5)
+        atomic_write_bytes(loop.out / "checkpoints" / OOM_HINT, json.dumps(dataclasses.asdict(half)).encode())
+        raise TrainingError(
+            f"out of memory on rank {distributed.rank()} on a batch of {n} graph(s) with budget {b.max_atoms} atoms / "
+            f"{b.max_edges} edges; run the same command again: it resumes from the last checkpoint with the budget "
+            f"halved ({half.max_atoms} atoms / {half.max_edges} edges)"
+        ) from exc
+    if loop.ooms > MAX_OOM_RETRIES or n <= 1:
+        raise TrainingError(
+            f"out of memory {loop.ooms} times in a row, the last on a batch of {n} graph(s) with budget "
+            f"{b.max_atoms} atoms / {b.max_edges} edges; {memory_fix(loop.device)}"
+        ) from exc
+    loop.budget = b.shrink(0.5)
+    loop.sampler.set_budget(loop.budget.max_atoms, loop.budget.max_edges)
+    loop.state.budget = dataclasses.asdict(loop.budget)
+    log.warning("out of memory on a batch of %d graphs: budget shrunk to %d atoms / %d edges; retrying",
+                n, loop.budget.max_atoms, loop.budget.max_edges)
