@@ -193,9 +193,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     store = GraphStore(args.store)
     plan = _plan(args, converter=store.converter_name, **_store_graph_settings(store))
     out = Path(args.out or Path(args.store).parent / f"train-{plan.model}-{plan.mode}")
-    if args.fresh and plan.world_size > 1:
-        raise PlanError(f"--fresh would delete {out} while the other ranks of this torchrun launch use it; "
-                        f"delete it first (rm -r {out}), then launch without --fresh")
+    from colab_kit.distributed import refuse_fresh
+
+    refuse_fresh(args.fresh, plan.world_size, out)
     if args.fresh and out.exists():
         import shutil
 

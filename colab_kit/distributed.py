@@ -84,6 +84,17 @@ def world_from_env(environ: Mapping[str, str] | None = None) -> World:
     return World(rank, local_rank, size, local_size)
 
 
+def refuse_fresh(fresh: bool, world_size: int, folder: Any) -> None:
+    """``--fresh`` deletes ``folder``, which the other ranks of a torchrun launch read: refused there.
+
+    Raises:
+        DistributedError: ``fresh`` under several ranks, saying how to start over.
+    """
+    if fresh and world_size > 1:
+        raise DistributedError(f"--fresh would delete {folder} while the other ranks of this torchrun launch use it; "
+                               f"delete it first (rm -r {folder}), then launch without --fresh")
+
+
 def plan_world(plan: Any) -> World:
     """The World a Plan was made in (a Plan saved before distributed training: one process)."""
     size = getattr(plan, "world_size", 1)

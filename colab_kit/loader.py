@@ -264,17 +264,16 @@ def make_loader(store: GraphStore, sampler: BudgetBatchSampler, workers: int = 0
 
 
 def make_loaders(store: GraphStore, plan: Any, splits: dict[str, np.ndarray] | None = None,
-                 budget: tuple[int, int] | None = None, train_targets: np.ndarray | None = None,
-                 distributed_ranks: bool = True) -> dict[str, DataLoader]:
+                 budget: tuple[int, int] | None = None, train_targets: np.ndarray | None = None) -> dict[str, DataLoader]:
     """train / val / test loaders with the Plan's settings; eval batches are ``eval_batch_size /
     batch_size`` times larger (no gradients). ``budget`` = (max_atoms, max_edges) overrides the Plan's;
     ``train_targets`` [N] replace the labels in the train loader only (distillation: validation and test see labels).
-    In a torchrun launch (``distributed_ranks``) each loader yields this rank's share of the batches."""
+    In a torchrun launch each loader yields this rank's share of the batches."""
     from colab_kit import distributed
 
     splits = splits or splits_for(store, plan)
     atoms, edges = store.sizes()
-    rank, world = (distributed.rank(), distributed.size()) if distributed_ranks else (0, 1)
+    rank, world = distributed.rank(), distributed.size()
     max_atoms, max_edges = budget or (plan.batch_atoms, plan.batch_edges)
     factor = max(1, plan.eval_batch_size // plan.batch_size)
     loaders = {}

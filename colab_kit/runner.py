@@ -159,11 +159,9 @@ def _run(plan: Plan, fresh: bool, progress: bool, callbacks: list[Callable[[dict
             cb({"event": "stage", "stage": name_, "message": msg})
 
     if plan.world_size > 1:
-        if fresh:
-            from colab_kit.plan import PlanError
+        from colab_kit.distributed import refuse_fresh
 
-            raise PlanError(f"--fresh would delete {run_dir} while the other ranks of this torchrun launch read it; "
-                            f"delete it first (rm -r {run_dir}), then launch without --fresh")
+        refuse_fresh(fresh, plan.world_size, run_dir)
         if plan.rank != 0:
             return _follow(plan, run_dir, should_stop)
     if fresh:

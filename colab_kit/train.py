@@ -49,6 +49,8 @@ from colab_kit.train_budget import (  # noqa: F401 - TrainingError: the trainer'
 from colab_kit.train_state import TrainState, check_resume
 
 log = logging.getLogger(__name__)
+
+
 @dataclass
 class TrainResult:
     out_dir: Path
