@@ -46,62 +46,66 @@ def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.repeat(np.asarray(starts, dtype=np.int64) - before, lengths) + np.arange(total, dtype=np.int64)
 
 
+@dataclass
+class StoreIndex:
+    """Per-graph facts of a whole store, read once per process from the shard pointers (about 100 bytes a graph):
+    a batch's row ranges, lattices and targets then come from a few vectorised lookups, not per-shard reads."""
+
+    first: dict[str, np.ndarray]  # per pointer: each graph's first row in its shard
+    length: dict[str, np.ndarray]  # per pointer: each graph's row count
+    lattice: np.ndarray  # [N, 3, 3]
+    target: np.ndarray  # [N]
+
+    @classmethod
+    def of(cls, store: GraphStore) -> StoreIndex:
+        cached = store.__dict__.get("_batch_index")
+        if cached is None:
+            shards = [store._shard(k) for k in range(len(store.shards))]
+            pointers = sorted(shards[0].ptr) if shards else []
+            first = {p: np.concatenate([s.ptr[p][:-1] for s in shards]) for p in pointers}
+            length = {p: np.concatenate([np.diff(s.ptr[p]) for s in shards]) for p in pointers}
+            lattice = np.concatenate([np.asarray(s.arrays["lattice"], dtype=np.float64) for s in shards])
+            cached = store.__dict__["_batch_index"] = cls(first, length, lattice, store.targets())
+        return cached
+
+
 def gather(store: GraphStore, indices: Sequence[int], targets: np.ndarray | None = None) -> Gathered:
     """The arrays of graphs ``indices`` of ``store`` (``targets`` [N] replaces the stored labels, e.g. distillation).
 
-    Per shard the batch touches: one range computation per pointer and one fancy index per array; then one
-    concatenation and one permutation per array put the graphs back in batch order."""
+    Row ranges, lattices and targets come from the store's :class:`StoreIndex`; per shard the batch touches there is
+    one fancy index per ragged array; one concatenation and one permutation per array put them in batch order."""
     idx = np.asarray(indices, dtype=np.int64)
     n = len(idx)
-    if n and (idx.min() < 0 or idx.max() >= len(store)):
-        raise IndexError(f"graph index out of range for a store of {len(store)} graphs")
     if not n:
         raise ValueError("gather needs at least one graph index")
-    starts = store._starts
-    shard_of = np.searchsorted(starts, idx, side="right") - 1
+    if idx.min() < 0 or idx.max() >= len(store):
+        raise IndexError(f"graph index out of range for a store of {len(store)} graphs")
+    ix = StoreIndex.of(store)
+    shard_of = np.searchsorted(store._starts, idx, side="right") - 1
     order = np.argsort(shard_of, kind="stable")  # batch positions, grouped by shard
-    local = (idx - starts[shard_of])[order]
+    grouped = idx[order]
     cut = np.flatnonzero(np.diff(shard_of[order])) + 1
     bounds = np.concatenate(([0], cut, [n]))
-    groups = [(int(shard_of[order[a]]), slice(int(a), int(b))) for a, b in zip(bounds[:-1], bounds[1:])]
-    shards = [store._shard(k) for k, _ in groups]
-    first = shards[0]
-    pointers = sorted(first.ptr)
-    names = [name for name in RAGGED if name in first.arrays]
-    # in shard-grouped order: each graph's first row and row count per pointer; the rows of all graphs in one
-    # vectorised step per pointer, cut into one piece per shard
-    first_row: dict[str, list[np.ndarray]] = {p: [] for p in pointers}
-    lengths_parts: dict[str, list[np.ndarray]] = {p: [] for p in pointers}
-    for sh, (_, sl) in zip(shards, groups):
-        j = local[sl]
-        for p in pointers:
-            ptr = sh.ptr[p]
-            a = ptr[j]
-            first_row[p].append(a)
-            lengths_parts[p].append(ptr[j + 1] - a)
-    lengths = {p: np.concatenate(lengths_parts[p]) for p in pointers}
-    pieces = {}
-    for p in pointers:
-        rows = ranges(np.concatenate(first_row[p]), lengths[p])
-        per_shard = np.add.reduceat(lengths[p], bounds[:-1]) if n else np.zeros(0, np.int64)
-        pieces[p] = np.split(rows, np.cumsum(per_shard)[:-1])
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
-    for g, sh in enumerate(shards):
-        for name in names:
-            parts[name].append(sh.arrays[name][pieces[RAGGED[name]][g]])
-    lattice_g = np.concatenate([sh.arrays["lattice"][local[sl]] for sh, (_, sl) in zip(shards, groups)])
-    target_g = np.concatenate([sh.target[local[sl]] for sh, (_, sl) in zip(shards, groups)])
-    ids_g = [sh.ids[j] for sh, (_, sl) in zip(shards, groups) for j in local[sl].tolist()]
-    # back to batch order: graph at batch position order[q] is the q-th in grouped order
-    inverse = np.empty(n, dtype=np.int64)
+    shard_ids = shard_of[order][bounds[:-1]].tolist()
+    shards = [store._shard(k) for k in shard_ids]
+    pointers = sorted(ix.first)
+    names = [name for name in RAGGED if name in shards[0].arrays]
+    inverse = np.empty(n, dtype=np.int64)  # grouped position of each batch position
     inverse[order] = np.arange(n)
-    counts = {p: lengths[p][inverse] for p in pointers}
-    grouped_start = {p: np.cumsum(lengths[p]) - lengths[p] for p in pointers}
-    perm = {p: ranges(grouped_start[p][inverse], counts[p]) for p in pointers}
+    counts, pieces, perm = {}, {}, {}
+    for p in pointers:
+        lengths = ix.length[p][grouped]
+        rows = ranges(ix.first[p][grouped], lengths)  # shard-local rows of every graph, grouped by shard
+        pieces[p] = np.split(rows, np.cumsum(np.add.reduceat(lengths, bounds[:-1]))[:-1])
+        counts[p] = lengths[inverse]
+        perm[p] = ranges((np.cumsum(lengths) - lengths)[inverse], counts[p])
     arrays = {}
     for name in names:
-        cat = np.concatenate(parts[name]) if len(parts[name]) > 1 else parts[name][0]
-        arrays[name] = cat[perm[RAGGED[name]]]
-    target = target_g[inverse] if targets is None else np.asarray(targets, dtype=np.float64)[idx]
-    ids = [ids_g[q] for q in inverse.tolist()]
-    return Gathered(arrays, counts, lattice_g[inverse], target, ids)
+        p = RAGGED[name]
+        taken = [sh.arrays[name][rows] for sh, rows in zip(shards, pieces[p])]
+        cat = np.concatenate(taken) if len(taken) > 1 else taken[0]
+        arrays[name] = cat[perm[p]]
+    local = idx - store._starts[shard_of]
+    ids = [store._shard(k).ids[j] for k, j in zip(shard_of.tolist(), local.tolist())]
+    target = (ix.target if targets is None else np.asarray(targets, dtype=np.float64))[idx]
+    return Gathered(arrays, counts, ix.lattice[idx], target, ids)
