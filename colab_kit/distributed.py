@@ -121,10 +121,11 @@ def start(world: World, device: Any) -> None:
 
 
 def stop() -> None:
-    """Leave the process group (at the end of a command)."""
-    import torch.distributed as dist
+    """Leave the process group (at the end of a command); a command that never imported torch does not now."""
+    import sys
 
-    if dist.is_available() and dist.is_initialized():
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 
