@@ -30,9 +30,10 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from colab_kit.merge import verify_store
+    from colab_kit.store import GraphStore
 
-    store, problems = verify_store(args.store)
+    store = GraphStore(args.store)
+    problems = store.verify()
     for p in problems:
         print(p, file=sys.stderr)
     if problems:

@@ -167,11 +167,3 @@ def _copy_checked(src: Path, dst: Path, entry: dict[str, Any]) -> None:
         dst.unlink()
         _check(src, entry)  # names the damaged file
         raise StoreError(f"shard {src} changed while it was copied; merge again")
-
-
-def verify_store(root: str | Path) -> tuple[GraphStore, list[str]]:
-    """The store at ``root`` and the problems found checking every shard's size and sha256 (empty: sound)."""
-    store = GraphStore(root)
-    return store, store.verify()
-
-

@@ -179,11 +179,9 @@ def make_plan(machine: Machine, mode: str = "debug", **overrides: Any) -> Plan:
         check, allowed = OVERRIDABLE[key]
         if not check(value):
             raise PlanError(f"plan setting {key} must be {allowed} (got {value!r})")
-    if "workers" in overrides and overrides["workers"] > machine.cpus // max(1, machine.world.local_size):
-        raise PlanError(
-            f"plan setting workers must be at most the {machine.cpus // max(1, machine.world.local_size)} usable CPUs "
-            f"of this rank (got {overrides['workers']})"
-        )
+    cpus = max(1, machine.cpus // max(1, machine.world.local_size))  # this rank's share of the host's CPUs
+    if "workers" in overrides and overrides["workers"] > cpus:
+        raise PlanError(f"plan setting workers must be at most the {cpus} usable CPUs of this rank (got {overrides['workers']})")
 
     v: dict[str, Any] = {}
     r: dict[str, str] = {}
@@ -263,7 +261,6 @@ def make_plan(machine: Machine, mode: str = "debug", **overrides: Any) -> Plan:
     # DataLoader workers: each is a process; tiny RAM cannot afford them. Reading a graph from the mmap'd
     # store is cheaper than receiving it from a worker: torch passes every tensor of a batch through its
     # own file descriptor, ~0.5 ms of main-process time each (docs/performance.md, "DataLoader throughput").
-    cpus = max(1, machine.cpus // per_host)  # this rank's share of the host's CPUs
     if avail < LOW_RAM:
         set_("workers", 0, f"only {avail / GIB:.1f} GiB RAM free: load in the main process")
     elif kind.loader_workers is not None:

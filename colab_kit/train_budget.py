@@ -20,7 +20,7 @@ import torch
 
 from colab_kit import distributed
 from colab_kit.errors import ColabKitError
-from colab_kit.loader import GraphDataset, collate_fn
+from colab_kit.loader import dataset_and_collate
 from colab_kit.memory import Budget, calibrate, static_budget
 from colab_kit.oom import memory_fix
 from colab_kit.store import GraphStore, atomic_write_bytes
@@ -47,11 +47,11 @@ def read_oom_hint(ckpt_dir: Path) -> Budget | None:
 def initial_budget(model: Any, store: GraphStore, splits: dict[str, np.ndarray], plan: Any, device: torch.device,
                     amp_dtype: torch.dtype | None) -> Budget:
     """The calibrated batch budget, within ``plan.budget_cap`` x the static one (the model is left unchanged)."""
-    dataset, collate = GraphDataset(store), collate_fn(store)
+    dataset, collate = dataset_and_collate(store)  # the batches training will read, the same way
     atoms, edges = store.sizes()
 
     def fwd_bwd(indices: list[int]) -> None:
-        batch = model.to_device(collate([dataset[i] for i in indices]), device)
+        batch = model.to_device(collate(dataset.__getitems__(indices)), device)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             loss = (model(batch).float() - model.targets(batch)).pow(2).mean()
         loss.backward()
