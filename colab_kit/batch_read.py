@@ -55,6 +55,9 @@ class StoreIndex:
     length: dict[str, np.ndarray]  # per pointer: each graph's row count
     lattice: np.ndarray  # [N, 3, 3]
     target: np.ndarray  # [N]
+    shard: np.ndarray  # [N] the shard each graph is in
+    ids: list[str]  # [N] (the shards' own id strings, not copies)
+    names: dict[str, list[str]]  # per pointer: the ragged arrays it slices, in store.RAGGED's order
 
     @classmethod
     def of(cls, store: GraphStore) -> StoreIndex:
@@ -65,15 +68,20 @@ class StoreIndex:
             first = {p: np.concatenate([s.ptr[p][:-1] for s in shards]) for p in pointers}
             length = {p: np.concatenate([np.diff(s.ptr[p]) for s in shards]) for p in pointers}
             lattice = np.concatenate([np.asarray(s.arrays["lattice"], dtype=np.float64) for s in shards])
-            cached = store.__dict__["_batch_index"] = cls(first, length, lattice, store.targets())
+            shard = np.repeat(np.arange(len(shards)), [len(s.ids) for s in shards])
+            ids = [i for s in shards for i in s.ids]
+            present = [name for name in RAGGED if shards and name in shards[0].arrays]
+            names = {p: [name for name in present if RAGGED[name] == p] for p in pointers}
+            cached = store.__dict__["_batch_index"] = cls(first, length, lattice, store.targets(), shard, ids, names)
         return cached
 
 
 def gather(store: GraphStore, indices: Sequence[int], targets: np.ndarray | None = None) -> Gathered:
     """The arrays of graphs ``indices`` of ``store`` (``targets`` [N] replaces the stored labels, e.g. distillation).
 
-    Row ranges, lattices and targets come from the store's :class:`StoreIndex`; per shard the batch touches there is
-    one fancy index per ragged array; one concatenation and one permutation per array put them in batch order."""
+    Row ranges, lattices, targets and ids come from the store's :class:`StoreIndex`; per shard the batch touches
+    there is one ``np.take`` per ragged array, into one buffer per array; one more ``take`` per array puts the rows
+    in batch order."""
     idx = np.asarray(indices, dtype=np.int64)
     n = len(idx)
     if not n:
@@ -81,31 +89,28 @@ def gather(store: GraphStore, indices: Sequence[int], targets: np.ndarray | None
     if idx.min() < 0 or idx.max() >= len(store):
         raise IndexError(f"graph index out of range for a store of {len(store)} graphs")
     ix = StoreIndex.of(store)
-    shard_of = np.searchsorted(store._starts, idx, side="right") - 1
+    shard_of = ix.shard[idx]
     order = np.argsort(shard_of, kind="stable")  # batch positions, grouped by shard
-    grouped = idx[order]
-    cut = np.flatnonzero(np.diff(shard_of[order])) + 1
-    bounds = np.concatenate(([0], cut, [n]))
-    shard_ids = shard_of[order][bounds[:-1]].tolist()
-    shards = [store._shard(k) for k in shard_ids]
-    pointers = sorted(ix.first)
-    names = [name for name in RAGGED if name in shards[0].arrays]
+    grouped, sorted_shards = idx[order], shard_of[order]
+    bounds = np.concatenate(([0], np.flatnonzero(np.diff(sorted_shards)) + 1, [n]))
+    shards = [store._shard(k) for k in sorted_shards[bounds[:-1]].tolist()]
     inverse = np.empty(n, dtype=np.int64)  # grouped position of each batch position
     inverse[order] = np.arange(n)
-    counts, pieces, perm = {}, {}, {}
-    for p in pointers:
+    in_order = bool((order == inverse).all()) and bool((np.diff(order) > 0).all()) if n > 1 else True
+    arrays, counts = {}, {}
+    for p, names in ix.names.items():
         lengths = ix.length[p][grouped]
         rows = ranges(ix.first[p][grouped], lengths)  # shard-local rows of every graph, grouped by shard
-        pieces[p] = np.split(rows, np.cumsum(np.add.reduceat(lengths, bounds[:-1]))[:-1])
+        cut = np.concatenate(([0], np.cumsum(lengths)))
+        at = cut[bounds].tolist()  # each shard's slice of ``rows``
         counts[p] = lengths[inverse]
-        perm[p] = ranges((np.cumsum(lengths) - lengths)[inverse], counts[p])
-    arrays = {}
-    for name in names:
-        p = RAGGED[name]
-        taken = [sh.arrays[name][rows] for sh, rows in zip(shards, pieces[p])]
-        cat = np.concatenate(taken) if len(taken) > 1 else taken[0]
-        arrays[name] = cat[perm[p]]
-    local = idx - store._starts[shard_of]
-    ids = [store._shard(k).ids[j] for k, j in zip(shard_of.tolist(), local.tolist())]
+        perm = None if in_order else ranges(cut[:-1][inverse], counts[p])
+        for name in names:
+            first = shards[0].arrays[name]
+            buf = np.empty((at[-1],) + first.shape[1:], dtype=first.dtype)
+            # np.take, not arr[rows]: numpy's fancy indexing of a 2-D array ([E, 3] images) is ~3x slower
+            for sh, a, b in zip(shards, at[:-1], at[1:]):
+                np.take(sh.arrays[name], rows[a:b], axis=0, out=buf[a:b])
+            arrays[name] = buf if perm is None else np.take(buf, perm, axis=0)
     target = (ix.target if targets is None else np.asarray(targets, dtype=np.float64))[idx]
-    return Gathered(arrays, counts, ix.lattice[idx], target, ids)
+    return Gathered(arrays, counts, ix.lattice[idx], target, [ix.ids[i] for i in idx.tolist()])

@@ -109,7 +109,7 @@ def batch_from(g: Any) -> Any:
     neighbor = g.arrays["nbr"].astype(np.int64) + np.repeat(atom_ptr[:-1], n_edges)
     batch = Batch(
         z=torch.from_numpy(g.arrays["z"].astype(np.int64)),
-        pos=torch.from_numpy(cartesian(g.arrays["frac"].astype(np.float32), lattice[graph])),
+        pos=torch.from_numpy(cartesian(g.arrays["frac"].astype(np.float32), np.take(lattice, graph, axis=0))),
         cell=torch.from_numpy(lattice),
         edge_index=torch.from_numpy(np.stack([neighbor, center])),
         edge_shift=torch.from_numpy(g.arrays["image"].astype(np.float32)),
