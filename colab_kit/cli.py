@@ -169,7 +169,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     plan = _plan(args, probe_gpu=False, **extra)
     out = args.out or str(Path(plan.work_dir) / "stores" / f"{Path(args.source).name.split('.')[0]}-{plan.converter}")
     conv = get_converter(plan.converter, cutoff=plan.cutoff, bond_cutoff=plan.bond_cutoff,
-                         max_neighbors=plan.max_neighbors, on_isolated_atoms=plan.on_isolated_atoms)
+                         max_neighbors=plan.max_neighbors, on_isolated_atoms=plan.on_isolated_atoms,
+                         edges=plan.graph_edges)
     from colab_kit.interrupt import stop_on_signals
 
     with stop_on_signals() as stop:

@@ -63,7 +63,8 @@ def _compact(g: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     for k in ("nbr", "nbr_count", "d2u", "angles"):
         if k in out:
             out[k] = out[k].astype(np.int32)
-    out["image"] = out["image"].astype(np.int8 if np.abs(out["image"]).max(initial=0) < 128 else np.int16)
+    if "image" in out:  # a structure-only store has no edges
+        out["image"] = out["image"].astype(np.int8 if np.abs(out["image"]).max(initial=0) < 128 else np.int16)
     return out
 
 

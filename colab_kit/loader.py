@@ -60,7 +60,8 @@ class GraphDataset(Dataset):
         if self.batch_reads:
             from colab_kit.batch_read import gather
 
-            return registry.graph_kind(self.store.converter_name).batch_fn(gather(self.store, indices, self.targets))
+            kind = registry.graph_kind(self.store.converter_name)
+            return kind.batch_fn(gather(self.store, indices, self.targets), self.store.params)
         return [self[i] for i in indices]
 
 

@@ -95,6 +95,8 @@ class Plan:
     world_size: int = 1
     rank: int = 0
     local_rank: int = 0
+    # where a radius graph's edges come from: "stored" in the store, or "device" (built per batch on the device)
+    graph_edges: str = "stored"
     reasons: Mapping[str, str] = field(default_factory=dict, compare=False)
     warnings: tuple[str, ...] = ()
 
@@ -313,6 +315,18 @@ def make_plan(machine: Machine, mode: str = "debug", **overrides: Any) -> Plan:
             "use a local dir (e.g. /content/colab_kit) and persist_dir for Drive"
         )
     set_("shard_size", shard_size, shard_reason)
+    if not getattr(kind, "device_edges", False):
+        if overrides.get("graph_edges", "stored") != "stored":
+            raise PlanError(f"graph_edges=device needs graphs whose edges can be built on the device (radius: "
+                            f"cgcnn); {model} trains on {converter} graphs, read from the store: leave graph_edges out")
+        set_("graph_edges", "stored", f"{converter} graphs are read from the store")
+    elif local_free is not None and local_free < LOW_DISK and gpu is not None:
+        set_("graph_edges", "device", f"{local_free / GIB:.1f} GiB free disk: the store keeps structures only (~1/4 "
+             f"the size) and {gpu.name} builds each batch's edges")
+    else:
+        set_("graph_edges", "stored", "read from the store: on a CPU ~12x faster than building them per batch, "
+             "--set graph_edges=device keeps structures only (~1/4 the disk) and builds each batch's edges on the "
+             "device (docs/performance.md)")
 
     # Training.
     if gpu is None:

@@ -36,6 +36,7 @@ OVERRIDABLE: dict[str, tuple[Any, str]] = {
     "bond_cutoff": (_positive_num, "a positive number of Å"),
     "max_neighbors": (lambda v: v is None or _positive_int(v), "a positive integer or None"),
     "on_isolated_atoms": (lambda v: v in ISOLATED_ATOM_POLICIES, f"one of {ISOLATED_ATOM_POLICIES}"),
+    "graph_edges": (lambda v: v in ("stored", "device"), "stored or device"),
     "train_memory": (_positive_int, "a positive number of bytes"),
     "batch_edges": (_positive_int, "a positive integer"),
     "batch_atoms": (_positive_int, "a positive integer"),

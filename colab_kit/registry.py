@@ -40,8 +40,9 @@ class GraphKind(Protocol):
     ``settings(params)`` is the inverse of ``params``: a store's parameters as the Plan's graph settings.
     ``needs`` names the store arrays ``convert`` writes and ``to_graph`` reads (all in ``store.RAGGED`` + lattice);
     ``loader_workers`` is (workers, reason) when the kind needs a fixed number of DataLoader workers, else None.
-    An optional ``batch_fn(gathered)`` assembles the batch ``collate`` would make straight from a whole-batch read
-    (:func:`colab_kit.batch_read.gather`), without a graph object per item.
+    An optional ``batch_fn(gathered, params)`` assembles the batch ``collate`` would make straight from a whole-batch
+    read (:func:`colab_kit.batch_read.gather`), without a graph object per item. A kind with ``device_edges`` can
+    also keep structures only (``params(..., edges="device")``) and build each batch's edges on the training device.
     """
 
     name: str
@@ -116,7 +117,9 @@ class Graphs:
     loader_workers: tuple[int, str] | None = None
     plan_names: Mapping[str, str] = field(default_factory=dict)  # converter parameter -> Plan field, where they differ
     # a batch from a whole-batch read (colab_kit.batch_read.Gathered) equal to collate_fn of its graphs; None: per graph
-    batch_fn: Callable[[Any], Any] | None = None
+    batch_fn: Callable[[Any, Mapping[str, Any]], Any] | None = None
+    # the store can keep structures only, the edges built per batch on the device (make_params takes ``edges``)
+    device_edges: bool = False
 
     def resolution(self, low_ram: bool) -> dict[str, tuple[Any, str]]:
         return self.resolve(low_ram)
@@ -126,9 +129,15 @@ class Graphs:
         return {k: v for k, v in named.items() if k in GRAPH_SETTINGS}
 
     def params(self, cutoff: float | None = None, bond_cutoff: float | None = None, max_neighbors: int | None = None,
-               on_isolated_atoms: str = "error") -> dict[str, Any]:
-        return self.make_params(cutoff=cutoff, bond_cutoff=bond_cutoff, max_neighbors=max_neighbors,
-                                on_isolated_atoms=on_isolated_atoms)
+               on_isolated_atoms: str = "error", edges: str = "stored") -> dict[str, Any]:
+        kw: dict[str, Any] = dict(cutoff=cutoff, bond_cutoff=bond_cutoff, max_neighbors=max_neighbors,
+                                  on_isolated_atoms=on_isolated_atoms)
+        if self.device_edges:
+            kw["edges"] = edges
+        elif edges != "stored":
+            raise RegistryError(f"graph_edges={edges!r} needs a graph kind whose edges can be built on the device "
+                                f"(radius); {self.name} graphs are read from the store: --set graph_edges=stored")
+        return self.make_params(**kw)
 
     def convert(self, structure: Any, params: Mapping[str, Any], graph_id: str | None = None) -> dict:
         return self.convert_fn(structure, **params, graph_id=graph_id)

@@ -217,7 +217,8 @@ def _pipeline(plan: Plan, run_dir: Path, persist: Path | None, data_path: Path, 
 
     store_dir = run_dir / "store"
     converter = get_converter(plan.converter, cutoff=plan.cutoff, bond_cutoff=plan.bond_cutoff,
-                              max_neighbors=plan.max_neighbors, on_isolated_atoms=plan.on_isolated_atoms)
+                              max_neighbors=plan.max_neighbors, on_isolated_atoms=plan.on_isolated_atoms,
+                              edges=plan.graph_edges)
     if (store_dir / "manifest.json").exists():
         resumed.append("graph store found: converting only what is missing")
 

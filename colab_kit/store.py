@@ -150,7 +150,8 @@ def write_shard(root: str | Path, index: int, graphs: list[dict[str, np.ndarray]
         "n_failed": len(failures),
         "n_warned": len({w[0] for w in warned}),
         "n_atoms": int(sum(len(g["z"]) for g in graphs)),
-        "n_edges": int(sum(len(g["nbr"]) for g in graphs)),
+        # a structure-only store (edges built on the device) counts the edges its atoms will have
+        "n_edges": int(sum(len(g["nbr"]) if "nbr" in g else int(g["nbr_count"].sum()) for g in graphs)),
         "bytes": len(blob),
         "sha256": hashlib.sha256(blob).hexdigest(),
     }
@@ -333,7 +334,7 @@ class GraphStore:
     def sizes(self) -> tuple[np.ndarray, np.ndarray]:
         """(atoms, directed edges) per graph, from the shard pointers; no graph is read."""
         atoms = self._per_graph(lambda s: np.diff(s.ptr["atom_ptr"]) if len(s) else np.zeros(0, np.int64))
-        edges = self._per_graph(lambda s: np.diff(s.ptr["edge_ptr"]) if len(s) else np.zeros(0, np.int64))
+        edges = self._per_graph(_edge_counts)
         return atoms.astype(np.int64), edges.astype(np.int64)
 
     def targets(self) -> np.ndarray:
@@ -361,3 +362,13 @@ class GraphStore:
             elif p.stat().st_size != meta["bytes"] or sha256_file(p) != meta["sha256"]:
                 problems.append(f"{p}: checksum mismatch (damaged or modified)")
         return problems
+
+
+def _edge_counts(s: _Shard) -> np.ndarray:
+    """Directed edges per graph of a shard: from its edge pointer, or (a structure-only store, whose edges are built
+    on the device) from the per-atom edge counts."""
+    if not len(s):
+        return np.zeros(0, np.int64)
+    if "edge_ptr" in s.ptr:
+        return np.diff(s.ptr["edge_ptr"])
+    return np.add.reduceat(s.arrays["nbr_count"].astype(np.int64), s.ptr["atom_ptr"][:-1])

@@ -168,3 +168,25 @@ def assert_sigkill_resume_identical(args: list[str], tmp: Path, first_step: int,
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     return a, b
+
+
+def assert_same_batch(ref: object, new: object) -> None:
+    """Two PyG batches equal tensor for tensor (dtype, shape, values), with the same slices (to_data_list works)."""
+    import torch
+
+    assert sorted(ref.keys()) == sorted(new.keys())
+    for k in ref.keys():
+        a, b = ref[k], new[k]
+        if torch.is_tensor(a):
+            assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), k
+        else:
+            assert a == b, k
+    assert ref.num_graphs == new.num_graphs and ref.num_nodes == new.num_nodes
+    for k, v in ref._slice_dict.items():
+        assert torch.equal(v, new._slice_dict[k]), k
+    for k, v in ref._inc_dict.items():
+        assert (v is None and new._inc_dict[k] is None) or torch.equal(v, new._inc_dict[k]), k
+    for d_ref, d_new in zip(ref.to_data_list(), new.to_data_list(), strict=True):  # batch[i] works as on a collated batch
+        assert d_ref.num_nodes == d_new.num_nodes
+        for k in set(d_ref.keys()) - {"num_nodes"}:
+            assert torch.equal(d_ref[k], d_new[k]) if torch.is_tensor(d_ref[k]) else d_ref[k] == d_new[k], k

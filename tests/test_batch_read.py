@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import SHIPPED
+from helpers import SHIPPED, assert_same_batch
 
 from colab_kit.batch_read import gather, ranges
 from colab_kit.convert import build_store
@@ -22,25 +22,6 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> GraphStore:
     # small shards: a random batch spans many of them, as on a 133-shard store
     build_store(SHIPPED, out, get_converter("radius"), limit=400, shard_size=37, progress=False)
     return GraphStore(out)
-
-
-def assert_same_batch(ref: object, new: object) -> None:
-    assert sorted(ref.keys()) == sorted(new.keys())
-    for k in ref.keys():
-        a, b = ref[k], new[k]
-        if torch.is_tensor(a):
-            assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), k
-        else:
-            assert a == b, k
-    assert ref.num_graphs == new.num_graphs and ref.num_nodes == new.num_nodes
-    for k, v in ref._slice_dict.items():
-        assert torch.equal(v, new._slice_dict[k]), k
-    for k, v in ref._inc_dict.items():
-        assert (v is None and new._inc_dict[k] is None) or torch.equal(v, new._inc_dict[k]), k
-    for d_ref, d_new in zip(ref.to_data_list(), new.to_data_list(), strict=True):  # batch[i] works as on a collated batch
-        assert d_ref.num_nodes == d_new.num_nodes
-        for k in set(d_ref.keys()) - {"num_nodes"}:
-            assert torch.equal(d_ref[k], d_new[k]) if torch.is_tensor(d_ref[k]) else d_ref[k] == d_new[k], k
 
 
 def test_ranges_concatenates_aranges() -> None:

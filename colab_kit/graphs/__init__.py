@@ -41,7 +41,8 @@ class Converter:
 
 
 def get_converter(name: str, cutoff: float | None = None, bond_cutoff: Any = _KIND_DEFAULT,
-                  max_neighbors: Any = _KIND_DEFAULT, on_isolated_atoms: str = "error") -> Converter:
+                  max_neighbors: Any = _KIND_DEFAULT, on_isolated_atoms: str = "error",
+                  edges: str = "stored") -> Converter:
     """The converter for graph kind ``name`` with its parameters.
 
     Args:
@@ -54,6 +55,8 @@ def get_converter(name: str, cutoff: float | None = None, bond_cutoff: Any = _KI
             rejects it (recorded as a skipped item), ``"warn"`` logs one line and keeps its graph, ``"ignore"``
             keeps it. CHGNet's modes and default, for every kind: an atom without neighbours is as suspect for
             a radius graph (CGCNN pads it with nothing) as for CHGNet.
+        edges: ``"stored"`` (default) writes the edges to the store; ``"device"`` (radius graphs) keeps the
+            structures only and builds each batch's edges on the training device.
 
     Raises:
         ConverterError: an unknown name, a non-positive cutoff or an unknown policy.
@@ -67,4 +70,4 @@ def get_converter(name: str, cutoff: float | None = None, bond_cutoff: Any = _KI
         cutoff=cutoff,
         bond_cutoff=defaults.get("bond_cutoff") if bond_cutoff is _KIND_DEFAULT else bond_cutoff,
         max_neighbors=defaults.get("max_neighbors") if max_neighbors is _KIND_DEFAULT else max_neighbors,
-        on_isolated_atoms=on_isolated_atoms))
+        on_isolated_atoms=on_isolated_atoms, edges=edges))

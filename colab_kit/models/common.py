@@ -17,7 +17,14 @@ class PygAdapter:
 
     @staticmethod
     def to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:
-        return batch.to(device, non_blocking=non_blocking)
+        """The batch on ``device``; a batch of structures (a structure-only radius store) gets its edges built
+        there."""
+        moved = batch.to(device, non_blocking=non_blocking)
+        if getattr(moved, "_device_edges", None) is not None:
+            from colab_kit.graphs.radius import complete
+
+            return complete(moved)
+        return moved
 
     @staticmethod
     def targets(batch: Any) -> torch.Tensor:
@@ -26,7 +33,8 @@ class PygAdapter:
     @staticmethod
     def size(batch: Any) -> tuple[int, int, int]:
         """(graphs, atoms, edges) in the batch (edges as the model sees them, e.g. with ComFormer's self-loops)."""
-        return int(batch.num_graphs), int(batch.num_nodes), int(batch.edge_index.shape[1])
+        rule = getattr(batch, "_device_edges", None)  # a batch of structures: its edge count is known from the store
+        return int(batch.num_graphs), int(batch.num_nodes), int(rule[2] if rule else batch.edge_index.shape[1])
 
 
 class BatchNormAnySize(nn.BatchNorm1d):

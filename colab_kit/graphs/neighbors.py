@@ -1,0 +1,79 @@
+"""The radius graph's neighbour rule, one definition for the graphs written to the store at conversion (numpy) and
+the graphs built per batch on the training device from a structure-only store (torch, :mod:`.radius_device`).
+
+The rule: atom j's image n is a neighbour of atom i when ``1e-8 Å < |pos_j + n @ L - pos_i| <= cutoff``; each atom
+keeps its ``max_neighbors`` nearest, in the total order (squared distance, j, n). Every quantity is computed from
+the stored float32 fractional coordinates and the float64 lattice with the explicit float64 expressions below
+(products and sums element by element, never a matrix product whose summation order a BLAS may change), so numpy on
+a CPU and torch on a GPU give the same bits, and equal distances are broken by index, never by a search's order.
+
+A neighbour search (pymatgen's cell list, or :mod:`.radius_device`'s enumeration of images) only proposes
+candidates, within the cutoff plus :data:`MARGIN`; which of them are edges, and in what order, is decided here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+TOL = 1e-8  # Å: closer than this is the atom itself (pymatgen's numerical_tol, as CHGNet calls it)
+MARGIN = 1e-3  # Å added to a search's radius: its distances (float64 positions) and these differ by ~1e-6 Å at most
+IMAGE_BASE = 256  # image components are stored as int8: n + 128 in [0, 256)
+
+
+def cartesian(frac: Any, lattice: Any) -> Any:
+    """Cartesian positions ``[A, 3]`` of fractional ``frac [A, 3]`` in ``lattice`` (``[A, 3, 3]`` per atom, or
+    ``[1, 3, 3]``), as three element-wise products and two sums: the same bits for numpy and torch, for one graph
+    and for a batch (a matrix product may sum in another order)."""
+    return frac[:, 0:1] * lattice[:, 0] + frac[:, 1:2] * lattice[:, 1] + frac[:, 2:3] * lattice[:, 2]
+
+
+def squared_lengths(pos: Any, shift: Any, center: Any, neighbor: Any) -> Any:
+    """``|pos[neighbor] + shift - pos[center]|²`` per candidate, float64, numpy or torch alike."""
+    v = (pos[neighbor] + shift) - pos[center]
+    return (v[:, 0] * v[:, 0] + v[:, 1] * v[:, 1]) + v[:, 2] * v[:, 2]
+
+
+def tie_key(neighbor: Any, image: Any) -> Any:
+    """One int64 per candidate ordering (j, n) lexicographically: the tie-break after the distance."""
+    b = IMAGE_BASE
+    return ((neighbor * b + (image[:, 0] + 128)) * b + (image[:, 1] + 128)) * b + (image[:, 2] + 128)
+
+
+def nearest(center: np.ndarray, neighbor: np.ndarray, image: np.ndarray, d2: np.ndarray, cutoff: float,
+            max_neighbors: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The edges among candidates (numpy): within the cutoff, sorted by centre then (d², j, n), each centre's
+    ``max_neighbors`` first. Returns (center, neighbor, image)."""
+    keep = (d2 <= cutoff * cutoff) & (d2 > TOL * TOL)
+    center, neighbor, image, d2 = center[keep], neighbor[keep], image[keep], d2[keep]
+    order = np.lexsort((tie_key(neighbor, image), d2, center))
+    center, neighbor, image = center[order], neighbor[order], image[order]
+    if max_neighbors is not None and len(center):
+        first = np.flatnonzero(np.r_[True, center[1:] != center[:-1]])
+        rank = np.arange(len(center)) - np.repeat(first, np.diff(np.r_[first, len(center)]))
+        keep = rank < max_neighbors
+        center, neighbor, image = center[keep], neighbor[keep], image[keep]
+    return center, neighbor, image
+
+
+def nearest_torch(center: Any, neighbor: Any, image: Any, d2: Any, radius2: Any, max_neighbors: int | None) -> Any:
+    """:func:`nearest` in torch on any device, ``radius2`` the squared cutoff per candidate (or a number).
+
+    Three stable sorts, least significant key first, give the same total order as numpy's lexsort.
+    Returns (center, neighbor, image, d2) of the kept edges."""
+    import torch
+
+    keep = (d2 <= radius2) & (d2 > TOL * TOL)
+    center, neighbor, image, d2 = center[keep], neighbor[keep], image[keep], d2[keep]
+    order = torch.sort(tie_key(neighbor, image), stable=True).indices
+    order = order[torch.sort(d2[order], stable=True).indices]
+    order = order[torch.sort(center[order], stable=True).indices]
+    center, neighbor, image, d2 = center[order], neighbor[order], image[order], d2[order]
+    if max_neighbors is not None and len(center):
+        new = torch.ones_like(center, dtype=torch.bool)
+        new[1:] = center[1:] != center[:-1]
+        first = torch.cummax(torch.where(new, torch.arange(len(center), device=center.device), 0), dim=0).values
+        keep = torch.arange(len(center), device=center.device) - first < max_neighbors
+        center, neighbor, image, d2 = center[keep], neighbor[keep], image[keep], d2[keep]
+    return center, neighbor, image, d2
