@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from colab_kit import distributed, registry
+from colab_kit import device_feed, distributed, registry
 from colab_kit.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from colab_kit.distill import distill_targets
 from colab_kit.evaluate import amp_dtype_for, evaluate_with_backoff
@@ -264,8 +264,12 @@ def train_epoch(loop: _Loop) -> bool:
     bar = tqdm(total=n_train, initial=sampler.offset, unit="graph", desc=f"epoch {sampler.epoch + 1}/{plan.epochs}",
                disable=not loop.progress, dynamic_ncols=True)
 
+    def move(b: Any) -> Any:
+        return loop.model.to_device(b, loop.device, non_blocking=plan.pin_memory)
+
     def rest_of_epoch() -> bool:
-        for k, batch in enumerate(loop.loaders["train"]):
+        # on CUDA the next batch is copied (and a structure batch's edges built) on a side stream during this step
+        for k, (batch, moved) in enumerate(device_feed.ahead(loop.loaders["train"], move, loop.device)):
             # one agreement per step: stop and checkpoint together on every rank (and the last step's loss in)
             stop, due = _sync(loop, loop.should_stop(), time.monotonic() - loop.last_ckpt > plan.checkpoint_minutes * 60)
             if due:
@@ -274,7 +278,7 @@ def train_epoch(loop: _Loop) -> bool:
                 return False
             n, n_step = sampler.step_info[k]  # graphs of this batch that count; of the whole step across ranks
             loop.last_graphs = loop.model.size(batch)[0]
-            loss_sum = train_step(loop, batch, n, n_step)
+            loss_sum = train_step(loop, batch, n, n_step, moved)
             loop.ooms = 0
             sampler.advance(n_step)
             st.step += 1
@@ -307,17 +311,18 @@ def _sync(loop: _Loop, stop: bool, due: bool) -> tuple[bool, bool]:
     return bool(flag_stop), bool(flag_due)
 
 
-def train_step(loop: _Loop, batch: Any, n: int | None = None, n_step: int | None = None) -> float:
+def train_step(loop: _Loop, batch: Any, n: int | None = None, n_step: int | None = None, moved: Any = None) -> float:
     """One optimiser step on ``batch``; returns the sum over its ``n`` counted graphs of the squared error in units
     of the target's std² (the loss is its mean).
 
     With several ranks the loss is that sum x ``world / n_step`` (0 for a padding batch): DistributedDataParallel
-    averages gradients over ranks, so the step follows the mean over all ``n_step`` graphs of the step."""
+    averages gradients over ranks, so the step follows the mean over all ``n_step`` graphs of the step.
+    ``moved`` is the batch already on the device (:func:`colab_kit.device_feed.ahead`)."""
     if loop.step_hook is not None:
         loop.step_hook(batch)
     model, plan = loop.model, loop.plan
     n = model.size(batch)[0] if n is None else n
-    batch = model.to_device(batch, loop.device, non_blocking=plan.pin_memory)
+    batch = moved if moved is not None else model.to_device(batch, loop.device, non_blocking=plan.pin_memory)
     with torch.autocast(loop.device.type, dtype=loop.amp_dtype, enabled=loop.amp_dtype is not None):
         pred = loop.forward(batch) if loop.forward is not None else model(batch)
     y = model.targets(batch)

@@ -163,3 +163,41 @@ def test_run_with_device_graphs_end_to_end(tmp_path: Path) -> None:
     manifests = list(tmp_path.rglob("store/manifest.json"))
     assert manifests and GraphStore(manifests[0].parent).params["edges"] == "device"
     assert "Done" in res.stdout + res.stderr
+
+
+def test_device_feed_on_cpu_moves_each_batch_when_reached() -> None:
+    from colab_kit.device_feed import ahead
+
+    seen: list[int] = []
+
+    def move(b: int) -> int:
+        seen.append(b)
+        return b * 10
+
+    out = []
+    for b, moved in ahead(iter(range(4)), move, torch.device("cpu")):
+        out.append((b, moved))
+        assert seen[-1] == b  # nothing moved before it is reached
+    assert out == [(0, 0), (1, 10), (2, 20), (3, 30)] and list(ahead([], move, torch.device("cpu"))) == []
+
+
+@pytest.mark.gpu
+def test_device_feed_on_cuda_overlaps_and_delivers_the_same_batches(stores: tuple[GraphStore, GraphStore]) -> None:
+    """The side-stream feed gives the batches a plain move gives, edges built on the GPU included."""
+    from colab_kit.device_feed import ahead
+    from colab_kit.loader import BudgetBatchSampler
+    from colab_kit.models.common import PygAdapter
+
+    stored, device = stores
+    cuda = torch.device("cuda")
+    atoms, edges = device.sizes()
+
+    def sampler() -> BudgetBatchSampler:
+        return BudgetBatchSampler(np.arange(len(device)), atoms, edges, 600, 8000, 32, seed=5)
+
+    def move(b: object) -> object:
+        return PygAdapter.to_device(b, cuda, non_blocking=True)
+
+    ref = make_loader(stored, sampler(), pin_memory=True)
+    for a, (_, b) in zip(ref, ahead(make_loader(device, sampler(), pin_memory=True), move, cuda), strict=True):
+        assert_same_batch(a, b.to("cpu"))
