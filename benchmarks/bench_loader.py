@@ -85,15 +85,17 @@ def _evict_file(path: str | Path) -> None:
         os.close(fd)
 
 
-def build_if_missing(path: str | None, kind: str, source: str, n: int | None, workdir: Path) -> str:
-    """The store at ``path``, or a new one of the first ``n`` items of ``source`` in ``workdir``."""
+def build_if_missing(path: str | None, kind: str, source: str, n: int | None, workdir: Path, edges: str = "stored") -> str:
+    """The store at ``path``, or a new one of the first ``n`` items of ``source`` in ``workdir`` (``edges="device"``:
+    a structure-only radius store)."""
     from colab_kit.convert import build_store
     from colab_kit.graphs import get_converter
 
     if path:
         return path
-    out = workdir / f"store-{kind}"
-    conv = get_converter("chgnet") if kind == "chgnet" else get_converter("radius", cutoff=8, max_neighbors=12)
+    out = workdir / (f"store-{kind}" + ("-structures" if edges == "device" else ""))
+    conv = get_converter("chgnet") if kind == "chgnet" else get_converter("radius", cutoff=8, max_neighbors=12,
+                                                                           edges=edges)
     t = time.perf_counter()
     r = build_store(source, out, conv, workers=2, shard_size=1000, limit=n, on_bad_structure="skip", progress=False)
     print(f"built {kind} store of {r.n_graphs} graphs at {out} in {time.perf_counter() - t:.0f} s", flush=True)
@@ -255,28 +257,36 @@ class FileDataset:
 
 def _child_loader(config_path: str) -> None:
     """One DataLoader configuration in a fresh interpreter: pass times and the peak RSS of its process tree."""
+    import chgnet.graph.crystalgraph  # noqa: F401  (imports are not part of a pass, nor of the data's memory)
     import torch
+    import torch_geometric.data  # noqa: F401
     from torch.utils.data import DataLoader
 
     from colab_kit import registry
     from colab_kit.loader import BudgetBatchSampler, make_loader
+    from colab_kit.models.common import PygAdapter
     from colab_kit.store import GraphStore
 
+    rss_base = _rss_mb()  # an interpreter with torch, PyG and chgnet imported, no data yet
     cfg = json.loads(Path(config_path).read_text())
     kind, method, workers = cfg["kind"], cfg["method"], cfg["workers"]
     batches: list[list[int]] = cfg["batches"]
     n_graphs = sum(len(b) for b in batches)
     kw: dict[str, Any] = {"num_workers": workers}
-    if method in ("colab_kit", "colab_kit_per_graph"):
-        store = GraphStore(cfg["store"])
+    finish = None
+    if method in ("colab_kit", "colab_kit_per_graph", "colab_kit_device_graphs"):
+        store = GraphStore(cfg["device_store"] if method == "colab_kit_device_graphs" else cfg["store"])
         atoms, edges = store.sizes()
         sampler = BudgetBatchSampler(np.asarray(cfg["indices"]), atoms, edges, cfg["max_atoms"], cfg["max_edges"],
                                      cfg["max_graphs"], shuffle=True, seed=cfg["seed"])
         assert [list(map(int, b)) for b in sampler] == batches, "sampler and planned batches differ"
 
-        if method == "colab_kit":
+        if method in ("colab_kit", "colab_kit_device_graphs"):
             def make() -> Any:
                 return make_loader(store, sampler, workers=workers)
+        if method == "colab_kit_device_graphs":  # a batch of structures: its edges built where it is moved
+            def finish(batch: Any) -> Any:
+                return PygAdapter.to_device(batch, torch.device("cpu"))
         else:
             from colab_kit.loader import GraphDataset, collate_fn
 
@@ -301,9 +311,6 @@ def _child_loader(config_path: str) -> None:
         def make() -> Any:
             return PygLoader(ds, batch_sampler=mapped, **kw)
 
-    import chgnet.graph.crystalgraph  # noqa: F401  (imports are not part of a pass)
-    import torch_geometric.data  # noqa: F401
-
     torch.set_num_threads(1)
     for path in cfg.get("evict", []):  # the first pass reads from disk
         evict(path) if Path(path).is_dir() else _evict_file(path)
@@ -314,16 +321,19 @@ def _child_loader(config_path: str) -> None:
             seen = 0
             t = time.perf_counter()
             for batch in make():
+                if finish is not None:
+                    batch = finish(batch)
                 seen += batch.num_graphs if hasattr(batch, "num_graphs") else len(batch[0])
             passes.append(time.perf_counter() - t)
             assert seen == n_graphs, (seen, n_graphs)
     print(json.dumps({"passes_s": passes, "graphs": n_graphs, "batches": len(batches), "rss_start_mb": rss0,
+                      "rss_base_mb": rss_base,
                       "peak_tree_rss_mb": mon.peak_rss / 2**20, "peak_tree_pss_mb": mon.peak_pss / 2**20,
                       "peak_tree_anon_mb": mon.peak_anon / 2**20}))
 
 
 def bench_loader(stores: dict[str, str], n_graphs: int, workers: list[int], passes: int, workdir: Path,
-                 seed: int) -> dict[str, Any]:
+                 seed: int, device_store: str | None = None) -> dict[str, Any]:
     from colab_kit.loader import BudgetBatchSampler
     from colab_kit.store import GraphStore
 
@@ -353,9 +363,13 @@ def bench_loader(stores: dict[str, str], n_graphs: int, workers: list[int], pass
             InMemoryDataset.save([store.get(i) for i in indices.tolist()], str(inmem))
             base["inmemory"] = str(inmem)
             methods.append("pyg_inmemory")
+            if device_store:
+                base["device_store"] = device_store
+                methods.insert(1, "colab_kit_device_graphs")
         for w in workers:
             for method in methods:
-                evict_paths = ([path] if method.startswith("colab_kit") else [files_dir] if method == "per_file"
+                evict_paths = ([device_store] if method == "colab_kit_device_graphs" else [path]
+                               if method.startswith("colab_kit") else [files_dir] if method == "per_file"
                                else [base["inmemory"]])
                 cfg = {**base, "method": method, "workers": w, "evict": [str(x) for x in evict_paths],
                        "paths": {str(k): v for k, v in paths.items()} if method == "per_file" else {},
@@ -371,7 +385,8 @@ def bench_loader(stores: dict[str, str], n_graphs: int, workers: list[int], pass
                 rows.append({"graphs": kind, "method": method, "workers": w, "n_graphs": res["graphs"],
                              "batches": res["batches"], "passes_s": res["passes_s"], "median_pass_s": t_pass,
                              "graphs_per_s": res["graphs"] / t_pass, "cold_graphs_per_s": res["graphs"] / res["passes_s"][0],
-                             "rss_start_mb": res["rss_start_mb"],
+                             "rss_start_mb": res["rss_start_mb"], "rss_base_mb": res["rss_base_mb"],
+                             "data_mb": res["peak_tree_rss_mb"] - res["rss_base_mb"],
                              "peak_tree_rss_mb": res["peak_tree_rss_mb"], "peak_tree_pss_mb": res["peak_tree_pss_mb"],
                              "peak_tree_anon_mb": res["peak_tree_anon_mb"], "loadavg": loadavg()})
                 print(f"loader {kind}/{method}/workers={w}: {res['graphs'] / t_pass:,.0f} graphs/s", flush=True)
@@ -384,14 +399,16 @@ def bench_loader(stores: dict[str, str], n_graphs: int, workers: list[int], pass
                     and x["method"] == "pyg_inmemory"), None)
         r["vs_inmemory"] = r["graphs_per_s"] / mem["graphs_per_s"] if mem else float("nan")
         r["rss_vs_inmemory"] = r["peak_tree_rss_mb"] / mem["peak_tree_rss_mb"] if mem else float("nan")
+        r["data_vs_inmemory"] = r["data_mb"] / mem["data_mb"] if mem else float("nan")
     print_table(
         f"DataLoader over {n_graphs} random graphs: cold = first pass after evicting the files it reads, warm = median "
         f"of the {passes - 1} passes after it (fresh process per row)",
         ["graphs", "loader", "workers", "batches", "warm graphs/s", "cold graphs/s", "× per-file (warm)",
-         "× in-memory (warm)", "peak tree RSS MB", "RSS / in-memory", "peak tree RssAnon MB", "load avg"],
+         "× in-memory (warm)", "peak tree RSS MB", "RSS / in-memory", "data MB", "data / in-memory",
+         "peak tree RssAnon MB", "load avg"],
         [[r["graphs"], r["method"], r["workers"], r["batches"], r["graphs_per_s"], r["cold_graphs_per_s"],
-          r["speedup_vs_per_file"], r["vs_inmemory"], r["peak_tree_rss_mb"], r["rss_vs_inmemory"],
-          r["peak_tree_anon_mb"], r["loadavg"]] for r in rows],
+          r["speedup_vs_per_file"], r["vs_inmemory"], r["peak_tree_rss_mb"], r["rss_vs_inmemory"], r["data_mb"],
+          r["data_vs_inmemory"], r["peak_tree_anon_mb"], r["loadavg"]] for r in rows],
     )
     return {"rows": rows}
 
@@ -409,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", default=None, help="chgnet store (e.g. bench_convert's --store-out); built if absent")
     ap.add_argument("--radius-store", default=None, help="radius store; built from --source if absent")
+    ap.add_argument("--radius-structures", default=None,
+                    help="structure-only radius store (graph_edges=device); built from --source if absent")
     ap.add_argument("--source", default=DEFAULT_SOURCE)
     ap.add_argument("--build-n", type=int, default=None, help="items for a chgnet store built here (default all)")
     ap.add_argument("--radius-n", type=int, default=20_000, help="items for a radius store built here")
@@ -434,6 +453,9 @@ def main(argv: list[str] | None = None) -> int:
             stores["chgnet"] = build_if_missing(args.store, "chgnet", args.source, args.build_n, workdir)
         if "radius" in kinds:
             stores["radius"] = build_if_missing(args.radius_store, "radius", args.source, args.radius_n, workdir)
+            device_store = build_if_missing(args.radius_structures, "radius", args.source, args.radius_n, workdir,
+                                            edges="device")
+            results["radius_structures"] = device_store
         results["stores"] = stores
         if "open" in sections:
             results["open"] = bench_open(stores, args.open_repeats)
@@ -444,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         if "loader" in sections:
             results["loader"] = bench_loader(stores, args.loader_graphs,
                                              [int(w) for w in args.loader_workers.split(",")], args.passes, workdir,
-                                             args.seed)
+                                             args.seed, results.get("radius_structures"))
             save()
     return 0
 

@@ -18,7 +18,10 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 # what is worth keeping, relative to the run directory
-PATTERNS = ("plan.json", "store/manifest*.json", "store/shard-*.safetensors", "store/splits-*.npz", "store/teacher-*.npz",
+STORE_DIRS = ("store", "store-structures")  # a run's graph store; its structure-only store (graph_edges=device)
+PATTERNS = ("plan.json",
+            *(f"{d}/{f}" for d in STORE_DIRS for f in ("manifest*.json", "shard-*.safetensors", "splits-*.npz",
+                                                        "teacher-*.npz")),
             "checkpoints/*.pt", "best.pt", "metrics.jsonl", "metrics.csv", "timing.json", "report/*",
             "fold-*.csv", "folds.csv", "results.json.gz")  # the last three: a benchmark's directory
 
@@ -93,11 +96,11 @@ def restore(persist_dir: str | Path | None, run_dir: str | Path) -> list[str]:
         return []
     from colab_kit.store import sha256_file
 
-    checksums: dict[str, tuple[int, str]] = {}
-    for mpath in (src_root / "store").glob("manifest*.json"):
+    checksums: dict[tuple[str, str], tuple[int, str]] = {}  # (store dir, shard) -> size, sha256
+    for mpath in (m for d in STORE_DIRS for m in (src_root / d).glob("manifest*.json")):
         try:
             for e in json.loads(mpath.read_text()).get("shards", []):
-                checksums[e["file"]] = (e["bytes"], e["sha256"])
+                checksums[(mpath.parent.name, e["file"])] = (e["bytes"], e["sha256"])
         except (OSError, json.JSONDecodeError, KeyError) as exc:
             log.warning("persisted manifest %s is unreadable (%s); its shards will be rebuilt", mpath, exc)
     restored = []
@@ -109,7 +112,8 @@ def restore(persist_dir: str | Path | None, run_dir: str | Path) -> list[str]:
             dst = dst_root / rel
             if dst.exists() and dst.stat().st_size == src.stat().st_size:
                 continue
-            if src.name in checksums and (src.stat().st_size, sha256_file(src)) != checksums[src.name]:
+            key = (src.parent.name, src.name)
+            if key in checksums and (src.stat().st_size, sha256_file(src)) != checksums[key]:
                 log.warning("persisted shard %s is damaged (checksum mismatch); it will be rebuilt", src)
                 continue
             dst.parent.mkdir(parents=True, exist_ok=True)

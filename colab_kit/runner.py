@@ -55,6 +55,12 @@ def run_name(plan: Plan) -> str:
     return name
 
 
+def store_folder(plan: Plan) -> str:
+    """The run's store folder: ``store``, or ``store-structures`` for a structure-only store (graph_edges=device).
+    Both give the same graphs, so a run switched between them resumes from its checkpoint."""
+    return "store-structures" if getattr(plan, "graph_edges", "stored") == "device" else "store"
+
+
 def variant_suffix(plan: Plan) -> str:
     """``-key=value`` for each model option set away from its default, then the split's fold and the teacher."""
     spec = registry.model(plan.model)
@@ -215,7 +221,7 @@ def _pipeline(plan: Plan, run_dir: Path, persist: Path | None, data_path: Path, 
     atomic_write_bytes(run_dir / "plan.json", plan.to_json().encode())
     mirror.push("plan.json")
 
-    store_dir = run_dir / "store"
+    store_dir = run_dir / store_folder(plan)
     converter = get_converter(plan.converter, cutoff=plan.cutoff, bond_cutoff=plan.bond_cutoff,
                               max_neighbors=plan.max_neighbors, on_isolated_atoms=plan.on_isolated_atoms,
                               edges=plan.graph_edges)
@@ -295,13 +301,13 @@ def _follow(plan: Plan, run_dir: Path, should_stop: Callable[[], bool]) -> RunRe
     from colab_kit.train import fit
 
     want = _prepared_key(plan)
-    log.info("rank %d: waiting for rank 0 to prepare %s", plan.rank, run_dir / "store")
+    log.info("rank %d: waiting for rank 0 to prepare %s", plan.rank, run_dir / store_folder(plan))
     while True:
         if should_stop():
             return RunResult(run_dir, {"status": "stopped"}, {})
         try:
             if json.loads((run_dir / PREPARED).read_text()) == want:
-                store = GraphStore(run_dir / "store")
+                store = GraphStore(run_dir / store_folder(plan))
                 break
         except (OSError, ValueError, StoreError):
             pass

@@ -135,10 +135,12 @@ def _saved_plan(root: Path) -> dict[str, Any] | None:
 
 
 def _store_target(root: Path) -> str | None:
-    try:
-        return json.loads((root / "store" / "manifest.json").read_text()).get("source", {}).get("target_name") or None
-    except (OSError, ValueError):
-        return None
+    for folder in ("store", "store-structures"):  # colab_kit.runner.store_folder
+        try:
+            return json.loads((root / folder / "manifest.json").read_text()).get("source", {}).get("target_name") or None
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def export_model(path: str | Path, out: str | Path) -> dict[str, Path]:

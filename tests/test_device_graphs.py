@@ -156,13 +156,20 @@ def test_plan_reads_stored_edges_on_cpu_and_refuses_device_edges_for_other_kinds
         make_plan(detect(), "debug", model="chgnet", graph_edges="device")
 
 
-def test_run_with_device_graphs_end_to_end(tmp_path: Path) -> None:
-    res = run_cli("run", "--mode", "debug", "--model", "cgcnn", "--work-dir", str(tmp_path), "--set", "n_samples=80",
-                  "--set", "epochs=1", "--set", "graph_edges=device", timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    manifests = list(tmp_path.rglob("store/manifest.json"))
-    assert manifests and GraphStore(manifests[0].parent).params["edges"] == "device"
-    assert "Done" in res.stdout + res.stderr
+def test_run_switched_to_device_graphs_resumes_and_mirrors(tmp_path: Path) -> None:
+    """``run`` with stored edges, then the same run with graph_edges=device: the structure-only store gets its own
+    folder (mirrored to the persist dir), and training resumes from the checkpoint (the graphs are the same)."""
+    common = ["run", "--mode", "debug", "--model", "cgcnn", "--work-dir", str(tmp_path / "work"), "--persist-dir",
+              str(tmp_path / "drive"), "--set", "n_samples=80"]
+    first = run_cli(*common, "--set", "epochs=1", timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run_cli(*common, "--set", "epochs=2", "--set", "graph_edges=device", timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming training at epoch 2" in second.stderr and "Done" in second.stdout + second.stderr
+    run_dir = next((tmp_path / "work").glob("*-radius-cgcnn-debug"))
+    assert GraphStore(run_dir / "store").params["edges"] == "stored"
+    assert GraphStore(run_dir / "store-structures").params["edges"] == "device"
+    assert list((tmp_path / "drive").rglob("store-structures/manifest.json"))
 
 
 def test_device_feed_on_cpu_moves_each_batch_when_reached() -> None:
