@@ -82,3 +82,23 @@ def test_real_sets_batch_identically(tmp_path: Path, shared_data: Path) -> None:
         order = rng.permutation(len(s))
         for b in np.array_split(order, max(1, len(s) // 40)):
             assert_same_batch(collate([ds[int(i)] for i in b]), batch_from(gather(s, b.tolist())))
+
+
+def test_comformer_batches_equal_the_per_graph_collate(tmp_path: Path) -> None:
+    """ComFormer graphs (k nearest, undirected, six lattice loops per atom): shipped structures, and a real set
+    from ../shared/data where it is present."""
+    from conftest import SHARED_DATA
+
+    from colab_kit.graphs.comformer import batch_from
+
+    phonons = SHARED_DATA / "matbench_phonons_1265/matbench_phonons.json.gz"
+    sources = [SHIPPED] + ([phonons] if phonons.exists() else [])
+    rng = np.random.default_rng(5)
+    for src in sources:
+        build_store(src, tmp_path / src.name, get_converter("comformer"), limit=150, shard_size=23, progress=False,
+                    on_bad_structure="skip")
+        s = GraphStore(tmp_path / src.name)
+        ds, collate = GraphDataset(s), collate_fn(s)
+        for n in (1, 5, 40, len(s)):
+            idx = rng.choice(len(s), size=n, replace=False).tolist()
+            assert_same_batch(collate([ds[i] for i in idx]), batch_from(gather(s, idx)))

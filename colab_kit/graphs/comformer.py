@@ -22,11 +22,13 @@ twice in its sum aggregation); here each directed edge is kept once.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from colab_kit.graphs.common import ConverterError, IsolatedPolicy, base_arrays, check_policy, neighbor_list
+from colab_kit.graphs import radius
 from colab_kit.graphs.radius import collate, to_data
 from colab_kit.registry import Graphs
 
@@ -165,6 +167,46 @@ def to_graph(arrays: dict[str, Any], target: float | None = None, graph_id: str 
     return data
 
 
+@functools.lru_cache(maxsize=1 << 18)
+def _images_of(lattice: bytes) -> np.ndarray:
+    """:func:`lattice_images` of a float64 lattice's bytes, computed once per lattice in a process."""
+    return lattice_images(np.frombuffer(lattice, dtype=np.float64).reshape(3, 3))
+
+
+def batch_from(g: Any, params: Any = None) -> Any:
+    """The PyG ``Batch`` that :func:`collate` makes of the graphs' :func:`to_graph`, from a whole-batch read: the
+    radius kind's batch, the stored self-image edges that are lattice loops dropped, the six loops of every atom
+    appended after its graph's edges (one stable sort by graph), ``lattice_image [G, 3, 3]``. Per graph only the
+    lattice's three loop vectors are looked up (computed once per lattice)."""
+    import torch
+
+    from colab_kit.graphs.radius import _record_slices
+
+    base = radius.batch_from(g)
+    images = np.stack([_images_of(np.ascontiguousarray(lat, dtype=np.float64).tobytes()) for lat in g.lattice])
+    six = np.concatenate([images, -images], axis=1)  # [G, 6, 3]
+    atom_graph = base.batch.numpy()
+    nbr, center = base.edge_index.numpy()
+    edge_graph = atom_graph[center]
+    image = np.asarray(g.arrays["image"], dtype=np.int64)
+    dup = np.zeros(len(nbr), dtype=bool)  # a stored self-image edge that is also a lattice loop: each edge once
+    own = np.flatnonzero(nbr == center)
+    dup[own] = (image[own, None, :] == six[edge_graph[own]]).all(-1).any(-1)
+    keep = ~dup
+    loop_atom = np.repeat(np.arange(len(atom_graph), dtype=np.int64), 6)
+    order = np.argsort(np.concatenate([edge_graph[keep], atom_graph[loop_atom]]), kind="stable")
+    edge_index = np.concatenate([base.edge_index.numpy()[:, keep], np.stack([loop_atom, loop_atom])], axis=1)
+    shift = np.concatenate([base.edge_shift.numpy()[keep], six[atom_graph].reshape(-1, 3).astype(np.float32)])
+    base.edge_index = torch.from_numpy(np.ascontiguousarray(edge_index[:, order]))
+    base.edge_shift = torch.from_numpy(np.ascontiguousarray(shift[order]))
+    base.lattice_image = torch.from_numpy(images.astype(np.float32))
+    per_graph = np.bincount(np.concatenate([edge_graph[keep], atom_graph[loop_atom]]), minlength=len(images))
+    _record_slices(base, base.ptr, torch.from_numpy(np.concatenate(([0], np.cumsum(per_graph)))))
+    base._slice_dict["lattice_image"] = torch.arange(len(images) + 1)
+    base._inc_dict["lattice_image"] = torch.zeros(len(images), dtype=torch.long)
+    return base
+
+
 def _resolution(low_ram: bool) -> dict[str, tuple[Any, str]]:
     if low_ram:
         return {"cutoff": (8.0, "first search radius; the graph is the k nearest wherever they are"),
@@ -194,4 +236,5 @@ def _params(cutoff: float | None = None, bond_cutoff: float | None = None, max_n
 
 KIND = Graphs(name="comformer",
               description="ComFormer's graph: k=25 nearest neighbours (ties kept, undirected) + lattice self-loops",
-              resolve=_resolution, make_params=_params, convert_fn=convert, to_graph_fn=to_graph, collate_fn=collate)
+              resolve=_resolution, make_params=_params, convert_fn=convert, to_graph_fn=to_graph, collate_fn=collate,
+              batch_fn=batch_from)
