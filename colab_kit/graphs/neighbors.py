@@ -45,16 +45,27 @@ def nearest(center: np.ndarray, neighbor: np.ndarray, image: np.ndarray, d2: np.
             max_neighbors: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The edges among candidates (numpy): within the cutoff, sorted by centre then (d², j, n), each centre's
     ``max_neighbors`` first. Returns (center, neighbor, image)."""
-    keep = (d2 <= cutoff * cutoff) & (d2 > TOL * TOL)
-    center, neighbor, image, d2 = center[keep], neighbor[keep], image[keep], d2[keep]
-    order = np.lexsort((tie_key(neighbor, image), d2, center))
-    center, neighbor, image = center[order], neighbor[order], image[order]
-    if max_neighbors is not None and len(center):
-        first = np.flatnonzero(np.r_[True, center[1:] != center[:-1]])
-        rank = np.arange(len(center)) - np.repeat(first, np.diff(np.r_[first, len(center)]))
-        keep = rank < max_neighbors
-        center, neighbor, image = center[keep], neighbor[keep], image[keep]
-    return center, neighbor, image
+    order = np.flatnonzero((d2 <= cutoff * cutoff) & (d2 > TOL * TOL))
+    if max_neighbors is not None and len(order):
+        # first by (centre, d²) alone: only the k nearest and what ties with the k-th need the full key
+        order = order[np.lexsort((d2[order], center[order]))]
+        rank, run, first, length = _ranks(center[order])
+        kth = d2[order][first + np.minimum(length, max_neighbors) - 1][run]
+        order = order[(rank < max_neighbors) | (d2[order] == kth)]
+    # np.take: numpy's fancy indexing of a 2-D array is several times slower
+    order = order[np.lexsort((tie_key(neighbor[order], np.take(image, order, axis=0)), d2[order], center[order]))]
+    if max_neighbors is not None and len(order):
+        order = order[_ranks(center[order])[0] < max_neighbors]
+    return center[order], neighbor[order], np.take(image, order, axis=0)
+
+
+def _ranks(center: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For candidates sorted by centre: each one's rank within its centre, its run's number, and each run's first
+    position and length."""
+    first = np.flatnonzero(np.r_[True, center[1:] != center[:-1]])
+    length = np.diff(np.r_[first, len(center)])
+    run = np.repeat(np.arange(len(first)), length)
+    return np.arange(len(center)) - first[run], run, first, length
 
 
 def nearest_torch(center: Any, neighbor: Any, image: Any, d2: Any, radius2: Any, max_neighbors: int | None) -> Any:
