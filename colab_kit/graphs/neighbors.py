@@ -71,20 +71,45 @@ def _ranks(center: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
 def nearest_torch(center: Any, neighbor: Any, image: Any, d2: Any, radius2: Any, max_neighbors: int | None) -> Any:
     """:func:`nearest` in torch on any device, ``radius2`` the squared cutoff per candidate (or a number).
 
-    Three stable sorts, least significant key first, give the same total order as numpy's lexsort.
+    Stable sorts, least significant key first, give the same total order as numpy's lexsort; as in
+    :func:`nearest`, the full key is sorted only for each centre's k nearest and what ties with the k-th.
     Returns (center, neighbor, image, d2) of the kept edges."""
     import torch
 
-    keep = (d2 <= radius2) & (d2 > TOL * TOL)
-    center, neighbor, image, d2 = center[keep], neighbor[keep], image[keep], d2[keep]
-    order = torch.sort(tie_key(neighbor, image), stable=True).indices
+    order = torch.nonzero((d2 <= radius2) & (d2 > TOL * TOL)).flatten()
+    if max_neighbors is not None and len(order):
+        order = order[torch.sort(d2[order], stable=True).indices]
+        order = order[torch.sort(center[order], stable=True).indices]
+        rank, first = _ranks_torch(center[order])
+        last = torch.minimum(first + max_neighbors - 1, _run_end(center[order]))
+        kth = d2[order][last]
+        order = order[(rank < max_neighbors) | (d2[order] == kth)]
+    order = order[torch.sort(tie_key(neighbor[order], image[order]), stable=True).indices]
     order = order[torch.sort(d2[order], stable=True).indices]
     order = order[torch.sort(center[order], stable=True).indices]
-    center, neighbor, image, d2 = center[order], neighbor[order], image[order], d2[order]
-    if max_neighbors is not None and len(center):
-        new = torch.ones_like(center, dtype=torch.bool)
-        new[1:] = center[1:] != center[:-1]
-        first = torch.cummax(torch.where(new, torch.arange(len(center), device=center.device), 0), dim=0).values
-        keep = torch.arange(len(center), device=center.device) - first < max_neighbors
-        center, neighbor, image, d2 = center[keep], neighbor[keep], image[keep], d2[keep]
-    return center, neighbor, image, d2
+    if max_neighbors is not None and len(order):
+        order = order[_ranks_torch(center[order])[0] < max_neighbors]
+    return center[order], neighbor[order], image[order], d2[order]
+
+
+def _ranks_torch(center: Any) -> tuple[Any, Any]:
+    """For candidates sorted by centre: each one's rank within its centre and its run's first position."""
+    import torch
+
+    at = torch.arange(len(center), device=center.device)
+    new = torch.ones_like(center, dtype=torch.bool)
+    new[1:] = center[1:] != center[:-1]
+    first = torch.cummax(torch.where(new, at, 0), dim=0).values
+    return at - first, first
+
+
+def _run_end(center: Any) -> Any:
+    """For candidates sorted by centre: the last position of each one's run."""
+    import torch
+
+    at = torch.arange(len(center), device=center.device)
+    end = torch.ones_like(center, dtype=torch.bool)
+    end[:-1] = center[1:] != center[:-1]
+    # the last position of a run is the first "end" at or after each position: a reverse cumulative minimum
+    pos = torch.where(end, at, len(center))
+    return torch.flip(torch.cummin(torch.flip(pos, [0]), dim=0).values, [0])
