@@ -208,3 +208,16 @@ def test_device_feed_on_cuda_overlaps_and_delivers_the_same_batches(stores: tupl
     ref = make_loader(stored, sampler(), pin_memory=True)
     for a, (_, b) in zip(ref, ahead(make_loader(device, sampler(), pin_memory=True), move, cuda), strict=True):
         assert_same_batch(a, b.to("cpu"))
+
+
+@pytest.mark.gpu
+def test_graphs_built_on_cuda_equal_stored(stores: tuple[GraphStore, GraphStore]) -> None:
+    """The image search on a GPU: the same edges and float32 positions as the stored graphs, bit for bit."""
+    stored, device = stores
+    rng = np.random.default_rng(6)
+    for n in (1, 64, 200):
+        idx = rng.choice(len(stored), size=n, replace=False).tolist()
+        ref = batch_from(gather(stored, idx), stored.params)
+        got = complete(batch_from(gather(device, idx), device.params).to("cuda"))
+        assert got.edge_index.is_cuda
+        assert_same_batch(ref, got.to("cpu"))

@@ -157,9 +157,9 @@ def complete(batch: Any, search: str | None = None) -> Any:
     batch.cell = cell
     batch.edge_index = torch.stack([neighbor, center])
     batch.edge_shift = image.to(torch.float32)
-    per_graph = torch.bincount(batch.batch[center], minlength=batch._num_graphs)
-    zero = torch.zeros(1, dtype=torch.long, device=per_graph.device)
-    _record_slices(batch, batch.ptr, torch.cat([zero, torch.cumsum(per_graph, 0)]))
+    per_graph = torch.bincount(batch.batch[center], minlength=batch._num_graphs).cpu()
+    # slice records stay on the CPU, as on a collated batch moved with .to()
+    _record_slices(batch, batch.ptr.cpu(), torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(per_graph, 0)]))
     return batch
 
 
