@@ -1,4 +1,4 @@
-"""Shared fixtures: real data paths, and the `slow` / `gpu` markers that skip by themselves.
+"""Shared fixtures: real data paths, and the `slow` / `long` / `gpu` markers that skip by themselves.
 
 Two kinds of real data:
 
@@ -25,10 +25,12 @@ SHIPPED = REPO / "colab_kit" / "data" / "mp_eform_cgcnn_3000_matbench.json.gz"
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--runslow", action="store_true", help="also run tests marked slow")
+    parser.addoption("--runlong", action="store_true", help="also run tests marked long (.ci/run does)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     run_slow = config.getoption("--runslow") or os.environ.get("COLAB_KIT_SLOW") == "1"
+    run_long = run_slow or config.getoption("--runlong")
     try:
         import torch
 
@@ -38,6 +40,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords and not run_slow:
             item.add_marker(pytest.mark.skip(reason="slow: pass --runslow or set COLAB_KIT_SLOW=1"))
+        if "long" in item.keywords and not run_long:
+            item.add_marker(pytest.mark.skip(reason="long: pass --runlong (CI runs them in a step of their own)"))
         if "gpu" in item.keywords and not has_gpu:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
 

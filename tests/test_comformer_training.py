@@ -39,7 +39,7 @@ def _plan(variant: str, **kw: object):
     return make_plan(detect(), "debug", **{**base, **kw})
 
 
-@pytest.mark.parametrize("variant", ["invariant", "equivariant"])
+@pytest.mark.parametrize("variant", ["invariant", pytest.param("equivariant", marks=pytest.mark.long)])
 def test_run_end_to_end_with_calibration(tmp_path: Path, variant: str) -> None:
     res = run_cli("run", "--model", "comformer", "--mode", "debug", "--work-dir", str(tmp_path), *SMALL,
                   "--set", f"variant={variant}", "--set", "n_samples=60", "--set", "epochs=2")
@@ -60,6 +60,7 @@ def test_sigkill_mid_epoch_resume_gives_identical_weights(comformer_store: Path,
     assert a["history"] == [{**h, "seconds": a["history"][i]["seconds"]} for i, h in enumerate(b["history"])]
 
 
+@pytest.mark.long  # 1 min; the invariant SIGKILL resume stays in the default suite
 def test_equivariant_stop_and_resume_is_identical(comformer_store: Path, tmp_path: Path) -> None:
     store = GraphStore(comformer_store)
     plan = _plan("equivariant")

@@ -123,7 +123,7 @@ def test_ties_are_broken_by_index_then_image() -> None:
 
 def test_training_on_device_graphs_equals_stored(stores: tuple[GraphStore, GraphStore], tmp_path: Path) -> None:
     """Same batches, same tensors: CGCNN trains to the same losses bit for bit on either store."""
-    base = dict(converter="radius", epochs=2, batch_size=16, batch_atoms=4000, batch_edges=60000, workers=0)
+    base = dict(converter="radius", epochs=1, batch_size=16, batch_atoms=4000, batch_edges=60000, workers=0)
     results = {}
     for name, store in zip(("stored", "device"), stores):
         plan = make_plan(detect(), "debug", graph_edges=name, **base)

@@ -82,6 +82,7 @@ def _first_structures(store: GraphStore, n: int) -> list:
     return [by_id[i] for i in store.ids()[:n]]
 
 
+@pytest.mark.long  # 2 min; the same-graph teacher test stays in the default suite
 def test_teacher_with_other_graphs_is_matched_by_id(tmp_path: Path) -> None:
     """A CHGNet teacher for a CGCNN student: its own CHGNet store of the same source, outputs matched by id."""
     res = run_cli("run", "--mode", "debug", "--set", "n_samples=60", "--set", "epochs=1", "--work-dir", str(tmp_path / "t"))

@@ -230,6 +230,7 @@ def assert_same_weights(a_dir: Path, b_dir: Path) -> None:
     assert all(torch.equal(best_a[k], best_b[k]) for k in best_a)
 
 
+@pytest.mark.long  # 30 s; the SIGKILL-of-a-rank test stays in the default suite
 def test_sigterm_to_torchrun_stops_every_rank_at_one_step_and_resumes(store_dir: Path, reference: Path, tmp_path: Path) -> None:
     args = [*TRAIN, "--store", str(store_dir), "--out", str(tmp_path / "run")]
     latest = tmp_path / "run" / "checkpoints" / "latest.pt"
@@ -273,6 +274,7 @@ def test_sigkill_of_one_rank_then_the_same_command_gives_the_uninterrupted_weigh
     assert c["status"] == "finished" and len(c["history"]) == 3 and c["world_size"] == 1
 
 
+@pytest.mark.long  # 30 s; fit/evaluate under torchrun stay in the default suite
 def test_run_under_torchrun_rank0_reports_every_test_graph(tmp_path: Path) -> None:
     work = tmp_path / "work"
     common = ["--mode", "debug", "--model", "cgcnn", "--work-dir", str(work), "--set", "n_samples=120", "--set", "epochs=2",

@@ -156,6 +156,7 @@ def test_weights_of_another_architecture_are_refused(moved: CHGNetRegressor, tmp
     assert not (tmp_path / "out.pt").exists()
 
 
+@pytest.mark.long  # 1 min; the exported-model relaxation test stays in the default suite
 def test_a_chgnet_fine_tuned_by_run_relaxes_through_struct_optimizer(tmp_path: Path, records: list) -> None:
     """End to end: `run` fine-tunes CHGNet, `export` writes chgnet.pt, CHGNet's own StructOptimizer relaxes with it,
     and colab_kit.load of the export predicts what CHGNet's predict_structure gives."""

@@ -57,7 +57,8 @@ def _plan(model: str, **kw: object):
     return make_plan(detect(), "debug", **{**base, **kw})
 
 
-@pytest.mark.parametrize("model", MODELS)
+# alignn and m3gnet take 30-40 s each: the default suite runs tensornet's, .ci/run all three
+@pytest.mark.parametrize("model", [pytest.param(m, marks=pytest.mark.long) if m != "tensornet" else m for m in MODELS])
 def test_run_end_to_end_with_calibration(model: str, tmp_path: Path) -> None:
     res = run_cli("run", "--model", model, "--mode", "debug", "--work-dir", str(tmp_path), *_sets(model),
                   "--set", "n_samples=48", "--set", "epochs=1")
@@ -70,7 +71,8 @@ def test_run_end_to_end_with_calibration(model: str, tmp_path: Path) -> None:
     assert state["plan"]["model_options"] == {**state["plan"]["model_options"], **SMALL[model]}
 
 
-@pytest.mark.parametrize("model", ["alignn", pytest.param("tensornet", marks=pytest.mark.slow)])
+# about 1 min each: the SIGKILL resume of radius/CHGNet/ComFormer training stays in the default suite
+@pytest.mark.parametrize("model", [pytest.param(m, marks=pytest.mark.long) for m in ("alignn", "tensornet")])
 def test_sigkill_mid_epoch_resume_gives_identical_weights(model: str, stores: dict[str, Path],
                                                          tmp_path: Path) -> None:
     args = ["train", "--store", str(stores[model_graph_kind(model)]), "--model", model, *_sets(model),

@@ -66,6 +66,7 @@ def _complete(store: Path) -> bool:
         return False
 
 
+@pytest.mark.long  # 2 min; the default suite keeps a SIGKILL resume per stage (convert, train, predict)
 def test_sigkill_at_20_random_points_ends_identical(reference: dict, tmp_path: Path) -> None:
     rng = np.random.default_rng(20)
     work, run = tmp_path / "work", tmp_path / "work" / RUN
