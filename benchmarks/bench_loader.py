@@ -284,14 +284,14 @@ def _child_loader(config_path: str) -> None:
         if method in ("colab_kit", "colab_kit_device_graphs"):
             def make() -> Any:
                 return make_loader(store, sampler, workers=workers)
-        if method == "colab_kit_device_graphs":  # a batch of structures: its edges built where it is moved
-            def finish(batch: Any) -> Any:
-                return PygAdapter.to_device(batch, torch.device("cpu"))
         else:
             from colab_kit.loader import GraphDataset, collate_fn
 
             def make() -> Any:
                 return DataLoader(GraphDataset(store), batch_sampler=sampler, collate_fn=collate_fn(store), **kw)
+        if method == "colab_kit_device_graphs":  # a batch of structures: its edges built where it is moved
+            def finish(batch: Any) -> Any:
+                return PygAdapter.to_device(batch, torch.device("cpu"))
     elif method == "per_file":
         paths = {int(k): v for k, v in cfg["paths"].items()}
         targets = {int(k): v for k, v in cfg["targets"].items()}
