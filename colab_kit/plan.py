@@ -324,7 +324,7 @@ def make_plan(machine: Machine, mode: str = "debug", **overrides: Any) -> Plan:
         set_("graph_edges", "device", f"{local_free / GIB:.1f} GiB free disk: the store keeps structures only (~1/4 "
              f"the size) and {gpu.name} builds each batch's edges")
     else:
-        set_("graph_edges", "stored", "read from the store: on a CPU ~12x faster than building them per batch, "
+        set_("graph_edges", "stored", "read from the store: on a CPU ~27x faster than building them per batch, "
              "--set graph_edges=device keeps structures only (~1/4 the disk) and builds each batch's edges on the "
              "device (docs/performance.md)")
 
