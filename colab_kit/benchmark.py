@@ -94,13 +94,14 @@ def bench_dir(plan: Any, task: str) -> Path:
     return Path(plan.work_dir) / "benchmark" / name.replace("-fold0", "")
 
 
-def _seed_store(root: Path, run_dir: Path) -> None:
+def _seed_store(root: Path, run_dir: Path, folder: str = "store") -> None:
     """Give a fold's run the store another fold converted (the same data and graphs: folds only split it), by hard
-    links where the file system has them, so five folds convert once."""
-    dst = run_dir / "store"
+    links where the file system has them, so five folds convert once. ``folder``: the run's store folder
+    (:func:`colab_kit.runner.store_folder`)."""
+    dst = run_dir / folder
     if (dst / "manifest.json").exists():
         return
-    done = [m.parent for m in root.glob("*/store/manifest.json") if '"complete": true' in m.read_text()]
+    done = [m.parent for m in root.glob(f"*/{folder}/manifest.json") if '"complete": true' in m.read_text()]
     if not done:
         return
     dst.mkdir(parents=True, exist_ok=True)
@@ -120,7 +121,7 @@ def run_benchmark(task: str, make: Callable[[int], Any], *, folds: list[int] | N
     """
     from colab_kit.evaluate import evaluate_weights
     from colab_kit.persist import Mirror, restore
-    from colab_kit.runner import run, run_name
+    from colab_kit.runner import run, run_name, store_folder
 
     if task not in MATBENCH_TASKS:
         raise MatbenchError(f"unknown matbench task {task!r}; choose one of {sorted(MATBENCH_TASKS)}")
@@ -139,12 +140,12 @@ def run_benchmark(task: str, make: Callable[[int], Any], *, folds: list[int] | N
             continue
         plan = make(k).replace("benchmark", work_dir=str(root),
                                persist_dir=str(persist / "runs") if persist is not None else None)
-        _seed_store(root, root / run_name(plan))
+        _seed_store(root, root / run_name(plan), store_folder(plan))
         t0 = time.perf_counter()
         res = run(plan, progress=progress, should_stop=should_stop, log_to_file=True)
         if res.metrics.get("status") == "stopped":
             return {"dir": root, "status": "stopped", "folds": [scores[f] for f in sorted(scores)]}
-        store = GraphStore(res.run_dir / "store")
+        store = GraphStore(res.run_dir / store_folder(plan))
         test = evaluate_weights(store, plan, res.run_dir / "best.pt")
         _write_fold(root, k, store, plan, test)
         scores[k] = {"fold": k, "n_test": int(len(test["target"])), "mae": test["mae"], "rmse": test["rmse"],
