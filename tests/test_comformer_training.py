@@ -62,7 +62,7 @@ def test_sigkill_mid_epoch_resume_gives_identical_weights(comformer_store: Path,
     assert a["history"] == [{**h, "seconds": a["history"][i]["seconds"]} for i, h in enumerate(b["history"])]
 
 
-@pytest.mark.long  # 1 min; the invariant SIGKILL resume stays in the default suite
+@pytest.mark.long  # 1 min; the default suite's SIGKILL resume tests (radius, CHGNet, torchrun) use the same trainer
 def test_equivariant_stop_and_resume_is_identical(comformer_store: Path, tmp_path: Path) -> None:
     store = GraphStore(comformer_store)
     plan = _plan("equivariant")
