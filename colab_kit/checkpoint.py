@@ -53,6 +53,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def restore_rank_rng(streams: list[dict[str, Any]], rank: int, world: int, seed: int, step: int) -> None:
+    """A rank's random streams as a checkpoint left them (``streams``: one per rank that saved it); a rank the
+    checkpoint had no stream for (a launch with more ranks) starts one from (seed, rank, step)."""
+    if rank < len(streams) and (rank == 0 or len(streams) == world):
+        set_rng_state(streams[rank])
+    else:
+        from colab_kit.reproducible import seed_everything
+
+        seed_everything(seed + 1_000_003 * rank + step)
+
+
 def save_checkpoint(directory: str | Path, state: dict[str, Any]) -> Path:
     """Write ``state`` as the new latest checkpoint, keeping the old one as previous."""
     directory = Path(directory)

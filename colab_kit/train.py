@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from colab_kit import device_feed, distributed, registry
-from colab_kit.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from colab_kit.checkpoint import load_checkpoint, restore_rank_rng, rng_state, save_checkpoint
 from colab_kit.distill import distill_targets
 from colab_kit.evaluate import amp_dtype_for, evaluate_with_backoff
 from colab_kit.fsutil import remove_stale_temporaries
@@ -236,22 +236,12 @@ def _setup(store: GraphStore, plan: Any, out: Path, model_kwargs: dict[str, Any]
         scaler.load_state_dict(state.scaler)
         loop.sampler.load_state_dict(state.sampler)
         loop.sampler.set_budget(budget.max_atoms, budget.max_edges)
-        _restore_rng(state, plan)
+        restore_rank_rng(state.rng_ranks or [state.rng], distributed.rank(), distributed.size(), plan.seed, state.step)
     elif hasattr(model, "init_output"):  # an output head fitted to the targets before the first step
         head = [model.to_device(b, device) for b in itertools.islice(iter(loaders["train"]), 16)]
         model.init_output(head)
     loop.forward = distributed.wrap(model, device)  # rank 0's weights (and output head) on every rank
     return loop
-
-
-def _restore_rng(state: TrainState, plan: Any) -> None:
-    """This rank's random streams as the checkpoint left them; a rank the checkpoint had no stream for (a launch
-    with more ranks) starts one from (seed, rank, step)."""
-    rank, streams = distributed.rank(), state.rng_ranks or [state.rng]
-    if rank < len(streams) and (rank == 0 or len(streams) == distributed.size()):
-        set_rng_state(streams[rank])
-    else:
-        seed_everything(plan.seed + 1_000_003 * rank + state.step)
 
 
 def train_epoch(loop: _Loop) -> bool:
