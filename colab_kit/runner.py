@@ -58,7 +58,9 @@ def run_name(plan: Plan) -> str:
 def store_folder(plan: Plan) -> str:
     """The run's store folder: ``store``, or ``store-structures`` for a structure-only store (graph_edges=device).
     Both give the same graphs, so a run switched between them resumes from its checkpoint."""
-    return "store-structures" if getattr(plan, "graph_edges", "stored") == "device" else "store"
+    from colab_kit.persist import STORE_DIRS
+
+    return STORE_DIRS[1] if getattr(plan, "graph_edges", "stored") == "device" else STORE_DIRS[0]
 
 
 def variant_suffix(plan: Plan) -> str:

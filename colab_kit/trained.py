@@ -135,7 +135,9 @@ def _saved_plan(root: Path) -> dict[str, Any] | None:
 
 
 def _store_target(root: Path) -> str | None:
-    for folder in ("store", "store-structures"):  # colab_kit.runner.store_folder
+    from colab_kit.persist import STORE_DIRS
+
+    for folder in STORE_DIRS:  # colab_kit.runner.store_folder
         try:
             return json.loads((root / folder / "manifest.json").read_text()).get("source", {}).get("target_name") or None
         except (OSError, ValueError):

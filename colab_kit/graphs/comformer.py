@@ -180,7 +180,7 @@ def batch_from(g: Any, params: Any = None) -> Any:
     lattice's three loop vectors are looked up (computed once per lattice)."""
     import torch
 
-    from colab_kit.graphs.radius import _record_slices
+    from colab_kit.graphs.radius import record_slices
 
     base = radius.batch_from(g)
     images = np.stack([_images_of(np.ascontiguousarray(lat, dtype=np.float64).tobytes()) for lat in g.lattice])
@@ -194,14 +194,15 @@ def batch_from(g: Any, params: Any = None) -> Any:
     dup[own] = (image[own, None, :] == six[edge_graph[own]]).all(-1).any(-1)
     keep = ~dup
     loop_atom = np.repeat(np.arange(len(atom_graph), dtype=np.int64), 6)
-    order = np.argsort(np.concatenate([edge_graph[keep], atom_graph[loop_atom]]), kind="stable")
+    graph_of = np.concatenate([edge_graph[keep], atom_graph[loop_atom]])  # each edge's graph: stored ones, then loops
+    order = np.argsort(graph_of, kind="stable")
     edge_index = np.concatenate([base.edge_index.numpy()[:, keep], np.stack([loop_atom, loop_atom])], axis=1)
     shift = np.concatenate([base.edge_shift.numpy()[keep], six[atom_graph].reshape(-1, 3).astype(np.float32)])
     base.edge_index = torch.from_numpy(np.ascontiguousarray(edge_index[:, order]))
     base.edge_shift = torch.from_numpy(np.ascontiguousarray(shift[order]))
     base.lattice_image = torch.from_numpy(images.astype(np.float32))
-    per_graph = np.bincount(np.concatenate([edge_graph[keep], atom_graph[loop_atom]]), minlength=len(images))
-    _record_slices(base, base.ptr, torch.from_numpy(np.concatenate(([0], np.cumsum(per_graph)))))
+    per_graph = np.bincount(graph_of, minlength=len(images))
+    record_slices(base, base.ptr, torch.from_numpy(np.concatenate(([0], np.cumsum(per_graph)))))
     base._slice_dict["lattice_image"] = torch.arange(len(images) + 1)
     base._inc_dict["lattice_image"] = torch.zeros(len(images), dtype=torch.long)
     return base

@@ -132,7 +132,7 @@ def batch_from(g: Any, params: Any = None) -> Any:
         edge_shift=torch.from_numpy(g.arrays["image"].astype(np.float32)),
         **common,
     )
-    _record_slices(batch, torch.from_numpy(atom_ptr), torch.from_numpy(np.concatenate(([0], np.cumsum(n_edges)))))
+    record_slices(batch, torch.from_numpy(atom_ptr), torch.from_numpy(np.concatenate(([0], np.cumsum(n_edges)))))
     return batch
 
 
@@ -159,11 +159,11 @@ def complete(batch: Any, search: str | None = None) -> Any:
     batch.edge_shift = image.to(torch.float32)
     per_graph = torch.bincount(batch.batch[center], minlength=batch._num_graphs).cpu()
     # slice records stay on the CPU, as on a collated batch moved with .to()
-    _record_slices(batch, batch.ptr.cpu(), torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(per_graph, 0)]))
+    record_slices(batch, batch.ptr.cpu(), torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(per_graph, 0)]))
     return batch
 
 
-def _record_slices(batch: Any, atom_ptr: Any, edge_ptr: Any) -> None:
+def record_slices(batch: Any, atom_ptr: Any, edge_ptr: Any) -> None:
     """What ``Batch.from_data_list`` records, so that ``to_data_list()`` / ``batch[i]`` / ``num_graphs`` work as
     on a collated batch."""
     import torch
