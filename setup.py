@@ -35,7 +35,8 @@ setup(
     install_requires=requirements(),
     extras_require={
         **MODEL_EXTRAS,
-        "test": ["pytest>=8", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6", "ruff>=0.5", "cryptography>=42"],
+        "test": ["pytest>=8", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6", "ruff>=0.5", "cryptography>=42",
+                 "pyarrow>=14"],
     },
     entry_points={"console_scripts": ["colab_kit=colab_kit.cli:main"]},
     classifiers=[

@@ -13,8 +13,9 @@ from colab_kit.detect import detect
 from colab_kit.plan import make_plan
 from colab_kit.runner import run
 
-# (name, path under shared/data); the cif_dir comes out of its tarball
+# (name, path under shared/data[, label column]); the cif_dir comes out of its tarball
 SOURCES = [
+    ("mp20_subset_1355_csv", "mp20_subset_1355/mp20_subset_1355.csv", "formation_energy_per_atom"),
     ("mp_eform_cgcnn_3000_json", "mp_eform_cgcnn_3000/mp_eform_cgcnn_3000_matbench.json.gz"),
     ("mp_eform_cgcnn_3000_cifs", "mp_eform_cgcnn_3000/cifs.tar.gz"),
     ("mp20_subset_1355", "mp20_subset_1355/mp20_subset_1355_matbench.json.gz"),
@@ -43,25 +44,26 @@ def extracted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("extracted")
 
 
-def _run(shared: Path, rel: str, extracted: Path, work: Path, converter: str, mode: str) -> dict:
+def _run(shared: Path, rel: str, extracted: Path, work: Path, converter: str, mode: str,
+         target: str | None = None) -> dict:
     plan = make_plan(detect(), mode, data=str(_source(shared, rel, extracted)), converter=converter,
-                     work_dir=str(work), convert_workers=2)
+                     work_dir=str(work), convert_workers=2, target=target)
     return run(plan, progress=False, log_to_file=True).metrics
 
 
 @pytest.mark.parametrize("converter", ["radius", "chgnet"])
-@pytest.mark.parametrize("name,rel", SOURCES, ids=[s[0] for s in SOURCES])
+@pytest.mark.parametrize("name,rel,target", [(*s, None)[:3] for s in SOURCES], ids=[s[0] for s in SOURCES])
 def test_debug_run_beats_the_mean_predictor(shared_data: Path, extracted: Path, tmp_path: Path, name: str,
-                                            rel: str, converter: str) -> None:
-    m = _run(shared_data, rel, extracted, tmp_path, converter, "debug")
+                                            rel: str, target: str | None, converter: str) -> None:
+    m = _run(shared_data, rel, extracted, tmp_path, converter, "debug", target)
     assert m["status"] in ("finished", "early-stopped") and m["test_n"] >= 4, m
     assert m["test_mae"] < m["mean_predictor_test_mae"], (name, converter, m["test_mae"], m["mean_predictor_test_mae"])
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("converter", ["radius", "chgnet"])
-@pytest.mark.parametrize("name,rel", SOURCES, ids=[s[0] for s in SOURCES])
+@pytest.mark.parametrize("name,rel,target", [(*s, None)[:3] for s in SOURCES], ids=[s[0] for s in SOURCES])
 def test_quick_run_beats_the_mean_predictor(shared_data: Path, extracted: Path, tmp_path: Path, name: str,
-                                            rel: str, converter: str) -> None:
-    m = _run(shared_data, rel, extracted, tmp_path, converter, "quick")
+                                            rel: str, target: str | None, converter: str) -> None:
+    m = _run(shared_data, rel, extracted, tmp_path, converter, "quick", target)
     assert m["test_mae"] < m["mean_predictor_test_mae"], (name, converter, m["test_mae"], m["mean_predictor_test_mae"])

@@ -274,7 +274,8 @@ def test_detect_format(shared_data: Path, tmp_path: Path) -> None:
     assert detect_format(shared_data / MB3000) == "matbench"
     assert detect_format(shared_data / ALIGNN / "jarvis_format_derived.json") == "jarvis"
     assert detect_format(shared_data / ALIGNN) == "poscar_dir"
-    assert set(FORMATS) == {"matbench", "cif_dir", "poscar_dir", "extxyz", "jarvis", "memory"}
+    assert set(FORMATS) == {"matbench", "cif_dir", "poscar_dir", "extxyz", "jarvis", "csv", "parquet", "memory"}
+    assert detect_format(shared_data / "mp20_subset_1355" / "mp20_subset_1355.csv") == "csv"
     with pytest.raises(SourceError, match=r"README\.md.*matbench.*extxyz.*fmt="):
         detect_format(shared_data / ALIGNN / "README.md")
     with pytest.raises(SourceError, match="id_prop.csv"):

@@ -6,7 +6,7 @@ The main process streams small picklable :class:`RawItem` s in a fixed order (ne
 :class:`SourceError` only after every good item before the damage.
 
 Modules: :mod:`.records` (RawItem, labels, parsing), :mod:`.base` (the Source class), :mod:`.streams` (gzip,
-damage, ijson), one per format (:mod:`.json_files`, :mod:`.folders`, :mod:`.extxyz`, :mod:`.memory`); this one
+damage, ijson), one per format (:mod:`.json_files`, :mod:`.folders`, :mod:`.extxyz`, :mod:`.tables`, :mod:`.memory`); this one
 tells the format and opens a source.
 """
 
@@ -33,6 +33,7 @@ from colab_kit.sources.records import (
 )
 from colab_kit.sources.streams import _first_char
 from colab_kit.sources.streams import _open_binary as _open_binary  # every reader opens files through this name
+from colab_kit.sources.tables import _Csv, _Parquet
 
 __all__ = ["FORMATS", "KINDS", "RawItem", "Source", "SourceError", "check_target", "detect_format", "open_source",
            "parse_structure"]
@@ -63,13 +64,18 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     name = p.name.lower().removesuffix(".gz")
     if name.endswith((".extxyz", ".xyz")):
         return "extxyz"
+    if name.endswith((".csv", ".tsv")):
+        return "csv"
+    if name.endswith((".parquet", ".pq")):
+        return "parquet"
     if name.endswith(".json"):
         first_char = _first_char(str(p))
         if first_char and first_char in "[{":
             return "jarvis" if first_char == "[" else "matbench"
         raise SourceError(f"{p}: {'starts with ' + repr(first_char) + ', not a JSON object or list' if first_char else 'is empty'}; re-download it")
     raise SourceError(f"{p}: cannot tell the format from the name {p.name!r}; supported: matbench (*.json[.gz] with index/columns/data), "
-                      "jarvis (*.json[.gz], a list of records), extxyz (*.extxyz, *.xyz), cif_dir / poscar_dir (a folder with id_prop.csv); "
+                      "jarvis (*.json[.gz], a list of records), extxyz (*.extxyz, *.xyz), csv / parquet (a table with a CIF, POSCAR "
+                      "or structure-dict column), cif_dir / poscar_dir (a folder with id_prop.csv); "
                       f"or {_HOW_TO_CHOOSE}")
 
 
@@ -78,10 +84,11 @@ def open_source(source: str | os.PathLike[str] | Iterable[Any], fmt: str | None 
     """Opens a file, a folder or in-memory structures as a :class:`Source`; reads headers only.
 
     Args:
-        source: a path (matbench json[.gz], JARVIS json, extxyz, a folder with id_prop.csv), or an iterable of
+        source: a path (matbench json[.gz], JARVIS json, extxyz, a CSV or parquet table with a structure column, a
+            folder with id_prop.csv), or an iterable of
             pymatgen Structures or ``(id, Structure, target)`` tuples (a one-shot iterator is kept as a list).
         fmt: one of :data:`FORMATS`; detected from the path when None.
-        target: the label: matbench column, JARVIS key, extxyz info key or ``Structure.properties`` key.
+        target: the label: matbench or table column, JARVIS key, extxyz info key or ``Structure.properties`` key.
             Needed only where the source has several; for id_prop.csv it only names the second column.
         name: names an in-memory source in :meth:`Source.identity` (required for one).
 
@@ -107,4 +114,4 @@ def open_source(source: str | os.PathLike[str] | Iterable[Any], fmt: str | None 
         raise SourceError(f"{path}: fmt={fmt!r} reads {kind}, not this path; {_HOW_TO_CHOOSE}")
     if fmt in _DIR_SUFFIXES:
         return _Folder(path, fmt, target)
-    return {"matbench": _Matbench, "jarvis": _Jarvis, "extxyz": _Extxyz}[fmt](path, target)
+    return {"matbench": _Matbench, "jarvis": _Jarvis, "extxyz": _Extxyz, "csv": _Csv, "parquet": _Parquet}[fmt](path, target)

@@ -12,8 +12,8 @@ from colab_kit.errors import ColabKitError
 if TYPE_CHECKING:
     from pymatgen.core import Structure
 
-FORMATS: tuple[str, ...] = ("matbench", "cif_dir", "poscar_dir", "extxyz", "jarvis", "memory")
-KINDS = ("pmg_dict", "cif", "poscar", "jarvis", "extxyz", "structure")
+FORMATS: tuple[str, ...] = ("matbench", "cif_dir", "poscar_dir", "extxyz", "jarvis", "csv", "parquet", "memory")
+KINDS = ("pmg_dict", "pmg_json", "cif", "poscar", "jarvis", "extxyz", "structure")
 _HOW_TO_CHOOSE = f"pass fmt= one of {FORMATS[:-1]} to open_source"
 _MISSING_LABELS = frozenset({"", "na", "n/a", "none", "null"})
 
@@ -28,7 +28,7 @@ class RawItem:
 
     Attributes:
         id: material id, file stem, JARVIS id or ``str(index)``.
-        payload: a ``Structure.as_dict()`` dict, CIF/POSCAR text, a JARVIS Atoms dict, one extxyz frame as
+        payload: a ``Structure.as_dict()`` dict (or its JSON text), CIF/POSCAR text, a JARVIS Atoms dict, one extxyz frame as
             text, or a pymatgen ``Structure`` (in-memory source).
         target: the label; ``nan`` stays ``nan``, a missing label is ``None``.
         kind: one of :data:`KINDS`, says how to parse ``payload``.
@@ -87,7 +87,7 @@ def parse_structure(item: RawItem) -> Structure:
     try:
         structure = _build(item.kind, item.payload)
     except Exception as exc:  # any parser failure is this item's failure, reported with its id
-        if item.kind in ("pmg_dict", "jarvis") and (bare := _bare_in(item.payload)) is not None:
+        if item.kind in ("pmg_dict", "pmg_json", "jarvis") and (bare := _bare_in(item.payload)) is not None:
             raise SourceError(f"item {item.id!r} ({item.kind}): the structure has a bare {bare[1][1:]} at {bare[0]} "
                               "(JSON has no NaN/Infinity; Python's json.dump writes them); fix that value or drop this record") from exc
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
@@ -103,6 +103,10 @@ def parse_structure(item: RawItem) -> Structure:
 def _build(kind: str, payload: Any) -> Structure:
     from pymatgen.core import Structure
 
+    if kind == "pmg_json":
+        import json
+
+        kind, payload = "pmg_dict", json.loads(payload)
     if kind == "pmg_dict":
         missing = [k for k in ("lattice", "sites") if k not in payload] if isinstance(payload, dict) else ["a mapping"]
         if missing:

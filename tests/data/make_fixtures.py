@@ -110,6 +110,29 @@ def main() -> None:
     keep = [r for r in records if r["jid"] in JARVIS]
     (HERE / "jarvis_sample.json").write_text(json.dumps(keep))
 
+    # the MP-20 / CDVAE csv layout: the header line and the rows of MP20, each copied as it is in the file
+    with open(shared / "mp20_subset_1355" / "mp20_subset_1355.csv", newline="") as f:
+        text = f.read()
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    raw = _raw_csv_records(text)
+    assert len(raw) == len(rows), "a record of the csv spans a line break that the reader did not see"
+    wanted = [i for i, r in enumerate(rows) if i == 0 or r[1] in MP20]
+    (HERE / "mp20_sample.csv").write_text("".join(raw[i] for i in wanted), newline="")
+
+
+def _raw_csv_records(text: str) -> list[str]:
+    """The csv's records as the exact text of each (quoted fields may hold newlines)."""
+    out, start, quoted = [], 0, False
+    for i, ch in enumerate(text):
+        if ch == '"':
+            quoted = not quoted
+        elif ch == "\n" and not quoted:
+            out.append(text[start:i + 1])
+            start = i + 1
+    if start < len(text):
+        out.append(text[start:])
+    return out
+
 
 if __name__ == "__main__":
     main()
