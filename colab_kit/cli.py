@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -173,7 +174,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
                          edges=plan.graph_edges)
     from colab_kit.interrupt import stop_on_signals
 
-    with stop_on_signals() as stop:
+    from colab_kit.folder_lock import hold
+
+    with hold(out, "store"), stop_on_signals() as stop:
         res = build_store(args.source, out, conv, workers=plan.convert_workers, shard_size=plan.shard_size,
                           limit=args.limit, on_bad_structure=plan.on_bad_structure, part=_parse_part(args.shard),
                           fmt=args.format, target=args.target, should_stop=stop)
@@ -197,11 +200,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from colab_kit.distributed import refuse_fresh
 
     refuse_fresh(args.fresh, plan.world_size, out)
-    if args.fresh and out.exists():
-        import shutil
+    from colab_kit.folder_lock import clear, hold
 
-        shutil.rmtree(out)
-    with stop_on_signals() as stop:
+    # rank 0 writes the folder; the other ranks of a torchrun launch only read what it writes
+    with (hold(out, "training folder") if plan.rank == 0 else contextlib.nullcontext()), stop_on_signals() as stop:
+        if args.fresh and plan.rank == 0:
+            clear(out)
         res = fit(store, plan, out, resume=True, should_stop=stop)
     if plan.rank != 0:  # rank 0 speaks for the launch
         return _stopped_code(stop.signal) if res.status == "stopped" else 0
@@ -237,10 +241,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     splits = splits_for(store, plan)
     baseline = mean_predictor_mae(store.targets(), splits["train"], splits[args.split])
     unit = target_unit(store_target_name(store), str(store.root))  # a run's store sits in a folder named after its data
-    print(format_scores(args.split, int(len(res["target"])), res["mae"], res["rmse"], baseline, unit))
-    if args.json:
+    if args.json:  # the JSON alone, so that a script can parse the output
         print(json.dumps({"split": args.split, "n": int(len(res["target"])), "mae": res["mae"], "rmse": res["rmse"],
                           "mean_predictor_mae": baseline, "unit": unit}))
+    else:
+        print(format_scores(args.split, int(len(res["target"])), res["mae"], res["rmse"], baseline, unit))
     return 0
 
 
@@ -335,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True, help="store directory")
     p.add_argument("--weights", required=True, help="best.pt written by training")
     p.add_argument("--split", choices=("train", "val", "test"), default="test")
-    p.add_argument("--json", action="store_true", help="also print the scores as one JSON line")
+    p.add_argument("--json", action="store_true", help="print the scores as one JSON line (and nothing else)")
     p.set_defaults(func=cmd_evaluate)
     from colab_kit import cli_store, cli_use
 

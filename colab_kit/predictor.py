@@ -77,9 +77,14 @@ class Predictor:
             raise PredictionError(
                 f"store {store.root} has {store.converter_name} graphs with {store.params}; this {self.trained.model} "
                 f"reads {self.trained.converter} graphs with {self.trained.graph_params}: convert the data with those")
-        return run_pass(store, self.model, self.trained.weights_sha256, f"{self.trained.model} predictions",
-                        device=self.device, budget=self.budget, workers=self.plan.workers if workers is None else workers,
-                        amp_dtype=amp_dtype_for(self.plan, self.device)[0], progress=progress, should_stop=should_stop)
+        from colab_kit.folder_lock import hold
+
+        with hold(store.root, "prediction store"):
+            return run_pass(store, self.model, self.trained.weights_sha256, f"{self.trained.model} predictions",
+                            device=self.device, budget=self.budget,
+                            workers=self.plan.workers if workers is None else workers,
+                            amp_dtype=amp_dtype_for(self.plan, self.device)[0], progress=progress,
+                            should_stop=should_stop)
 
     def predict(self, structures: Iterable[Any], on_bad: str = "error") -> np.ndarray:
         """Predictions ``[n]`` (the target's units) for pymatgen Structures or ASE Atoms, in their order.
@@ -127,7 +132,14 @@ class Predictor:
         Rows are ``id,prediction`` (``,target`` too when the source has labels), in source order, one per structure
         that converted; the others are listed with their reason in ``<out>.skipped.csv``.
         """
+        from colab_kit.folder_lock import hold_file
+
         out = Path(out)
+        with hold_file(out, "predictions file"):
+            return self._predict_file(source, out, target, work_dir, progress, should_stop)
+
+    def _predict_file(self, source: str | Path, out: Path, target: str | None, work_dir: str | Path | None,
+                      progress: bool, should_stop: Callable[[], bool] | None) -> PredictResult:
         root, store = self.prediction_store(source, target=target, work_dir=work_dir, progress=progress,
                                             should_stop=should_stop)
         if store is None:
@@ -160,9 +172,12 @@ class Predictor:
         fp = fingerprint(conv.name, conv.params, {**src.identity(), "labels": "optional"}, limit)
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(str(source).rstrip("/")).name.split(".")[0])[:60] or "data"
         root = Path(work_dir or self.plan.work_dir) / "predict" / f"{stem}-{conv.name}-{fp[:12]}"
-        res = build_store(src, root, conv, workers=self.plan.convert_workers, shard_size=self.plan.shard_size,
-                          limit=limit, on_bad_structure="skip", labels="optional", progress=progress,
-                          should_stop=should_stop)
+        from colab_kit.folder_lock import hold
+
+        with hold(root, "prediction store"):
+            res = build_store(src, root, conv, workers=self.plan.convert_workers, shard_size=self.plan.shard_size,
+                              limit=limit, on_bad_structure="skip", labels="optional", progress=progress,
+                              should_stop=should_stop)
         return root, (GraphStore(root) if res.complete else None)
 
     def export(self, out: str | Path) -> dict[str, Path]:

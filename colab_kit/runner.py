@@ -88,6 +88,7 @@ class Timing:
         except (OSError, ValueError):
             self.data = {}
         self.data["calls"] = int(self.data.get("calls", 0)) + 1
+        self.data.setdefault("started", time.time())  # when the run's first call began (said when it is continued)
         for k in ("convert_seconds", "evaluate_seconds"):
             self.data[k] = float(self.data.get(k, 0.0))
         self.data.setdefault("train_seconds", 0.0)
@@ -172,24 +173,58 @@ def _run(plan: Plan, fresh: bool, progress: bool, callbacks: list[Callable[[dict
         refuse_fresh(fresh, plan.world_size, run_dir)
         if plan.rank != 0:
             return _follow(plan, run_dir, should_stop)
-    if fresh:
-        for d in (run_dir, persist):
-            if d is not None and d.exists():
-                log.info("--fresh: deleting %s", d)
-                shutil.rmtree(d)
-    # the data first: a misspelled name or a missing file must not leave an empty run folder behind
-    stage("data", f"resolving {plan.data}")
-    data_path = resolve(plan.data, Path(plan.work_dir) / "downloads", progress=progress)
-    open_source(data_path, target=plan.target)  # reads headers only: a wrong format fails here
+    from colab_kit.folder_lock import clear, ensure_dir, hold
 
+    ensure_dir(plan.work_dir, "the work dir", "pass --work-dir on a writable disk (on Colab, /content/...)")
+    if plan.persist_dir:
+        ensure_dir(plan.persist_dir, "the persist dir", "pass a writable --persist-dir (Drive mounted read-write), "
+                   "or --set persist_dir=null to run without mirroring")
     created = not run_dir.exists() and not (persist is not None and persist.exists())
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with hold(run_dir, "run folder"):  # one writer per run folder: a second command stops here, in one line
+        if fresh:
+            for d in (run_dir, persist):
+                if d is not None and d.exists():
+                    log.info("--fresh: deleting %s", d)
+                    clear(d)
+        elif not created:
+            _announce_earlier_run(run_dir, persist, callbacks)
+        try:
+            # the data first: a misspelled name or a missing file must not leave an empty run folder behind
+            stage("data", f"resolving {plan.data}")
+            data_path = resolve(plan.data, Path(plan.work_dir) / "downloads", progress=progress)
+            open_source(data_path, target=plan.target)  # reads headers only: a wrong format fails here
+            return _pipeline(plan, run_dir, persist, data_path, progress, callbacks, should_stop, log_to_file, stage,
+                             t0)
+        except ColabKitError:
+            if created and not _holds_work(run_dir):
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+
+
+def _announce_earlier_run(run_dir: Path, persist: Path | None,
+                          callbacks: list[Callable[[dict[str, Any]], None]]) -> None:
+    """Say which earlier run this command continues (its folder and age) and how to start fresh instead: the default
+    work dir is shared by every checkout and environment of this user."""
+    from colab_kit.report import format_duration
+
+    where = next((d for d in (run_dir, persist) if d is not None and (d / "timing.json").is_file()), None)
+    if where is None:  # nothing ran here yet (a folder an earlier, failed start left)
+        return
     try:
-        return _pipeline(plan, run_dir, persist, data_path, progress, callbacks, should_stop, log_to_file, stage, t0)
-    except ColabKitError:
-        if created and not _holds_work(run_dir):
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
+        started = json.loads((where / "timing.json").read_text()).get("started")
+    except (OSError, ValueError, AttributeError):
+        started = None
+    try:
+        last = max(p.stat().st_mtime for p in where.iterdir())
+    except (OSError, ValueError):
+        return
+    now = time.time()
+    age = f"started {format_duration(now - started)} ago, " if isinstance(started, (int, float)) else ""
+    msg = (f"continuing the earlier run in {where} ({age}last written {format_duration(max(now - last, 0))} ago); "
+           "--fresh starts it over, --work-dir DIR keeps a separate one")
+    log.info(msg)
+    for cb in callbacks:
+        cb({"event": "resume", "message": msg})
 
 
 def _holds_work(run_dir: Path) -> bool:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from colab_kit import registry
+from colab_kit.errors import ColabKitError
 from colab_kit.notebook_output import _into_panel, render_loss_plot
 from colab_kit.panel_text import _esc, _files_html, _machine_line, _plan_html
 from colab_kit.plan import MODES, Plan, PlanError, make_plan
@@ -304,7 +305,8 @@ class ControlPanel:
                                   should_stop=self._stop.is_set, log_to_file=False)
             except Exception as exc:  # noqa: BLE001 - shown in the panel; finished work on disk stays valid
                 self.error = exc
-                self.output.append_stderr(traceback.format_exc())
+                # a ColabKitError says what to do in one line (e.g. another run holds this run folder): no traceback
+                self.output.append_stderr(f"error: {exc}\n" if isinstance(exc, ColabKitError) else traceback.format_exc())
             finally:
                 if self._losses or self._epochs:
                     self._draw()

@@ -77,3 +77,39 @@ def _restore_colab_kit_logging() -> Iterator[None]:
             logger.removeHandler(h)
             h.close()
     logger.propagate, logger.level = state[1], state[2]
+
+
+def _mount_tmpfs(where: Path, options: str) -> bool:
+    """A tmpfs at ``where`` (root can mount one here; CI runs as root): a real read-only or small file system."""
+    import subprocess
+
+    where.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory on a read-only file system (EROFS on every write, whoever the user is)."""
+    import subprocess
+
+    where = tmp_path / "read-only"
+    if not _mount_tmpfs(where, "ro,size=1m"):
+        pytest.skip("cannot mount a read-only tmpfs here (needs root)")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A directory on a 2 MiB file system: writes beyond it fail with ENOSPC."""
+    import subprocess
+
+    where = tmp_path / "small-disk"
+    if not _mount_tmpfs(where, "size=2m"):
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
