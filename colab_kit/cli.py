@@ -172,9 +172,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     conv = get_converter(plan.converter, cutoff=plan.cutoff, bond_cutoff=plan.bond_cutoff,
                          max_neighbors=plan.max_neighbors, on_isolated_atoms=plan.on_isolated_atoms,
                          edges=plan.graph_edges)
-    from colab_kit.interrupt import stop_on_signals
-
     from colab_kit.folder_lock import hold
+    from colab_kit.interrupt import stop_on_signals
 
     with hold(out, "store"), stop_on_signals() as stop:
         res = build_store(args.source, out, conv, workers=plan.convert_workers, shard_size=plan.shard_size,
