@@ -44,3 +44,12 @@ def setup_logging(level: int = logging.INFO, log_file: str | Path | None = None)
         h._colab_kit = True  # type: ignore[attr-defined]
         root.addHandler(h)
     root.propagate = False
+
+
+def format_duration(seconds: float) -> str:
+    """``"14 s"``, ``"52 min"``, ``"3.1 h"``: seconds stay seconds until minutes read better."""
+    if seconds < 600:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -4,7 +4,7 @@ Two ways, the second replacing the first when it can run:
 
 * static: the Plan's estimate (a share of free GPU memory or RAM divided by bytes per edge/atom);
 * calibrated: real forward + backward steps on the smallest and largest training graphs, measuring
-  peak allocated CUDA memory (or, on CPU, growth of the process's peak RSS), fitted as
+  peak allocated CUDA memory (or, on CPU, the peak of the tensors the step creates), fitted as
   ``memory ≈ a + b·atoms + c·edges`` and solved for the largest batch that fits in the usable
   memory with a safety margin.
 """
@@ -12,9 +12,8 @@ Two ways, the second replacing the first when it can run:
 from __future__ import annotations
 
 import logging
-import resource
-import sys
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -43,44 +42,59 @@ def static_budget(plan: Any) -> Budget:
     return Budget(plan.batch_atoms, plan.batch_edges, f"static estimate from the plan ({plan.reasons.get('batch_edges', '')})")
 
 
-def _peak_rss() -> int:
-    """Peak resident set size of this process in bytes: ``VmHWM`` on Linux (resettable, see
-    :func:`_reset_peak_rss`), else ``ru_maxrss`` (Linux reports KiB, macOS bytes)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
+class TensorBytes:
+    """Counts the bytes of the CPU tensors created while it is active and still alive, and their peak: what a
+    training step allocates, measured exactly (a ``TorchDispatchMode`` sees every op's outputs, the backward's
+    included; a tensor's storage is counted once and uncounted when it is freed).
 
+    Resident memory is no measure of a step on a CPU: the allocator hands the step pages that earlier steps freed,
+    so the process's RSS may not grow at all, and calibration then found "no room for a batch" with gigabytes free
+    (6 of 12 CGCNN runs on an 8 GiB machine). Tensor bytes do not depend on what the allocator did before.
+    """
 
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark to the current RSS (Linux >= 4.0: ``5`` > /proc/self/clear_refs).
-    Without it, a process that once used more memory (a notebook kernel) would measure no growth."""
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+    def __init__(self) -> None:
+        self.live = 0
+        self.peak = 0
+        self._sizes: dict[int, int] = {}
 
+    def _track(self, t: Any) -> None:
+        if not isinstance(t, torch.Tensor) or t.device.type != "cpu" or t.layout != torch.strided:
+            return
+        storage = t.untyped_storage()
+        key, n = storage.data_ptr(), storage.nbytes()
+        if n == 0 or key in self._sizes:  # a view of a storage already counted
+            return
+        self._sizes[key] = n
+        self.live += n
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(storage, self._freed, key)
 
-def _trim_heap() -> None:
-    """Give the C heap's free pages back to the OS (glibc ``malloc_trim``), so a step that reuses memory
-    freed earlier shows as growth of the resident set instead of hiding in already-resident pages."""
-    try:
-        import ctypes
+    def _freed(self, key: int) -> None:
+        self.live -= self._sizes.pop(key, 0)
 
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
+    def __enter__(self) -> TensorBytes:
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_map
+
+        tracker = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+                out = func(*args, **(kwargs or {}))
+                tree_map(tracker._track, out)
+                return out
+
+        self._mode = _Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._mode.__exit__(*exc)
 
 
 def measure_step(step: Callable[[list[int]], None], batch: list[int], device: torch.device) -> int:
-    """Bytes a forward+backward on ``batch`` needs beyond what is already in use."""
+    """Bytes a forward+backward on ``batch`` needs beyond what is already in use: the peak of CUDA's allocator,
+    or on a CPU the peak of the tensors the step creates (:class:`TensorBytes`)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -88,16 +102,9 @@ def measure_step(step: Callable[[list[int]], None], batch: list[int], device: to
         step(batch)
         torch.cuda.synchronize(device)
         return int(torch.cuda.max_memory_allocated(device) - base)
-    import gc
-
-    import psutil
-
-    gc.collect()
-    _trim_heap()
-    _reset_peak_rss()
-    base = psutil.Process().memory_info().rss
-    step(batch)
-    return max(0, _peak_rss() - base)
+    with TensorBytes() as tracker:
+        step(batch)
+    return tracker.peak
 
 
 def fit_memory(samples: list[tuple[int, int, int]]) -> tuple[float, float, float]:
@@ -112,10 +119,35 @@ def fit_memory(samples: list[tuple[int, int, int]]) -> tuple[float, float, float
     return float(coef[0]), float(coef[1]), float(coef[2])
 
 
+@dataclass(frozen=True)
+class StepTime:
+    """Seconds of one training step on this machine, ``per_step + per_edge · edges``, fitted on calibration steps:
+    how :func:`colab_kit.train` says, before training starts, how long the run will take."""
+
+    per_step: float
+    per_edge: float
+
+    def seconds(self, edges_per_batch: np.ndarray) -> float:
+        return float(len(edges_per_batch) * self.per_step + self.per_edge * float(np.sum(edges_per_batch)))
+
+
+def _fit_time(points: list[tuple[int, float]]) -> StepTime | None:
+    """A line through (edges, seconds) points (non-negative coefficients); None without two distinct sizes."""
+    if len({e for e, _ in points}) < 2:
+        return None
+    from scipy.optimize import nnls
+
+    a = np.array([[1.0, float(e)] for e, _ in points])
+    scale = np.maximum(a.max(axis=0), 1.0)
+    coef, _ = nnls(a / scale, np.array([t for _, t in points]))
+    coef = coef / scale
+    return StepTime(float(coef[0]), float(coef[1]))
+
+
 def calibrate(step: Callable[[list[int]], None], indices: np.ndarray, atoms: np.ndarray, edges: np.ndarray,
               device: torch.device, usable_bytes: int, margin: float = 0.3, max_graphs: int = 8,
-              max_seconds: float = 60.0) -> Budget:
-    """Measure real steps on the smallest and largest graphs and solve for the budget.
+              max_seconds: float = 60.0, cap: tuple[int, int] | None = None) -> tuple[Budget, StepTime | None]:
+    """Measure real steps on the smallest and largest graphs and solve for the budget; time them too.
 
     Args:
         step: runs forward + backward on a list of store indices (and frees its tensors).
@@ -124,18 +156,28 @@ def calibrate(step: Callable[[list[int]], None], indices: np.ndarray, atoms: np.
         device: where the model runs.
         usable_bytes: memory the batch may use (free GPU memory, or a share of free RAM on CPU).
         margin: fraction of ``usable_bytes`` kept free for fragmentation and outliers.
+        cap: (atoms, edges) the budget may not exceed; also the budget when memory does not grow with the batch
+            (a small model: then memory is not what limits a batch).
+
+    Returns:
+        The budget, and the step time fitted on the same steps (None when too few ran).
+
+    Raises:
+        MemoryError: the smallest steps ran out of memory, or the fixed cost alone fills the usable memory.
     """
     order = indices[np.argsort(edges[indices], kind="stable")]
     small, large = order[: max_graphs], order[::-1][: max_graphs]
-    # increasing sizes, so the CPU peak-RSS high-water mark rises with each measurement
     trials = [[int(small[0])], list(map(int, small)), [int(large[-1])], [int(large[0])], list(map(int, large))]
-    samples = []
+    samples, times = [], []
     t0 = time.perf_counter()
     for batch in trials:
         if time.perf_counter() - t0 > max_seconds and len(samples) >= 2:
             break
         try:
+            t_step = time.perf_counter()
             used = measure_step(step, batch, device)
+            if device.type == "cuda":  # measured without overhead: the step's own time
+                times.append((int(edges[batch].sum()), time.perf_counter() - t_step))
         except Exception as exc:  # noqa: BLE001 - only out-of-memory is expected here; anything else re-raised
             if not is_oom(exc):
                 raise
@@ -147,19 +189,37 @@ def calibrate(step: Callable[[list[int]], None], indices: np.ndarray, atoms: np.
                      len(batch), int(edges[batch].sum()))
             break
         samples.append((int(atoms[batch].sum()), int(edges[batch].sum()), used))
+    if device.type != "cuda":  # the tracked steps run slower: time the smallest and largest batch untracked
+        for batch in (trials[1], trials[-1])[: len(samples) // 2]:
+            runs = []
+            for _ in range(2):  # the faster of two: a busy machine's noise only ever adds time
+                t_step = time.perf_counter()
+                step(batch)
+                runs.append(time.perf_counter() - t_step)
+            times.append((int(edges[batch].sum()), min(runs)))
     a, b, c = fit_memory(samples)
     ratio = float(np.median(edges[indices] / np.maximum(atoms[indices], 1)))  # edges per atom
     per_edge = c + b / max(ratio, 1e-9)
     room = usable_bytes * (1 - margin) - a
-    if per_edge <= 0 or room <= 0:
+    if room <= 0:
         raise MemoryError(
             f"calibration found no room for a batch: fixed cost {a / 2**20:.0f} MiB, usable {usable_bytes / 2**20:.0f} MiB; "
             "free memory, use a smaller model or cutoff (--set cutoff=...), or a bigger GPU"
         )
+    where = "peak CUDA memory" if device.type == "cuda" else "peak tensor bytes"
+    fitted = f"{a / 2**20:.0f} MiB + {b:.0f} B/atom + {c:.0f} B/edge"
+    if per_edge <= 0:  # the steps' memory does not grow with the batch: memory does not limit it
+        if cap is None:
+            raise MemoryError(f"calibration measured no growth of memory with the batch ({fitted}) and has no cap")
+        how = (f"calibrated from {len(samples)} real steps ({where}): {fitted}, no growth with the batch, so the cap "
+               f"({cap[0]} atoms / {cap[1]} edges) applies")
+        log.info("batch budget: %d atoms / %d edges (%s)", cap[0], cap[1], how)
+        return Budget(cap[0], cap[1], how), _fit_time(times)
     max_edges = int(room / per_edge)
     max_atoms = int(max_edges / max(ratio, 1e-9))
-    where = "peak CUDA memory" if device.type == "cuda" else "peak RSS growth"
-    how = (f"calibrated from {len(samples)} real steps ({where}): {a / 2**20:.0f} MiB + {b:.0f} B/atom + {c:.0f} B/edge, "
+    if cap is not None:
+        max_atoms, max_edges = min(max_atoms, cap[0]), min(max_edges, cap[1])
+    how = (f"calibrated from {len(samples)} real steps ({where}): {fitted}, "
            f"{int(margin * 100)}% margin of {usable_bytes / 2**30:.1f} GiB")
     log.info("batch budget: %d atoms / %d edges (%s)", max_atoms, max_edges, how)
-    return Budget(max(max_atoms, 1), max(max_edges, 1), how)
+    return Budget(max(max_atoms, 1), max(max_edges, 1), how), _fit_time(times)

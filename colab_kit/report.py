@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from colab_kit.logs import format_duration
 from colab_kit.store import atomic_write_bytes
 from colab_kit.units import target_label, target_name_for_axis, target_quantity, target_unit, with_unit
 
@@ -55,15 +56,6 @@ def mean_predictor_mae(targets: np.ndarray, train_idx: np.ndarray, eval_idx: np.
 def store_target_name(store: Any) -> str | None:
     """The label's column name that the store's source recorded (``"e_form"``; ``"target"`` for id_prop.csv)."""
     return store.manifest.get("source", {}).get("target_name")
-
-
-def format_duration(seconds: float) -> str:
-    """``"14 s"``, ``"52 min"``, ``"3.1 h"``: seconds stay seconds until minutes read better."""
-    if seconds < 600:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def format_timing(timing: dict[str, Any]) -> str:

@@ -205,7 +205,7 @@ def _announce_earlier_run(run_dir: Path, persist: Path | None,
                           callbacks: list[Callable[[dict[str, Any]], None]]) -> None:
     """Say which earlier run this command continues (its folder and age) and how to start fresh instead: the default
     work dir is shared by every checkout and environment of this user."""
-    from colab_kit.report import format_duration
+    from colab_kit.logs import format_duration
 
     where = next((d for d in (run_dir, persist) if d is not None and (d / "timing.json").is_file()), None)
     if where is None:  # nothing ran here yet (a folder an earlier, failed start left)

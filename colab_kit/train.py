@@ -198,6 +198,7 @@ def _setup(store: GraphStore, plan: Any, out: Path, model_kwargs: dict[str, Any]
     mean, std = float(np.mean(train_y)), float(np.std(train_y) or 1.0)
     model = build_model(plan.model, target_mean=mean, target_std=std, graph_params=store.params,
                         options={**plan.model_options, **model_kwargs}).to(device)
+    step_time = None
     saved, hint = distributed.broadcast((load_checkpoint(ckpt_dir) if resume else None, read_oom_hint(ckpt_dir))
                                         if main else None)
     if saved is not None:
@@ -210,8 +211,9 @@ def _setup(store: GraphStore, plan: Any, out: Path, model_kwargs: dict[str, Any]
                      state.sampler["offset"], distributed.size())
     else:
         state = TrainState(plan=plan.to_dict())
-        budget = agreed(initial_budget(model, store, splits, plan, device, amp_dtype) if calibrate_budget
-                         else static_budget(plan))
+        budget, step_time = (initial_budget(model, store, splits, plan, device, amp_dtype) if calibrate_budget
+                             else (static_budget(plan), None))
+        budget = agreed(budget)
         seed_everything(plan.seed)  # calibration must not change the run's random stream
     if hint is not None and (hint.max_atoms < budget.max_atoms or hint.max_edges < budget.max_edges):
         budget = hint
@@ -220,6 +222,8 @@ def _setup(store: GraphStore, plan: Any, out: Path, model_kwargs: dict[str, Any]
     state.budget = dataclasses.asdict(budget)
 
     loaders = make_loaders(store, plan, splits, budget=(budget.max_atoms, budget.max_edges), train_targets=train_targets)
+    if main:
+        _say_how_long(plan, state, loaders, step_time)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=plan.lr, weight_decay=plan.weight_decay)
     scheduler = make_scheduler(optimizer, plan)
@@ -242,6 +246,31 @@ def _setup(store: GraphStore, plan: Any, out: Path, model_kwargs: dict[str, Any]
         model.init_output(head)
     loop.forward = distributed.wrap(model, device)  # rank 0's weights (and output head) on every rank
     return loop
+
+
+def _say_how_long(plan: Any, state: TrainState, loaders: dict[str, Any], step_time: Any) -> None:
+    """Log, before the first step, how long training will take on this machine: from the calibration steps' times
+    (a new run), or from the epochs done so far (a resumed one)."""
+    from colab_kit.logs import format_duration
+
+    left = plan.epochs - int(state.sampler.get("epoch", 0))
+    if left <= 0 or state.status == "early-stopped":
+        return
+    if state.history:
+        per_epoch = float(np.mean([h["seconds"] for h in state.history]))
+        log.info("about %s of training left: %d of %d epochs at ~%s each (the epochs done so far)",
+                 format_duration(per_epoch * left), left, plan.epochs, format_duration(per_epoch))
+        return
+    if step_time is None:
+        return
+    sampler = loaders["train"].batch_sampler
+    edges = sampler.edges
+    train = np.array([int(edges[b].sum()) for b in sampler.global_batches()])
+    val = np.array([int(edges[b].sum()) for b in loaders["val"].batch_sampler.global_batches()])
+    per_epoch = (step_time.seconds(train) + step_time.seconds(val) / 3) / max(1, distributed.size())
+    log.info("estimate: %d epochs of %d training graphs (%d batches) ≈ %s on this machine (from the calibration steps); "
+             "--set epochs=N changes it", plan.epochs, len(sampler.indices), len(train),
+             format_duration(per_epoch * plan.epochs))
 
 
 def train_epoch(loop: _Loop) -> bool:

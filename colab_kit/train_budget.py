@@ -21,7 +21,7 @@ import torch
 from colab_kit import distributed
 from colab_kit.errors import ColabKitError
 from colab_kit.loader import dataset_and_collate
-from colab_kit.memory import Budget, calibrate, static_budget
+from colab_kit.memory import Budget, StepTime, calibrate, static_budget
 from colab_kit.oom import memory_fix
 from colab_kit.store import GraphStore, atomic_write_bytes
 
@@ -45,8 +45,9 @@ def read_oom_hint(ckpt_dir: Path) -> Budget | None:
 
 
 def initial_budget(model: Any, store: GraphStore, splits: dict[str, np.ndarray], plan: Any, device: torch.device,
-                    amp_dtype: torch.dtype | None) -> Budget:
-    """The calibrated batch budget, within ``plan.budget_cap`` x the static one (the model is left unchanged)."""
+                   amp_dtype: torch.dtype | None) -> tuple[Budget, StepTime | None]:
+    """The calibrated batch budget, within ``plan.budget_cap`` x the static one (the model is left unchanged), and
+    the step time measured on the same steps (None when it could not be fitted)."""
     dataset, collate = dataset_and_collate(store)  # the batches training will read, the same way
     atoms, edges = store.sizes()
 
@@ -59,14 +60,14 @@ def initial_budget(model: Any, store: GraphStore, splits: dict[str, np.ndarray],
 
     snapshot = copy.deepcopy(model.state_dict())  # calibration steps must not change the model
     model.train()
+    cap = (int(plan.batch_atoms * plan.budget_cap), int(plan.batch_edges * plan.budget_cap))
     try:
-        budget = calibrate(fwd_bwd, splits["train"], atoms, edges, device, plan.train_memory)
-    except MemoryError as exc:  # no room measured, or out of memory on the smallest graphs
+        budget, step_time = calibrate(fwd_bwd, splits["train"], atoms, edges, device, plan.train_memory, cap=cap)
+    except MemoryError as exc:  # out of memory on the smallest graphs, or the fixed cost fills the memory
         log.warning("batch budget calibration failed (%s); using the plan's static budget", exc)
-        budget = static_budget(plan)
+        budget, step_time = static_budget(plan), None
     model.load_state_dict(snapshot)
-    cap_atoms, cap_edges = int(plan.batch_atoms * plan.budget_cap), int(plan.batch_edges * plan.budget_cap)
-    return Budget(min(budget.max_atoms, cap_atoms), min(budget.max_edges, cap_edges), budget.how)
+    return budget, step_time
 
 
 def agreed(budget: Budget) -> Budget:

@@ -163,3 +163,30 @@ def test_a_checkpoint_from_before_schedules_resumes(radius_store: Path, tmp_path
     save_checkpoint(tmp_path / "checkpoints", state)
     res = fit(store, plan, tmp_path, progress=False)
     assert res.status == "finished" and len(res.history) == 2
+
+
+def test_cpu_calibration_measures_the_step_never_warns_with_room_and_estimates_the_time(
+        radius_store: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """CGCNN on 8 GiB: calibration from the tensors a step creates gives the same budget every time (RSS growth
+    gave "no room for a batch" in 6 of 12 runs), warns about nothing, and says how long training will take."""
+    from colab_kit.models import build_model
+    from colab_kit.train_budget import initial_budget
+
+    store = GraphStore(radius_store)
+    plan = make_plan(detect(), "debug", converter="radius", train_memory=8 * 2**30, workers=0)
+    splits = {"train": np.arange(len(store))}
+    budgets = set()
+    with caplog.at_level(logging.INFO, logger="colab_kit"):
+        for _ in range(4):
+            model = build_model("cgcnn", graph_params=store.params)
+            budget, step_time = initial_budget(model, store, splits, plan, torch.device("cpu"), None)
+            budgets.add((budget.max_atoms, budget.max_edges))
+            assert budget.how.startswith("calibrated from 5 real steps (peak tensor bytes)"), budget.how
+            assert step_time is not None and step_time.per_step + step_time.per_edge > 0
+    edges = [b[1] for b in budgets]
+    assert max(edges) <= 1.01 * min(edges) and not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="colab_kit"):
+        fit(store, make_plan(detect(), "debug", converter="radius", epochs=2, workers=0), tmp_path, progress=False)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("estimate: 2 epochs of")]
+    assert said and "on this machine (from the calibration steps)" in said[0], said
