@@ -42,7 +42,14 @@ Re-running the same command resumes from the last checkpoint at the next batch.
   python -m colab_kit run --mode quick --model comformer --set variant=equivariant   # eComFormer, on a GPU
   python -m colab_kit run --mode full --data matbench_mp_e_form --persist-dir /content/drive/MyDrive/colab_kit
   python -m colab_kit run --mode full --data https://example.org/my_data.json.gz --set batch_edges=50000
-After a disconnect, run the same command again: it restores from the persist dir and resumes.
+  python -m colab_kit run --data mp20.csv --set target=formation_energy_per_atom   # a CSV of CIFs: pick the label column
+  python -m colab_kit run --data my_cifs/ --set target=formation_energy_per_atom   # name the label: eV/atom in the report
+  python -m colab_kit run --data my_cifs/ --set unit=eV                            # or give its unit
+After a disconnect, run the same command again: it restores from the persist dir and resumes. Naming the label
+(target=, unit=) of a folder's id_prop.csv later continues the same run: only the report's words change.
+Modes: debug 300 structures, 2 epochs; quick 3,000, 10 epochs; full all, 50 epochs with early stopping. Models
+trained from scratch (CGCNN, ComFormer, ALIGNN, M3GNet, TensorNet) get 5x the epochs (quick: 50); training says how
+long it will take on this machine before its first step.
 """,
     "models": """examples:
   python -m colab_kit models          # every model: graph kind, options with defaults, learning rate
@@ -50,6 +57,7 @@ After a disconnect, run the same command again: it restores from the persist dir
     "detect": """examples:
   python -m colab_kit detect
   python -m colab_kit detect --model comformer   # the plan for ComFormer, its options among the rows
+  python -m colab_kit detect --model cgcnn --data my_cifs/ --mode quick
   python -m colab_kit detect --mode full --converter radius
   python -m colab_kit detect --json > machine.json
 """,
@@ -115,7 +123,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(machine.to_dict(), indent=2))
         return 0
-    plan = make_plan(machine, args.mode, **overrides_from_args(args))
+    plan = make_plan(machine, args.mode, **overrides_from_args(args), **({"data": args.data} if args.data else {}))
     print("Machine")
     print(format_table(machine.rows()))
     print()
@@ -239,7 +247,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     res = evaluate_weights(store, plan, args.weights, split=args.split)
     splits = splits_for(store, plan)
     baseline = mean_predictor_mae(store.targets(), splits["train"], splits[args.split])
-    unit = target_unit(store_target_name(store), str(store.root))  # a run's store sits in a folder named after its data
+    # a run's store sits in a folder named after its data
+    unit = target_unit(plan.target or store_target_name(store), str(store.root), plan.unit)
     if args.json:  # the JSON alone, so that a script can parse the output
         print(json.dumps({"split": args.split, "n": int(len(res["target"])), "mae": res["mae"], "rmse": res["rmse"],
                           "mean_predictor_mae": baseline, "unit": unit}))
@@ -301,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_plan_args(p)
+    p.add_argument("--data", help="plan for this data (a path, URL, Drive link or dataset name; nothing is read)")
     p.add_argument("--json", action="store_true", help="print the machine facts as JSON")
     p.set_defaults(func=cmd_detect)
 

@@ -108,7 +108,7 @@ def cmd_head(args: argparse.Namespace) -> int:
     if res["status"] == "stopped":
         print(f"stopped; work so far is kept in {res['dir']}: run the same command again to go on", file=sys.stderr)
         return _stopped_code(stop.signal)
-    unit = target_unit(None, plan.data)
+    unit = target_unit(plan.target, plan.data, plan.unit)
     print(format_scores("test", res["test_n"], res["test_mae"], res["test_rmse"], res["mean_predictor_test_mae"], unit))
     print(f"features {res['features_seconds']} s (once, cached), head {res['head_seconds']} s; {res['files']['head']}")
     return 0

@@ -194,8 +194,9 @@ def build_store(
     if manifest and manifest.get("fingerprint") != fp:
         raise StoreError(
             f"{root} holds a store built with other data or settings (converter {manifest.get('converter')}, "
-            f"params {manifest.get('params')}, fingerprint {manifest.get('fingerprint')}; this run needs {fp}). "
-            "Use another --out directory, or delete this one (`--fresh` in `run`) to rebuild it"
+            f"params {manifest.get('params')}, source {manifest.get('source', {}).get('target_name')!r} of "
+            f"{manifest.get('source', {}).get('format')}, fingerprint {manifest.get('fingerprint')}; this one needs {fp}). "
+            "For `run`: --fresh rebuilds it, or --work-dir DIR keeps both; for `convert`: another --out"
         )
     if manifest.get("complete"):
         lost = len(manifest["shards"]) - len(_usable_entries(root, manifest, fp))

@@ -115,8 +115,12 @@ def resolve(spec: str | None, download_dir: str | Path, *, progress: bool = True
     if any(c in text for c in "/\\~") or text.startswith(".") or Path(text).suffix:
         raise DownloadError(f"--data {text!r}: no such file or folder ({path.absolute()}); check the path "
                             "(on Colab, mount Drive first and use /content/drive/MyDrive/...)")
+    import difflib
+
+    close = difflib.get_close_matches(text, REGISTRY, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
     raise DownloadError(f"--data {text!r} is not a known dataset, an existing path, a URL or a Google Drive "
-                        f"link; known datasets: {', '.join(sorted(REGISTRY))}")
+                        f"link; {hint}known datasets: {', '.join(sorted(REGISTRY))}")
 
 
 def download_url(url: str, download_dir: str | Path, *, filename: str | None = None, sha256: str | None = None,

@@ -16,6 +16,7 @@ from colab_kit import registry
 from colab_kit.detect import GIB, Machine
 from colab_kit.errors import ColabKitError
 from colab_kit.plan_settings import (  # noqa: F401 - the Plan's API too
+    ALIASES,
     AMP_CHOICES,
     BAD_STRUCTURE_POLICIES,
     ISOLATED_ATOM_POLICIES,
@@ -97,6 +98,7 @@ class Plan:
     local_rank: int = 0
     # where a radius graph's edges come from: "stored" in the store, or "device" (built per batch on the device)
     graph_edges: str = "stored"
+    unit: str | None = None  # the label's unit when its name does not say it (reports, plots)
     reasons: Mapping[str, str] = field(default_factory=dict, compare=False)
     warnings: tuple[str, ...] = ()
 
@@ -164,6 +166,11 @@ def make_plan(machine: Machine, mode: str = "debug", **overrides: Any) -> Plan:
     """
     if mode not in MODES:
         raise PlanError(f"mode must be one of {tuple(MODES)} (got {mode!r})")
+    for alias, name in ALIASES.items():
+        if alias in overrides:
+            if name in overrides and overrides[name] != overrides[alias]:
+                raise PlanError(f"plan settings {alias} and {name} are the same setting; give one of them")
+            overrides = {**{k: v for k, v in overrides.items() if k != alias}, name: overrides[alias]}
     model, converter = _model_and_graphs(overrides)
     spec = registry.model(model)
     for key, value in overrides.items():
@@ -199,6 +206,7 @@ def make_plan(machine: Machine, mode: str = "debug", **overrides: Any) -> Plan:
     v["mode"], r["mode"] = mode, "requested"
     set_("data", DEFAULT_DATA, "shipped with colab_kit: 3,000 MP formation energies, no download")
     set_("target", None, "the label column the source names (matbench: its one target column)")
+    set_("unit", None, "from the label's name (e_form: eV/atom); --set unit=... when the name does not say it")
     v["model"], r["model"] = model, ("set by user" if "model" in overrides else
                                      f"the model that trains on {converter} graphs" if "converter" in overrides else
                                      f"{spec.description} (best accuracy per sample)")
@@ -233,8 +241,8 @@ def make_plan(machine: Machine, mode: str = "debug", **overrides: Any) -> Plan:
     for name, (value, why) in kind.resolution(low_ram).items():
         set_(name, value, f"{avail / GIB:.1f} GiB RAM free: {why}" if value != usual[name][0] else why)
 
-    set_("on_isolated_atoms", "error", "CHGNet's default: a structure with an atom that has no neighbour within "
-         "the cutoff is skipped and recorded ('warn'/'ignore' keep its graph)")
+    set_("on_isolated_atoms", "error", "an atom with no neighbour within the cutoff gets no messages: its structure is "
+         "skipped and recorded ('warn'/'ignore' keep its graph)")
 
     # Batch budget from the memory the model will train in.
     if gpu is not None:

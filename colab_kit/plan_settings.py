@@ -30,6 +30,7 @@ def _positive_num(v: Any) -> bool:
 OVERRIDABLE: dict[str, tuple[Any, str]] = {
     "data": (lambda v: isinstance(v, str) and v != "", "a path, URL, Google Drive id/link or known dataset name"),
     "target": (lambda v: v is None or (isinstance(v, str) and v != ""), "a column/key name of the label or None"),
+    "unit": (lambda v: v is None or (isinstance(v, str) and v.strip() != ""), "the label's unit, e.g. eV/atom, or None"),
     "converter": (lambda v: v in registry.graph_kinds(), "a registered graph kind"),
     "model": (lambda v: v in registry.models(), "a registered model"),
     "cutoff": (_positive_num, "a positive number of Å"),
@@ -68,3 +69,7 @@ OVERRIDABLE: dict[str, tuple[Any, str]] = {
     "distill_alpha": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1,
                       "a number from 0 (teacher only) to 1 (labels only)"),
 }
+
+
+#: Other names a setting is known by (``--set target_column=...`` is ``--set target=...``).
+ALIASES: dict[str, str] = {"target_column": "target"}

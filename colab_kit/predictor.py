@@ -87,7 +87,8 @@ class Predictor:
                             should_stop=should_stop)
 
     def predict(self, structures: Iterable[Any], on_bad: str = "error") -> np.ndarray:
-        """Predictions ``[n]`` (the target's units) for pymatgen Structures or ASE Atoms, in their order.
+        """Predictions ``[n]`` (the target's units) for pymatgen Structures or ASE Atoms, in their order (one structure
+        gives ``[1]``).
 
         Args:
             on_bad: a structure that cannot be made into a graph: ``"error"`` raises naming it; ``"nan"`` gives NaN.
@@ -99,6 +100,11 @@ class Predictor:
 
         if on_bad not in ("error", "nan"):
             raise PredictionError(f"on_bad must be 'error' or 'nan' (got {on_bad!r})")
+        from ase import Atoms
+        from pymatgen.core import Structure
+
+        if isinstance(structures, (Structure, Atoms)):  # one structure (iterating it would give its sites)
+            structures = [structures]
         rows = [(str(i), _as_structure(s, i), None) for i, s in enumerate(structures)]
         out = np.full(len(rows), np.nan, dtype=np.float32)
         if not rows:

@@ -126,7 +126,8 @@ def loss_curve_figure(history: list[dict[str, Any]], unit: str = "", best_epoch:
 
 
 def parity_figure(pred: np.ndarray, target: np.ndarray, *, mae: float, baseline_mae: float | None = None,
-                  target_name: str | None = None, data_name: str | None = None, split: str = "test") -> Figure:
+                  target_name: str | None = None, data_name: str | None = None, split: str = "test",
+                  unit: str | None = None) -> Figure:
     """Predicted against reference values on equal axes, with the y = x line, MAE and n in the title.
 
     Args:
@@ -136,15 +137,16 @@ def parity_figure(pred: np.ndarray, target: np.ndarray, *, mae: float, baseline_
         target_name: the label's column name (``"e_form"``); names the axes and finds the unit.
         data_name: the ``--data`` value, for the unit when the column name is generic.
         split: which split these points are.
+        unit: the unit the user gave (``--set unit=...``), which wins over the one the names imply.
     """
     from matplotlib.figure import Figure
 
     pred, target = np.asarray(pred, dtype=float).ravel(), np.asarray(target, dtype=float).ravel()
     ok = np.isfinite(pred) & np.isfinite(target)
     pred, target = pred[ok], target[ok]
-    quantity = target_quantity(target_name, data_name)
+    quantity = target_quantity(target_name, data_name, unit)
     unit = quantity.unit if quantity else ""
-    what = target_name_for_axis(target_name, data_name)
+    what = target_name_for_axis(target_name, data_name, unit)
     if quantity:
         xlabel, ylabel = f"{quantity.method} {what} ({unit})", f"predicted {what} ({unit})"
     else:  # no unit known: say so by naming the column and nothing more
@@ -225,8 +227,9 @@ def write_report(out: str | Path, *, plan: Any, store: Any, result: Any, test: d
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if target_name is None:
-        target_name = store_target_name(store)
-    unit = target_unit(target_name, data_name)
+        target_name = getattr(plan, "target", None) or store_target_name(store)
+    given = getattr(plan, "unit", None)
+    unit = target_unit(target_name, data_name, given)
     time_ = _check_timing(timing)
     time_["train_seconds"] = round(float(getattr(result, "train_seconds", 0.0)), 1)
     n_test = int(len(test["target"]))
@@ -234,7 +237,7 @@ def write_report(out: str | Path, *, plan: Any, store: Any, result: Any, test: d
     metrics = {
         "data": data_name,
         "target": target_name,
-        "target_label": target_label(target_name, data_name),
+        "target_label": target_label(target_name, data_name, given),
         "unit": unit,
         "n_graphs": len(store),
         "n_skipped": int(store.manifest.get("n_failed", 0)),
@@ -255,18 +258,19 @@ def write_report(out: str | Path, *, plan: Any, store: Any, result: Any, test: d
     atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False).encode())
     files = {"metrics": str(out / "metrics.json")}
     if result.history:
-        title = (f"{plan.model} on {_short(data_name)}: {target_name_for_axis(target_name, data_name)}\n"
+        title = (f"{plan.model} on {_short(data_name)}: {target_name_for_axis(target_name, data_name, given)}\n"
                  f"{result.status} after {result.epochs_done} of {plan.epochs} epochs")
         fig = loss_curve_figure(result.history, unit, result.best_epoch, title=title)
         files["loss_curve"] = str(save_png(fig, out / "loss_curve.png"))
     if n_test:
         fig = parity_figure(test["pred"], test["target"], mae=test["mae"], baseline_mae=baseline_mae,
-                            target_name=target_name, data_name=data_name)
+                            target_name=target_name, data_name=data_name, unit=given)
         files["parity"] = str(save_png(fig, out / "parity.png"))
     b = metrics["budget"]
     summary = [
         f"data: {data_name} -> {len(store)} graphs ({store.converter_name}), {metrics['n_skipped']} skipped",
-        f"target: {target_name or 'target'}" + (f" = {metrics['target_label']}" if unit else " (unit not known)"),
+        f"target: {target_name or 'target'}" + (f" = {metrics['target_label']}" if unit else
+                                                " (unit not known: --set unit=... names it)"),
         f"plan: mode {plan.mode}, model {plan.model}, device {plan.device}, amp {plan.amp}, epochs {plan.epochs}",
         f"batch budget: {b['max_atoms'] if b else '-'} atoms / {b['max_edges'] if b else '-'} edges"
         + (f" ({budget.how})" if budget else ""),

@@ -64,9 +64,12 @@ def store_folder(plan: Plan) -> str:
 
 
 def variant_suffix(plan: Plan) -> str:
-    """``-key=value`` for each model option set away from its default, then the split's fold and the teacher."""
+    """``-key=value`` for each model option set away from its default, the label column when it picks one, then the
+    split's fold and the teacher."""
     spec = registry.model(plan.model)
     out = "".join(f"-{k}={v}" for k, v in plan.model_options.items() if k in spec.options and v != spec.options[k].default)
+    if plan.target and not Path(plan.data).expanduser().is_dir():  # it picks the data's column: other labels
+        out += f"-target={plan.target}"  # (a folder's id_prop.csv has one: there it is only the label's name)
     if getattr(plan, "split", "random") == "matbench":
         out += f"-fold{plan.fold or 0}"
     if getattr(plan, "teacher", None):

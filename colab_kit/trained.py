@@ -105,9 +105,10 @@ def load_trained(path: str | Path) -> TrainedModel:
 
     conv = get_converter(plan["converter"], cutoff=plan["cutoff"], bond_cutoff=plan["bond_cutoff"],
                          max_neighbors=plan["max_neighbors"], on_isolated_atoms=plan.get("on_isolated_atoms", "error"))
-    target = _store_target(root) or plan.get("target")
+    target = plan.get("target") or _store_target(root)
     return TrainedModel(plan["model"], dict(plan.get("model_options", {})), conv.name, conv.params, weights,
-                        target, target_unit(target, plan.get("data")), {"data": plan.get("data"), "seed": plan.get("seed")})
+                        target, target_unit(target, plan.get("data"), plan.get("unit")),
+                        {"data": plan.get("data"), "seed": plan.get("seed")})
 
 
 def _from_spec(root: Path, weights: Path | None) -> TrainedModel:

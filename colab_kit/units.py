@@ -90,46 +90,50 @@ def _dataset_quantity(data_name: str | None) -> Quantity | None:
     return None
 
 
-def target_quantity(target_name: str | None, data_name: str | None = None) -> Quantity | None:
+def target_quantity(target_name: str | None, data_name: str | None = None, unit: str | None = None) -> Quantity | None:
     """The quantity a target column holds, or ``None`` when it is not known.
 
     Args:
         target_name: the label's column or key name as the store records it (``store.manifest["source"]
-            ["target_name"]``); ``"target"``, ``""`` or ``None`` when the source has no name for it.
+            ["target_name"]``), or as the user named it (``--set target=...``); ``"target"``, ``""`` or ``None``
+            when nothing names it.
         data_name: what the user passed as ``--data`` (a known dataset name, a path or a URL); consulted
             only when the column name is generic, because a named column says more than a file name.
+        unit: the unit the user gave (``--set unit=eV/atom``): it wins over the one the names imply.
     """
     name = _norm(target_name or "")
-    if name not in _GENERIC_NAMES:
-        return TARGET_QUANTITIES.get(name)
-    return _dataset_quantity(data_name)
+    known = TARGET_QUANTITIES.get(name) if name not in _GENERIC_NAMES else _dataset_quantity(data_name)
+    if unit:
+        return Quantity(known.name if known else (target_name or "target"), unit, known.method if known else "reference")
+    return known
 
 
-def target_unit(target_name: str | None, data_name: str | None = None) -> str:
+def target_unit(target_name: str | None, data_name: str | None = None, unit: str | None = None) -> str:
     """The target's unit, e.g. ``"eV/atom"`` for ``e_form``; ``""`` when it is not known.
 
     Args:
         target_name: the label's column or key name (see :func:`target_quantity`).
         data_name: the ``--data`` value, used only when the column name is generic.
+        unit: the unit the user gave, which wins.
     """
-    quantity = target_quantity(target_name, data_name)
+    quantity = target_quantity(target_name, data_name, unit)
     return quantity.unit if quantity else ""
 
 
-def target_name_for_axis(target_name: str | None, data_name: str | None = None) -> str:
+def target_name_for_axis(target_name: str | None, data_name: str | None = None, unit: str | None = None) -> str:
     """What the target is, without its unit: ``"formation energy"``, or the column name when unknown."""
-    quantity = target_quantity(target_name, data_name)
+    quantity = target_quantity(target_name, data_name, unit)
     return quantity.name if quantity else (target_name or "target")
 
 
-def target_label(target_name: str | None, data_name: str | None = None) -> str:
+def target_label(target_name: str | None, data_name: str | None = None, unit: str | None = None) -> str:
     """An axis label: ``"formation energy (eV/atom)"``, ``"band gap (eV)"``; the column name when unknown.
 
     Args:
         target_name: the label's column or key name (see :func:`target_quantity`).
         data_name: the ``--data`` value, used only when the column name is generic.
     """
-    quantity = target_quantity(target_name, data_name)
+    quantity = target_quantity(target_name, data_name, unit)
     return f"{quantity.name} ({quantity.unit})" if quantity else (target_name or "target")
 
 

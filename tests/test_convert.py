@@ -66,7 +66,7 @@ def test_second_run_reuses_everything_and_fingerprint_mismatch_refuses(tmp_path:
     build_store(src, tmp_path / "s", get_converter("radius"), shard_size=20, progress=False)
     again = build_store(src, tmp_path / "s", get_converter("radius"), shard_size=20, progress=False)
     assert again.n_graphs == 60 and again.shards_reused == 3
-    with pytest.raises(StoreError, match=r"other data or settings.*Use another --out"):
+    with pytest.raises(StoreError, match=r"other data or settings.*For `run`: --fresh rebuilds it, or --work-dir DIR keeps both; for `convert`: another --out"):
         build_store(src, tmp_path / "s", get_converter("radius", cutoff=5.0), shard_size=20, progress=False)
     rows[0][1] = 1.0  # same file name, different content: a different source identity
     write_matbench(tmp_path / "d.json.gz", ids, rows)

@@ -383,3 +383,5 @@ def test_local_paths_and_unknown_names(tmp_path: Path) -> None:
         resolve(str(tmp_path / "missing.json.gz"), tmp_path)
     with pytest.raises(DownloadError, match="not a known dataset.*matbench_mp_e_form.*mp_eform_cgcnn_3000"):
         resolve("no_such_dataset", tmp_path)
+    with pytest.raises(DownloadError, match="did you mean 'matbench_phonons'"):  # a typo gets the name it missed
+        resolve("matbench_phonon", tmp_path)

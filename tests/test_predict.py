@@ -118,6 +118,8 @@ def test_export_and_load_give_the_same_predictions(run_dir: Path, tmp_path: Path
     a = colab_kit.load(run_dir, device="cpu").predict(ss)
     b = colab_kit.load(tmp_path / "m", device="cpu").predict(ss)
     assert np.array_equal(a, b) and np.isfinite(a).all()
+    one = colab_kit.load(run_dir, device="cpu").predict(ss[3])  # one Structure, not its sites
+    assert one.shape == (1,) and abs(float(one[0]) - float(a[3])) < 1e-5  # alone, not in a batch of 12: rounding
     # ASE Atoms are accepted as they are
     from pymatgen.io.ase import AseAtomsAdaptor
 

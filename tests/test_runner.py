@@ -19,6 +19,7 @@ def test_run_debug_end_to_end(tmp_path: Path) -> None:
     res = run_cli("run", "--mode", "debug", "--work-dir", str(tmp_path))
     assert res.returncode == 0, res.stderr[-3000:]
     assert "Plan for --mode debug" in res.stdout and "Done: test (n=30): MAE" in res.stdout and "eV/atom" in res.stdout
+    assert "Warning" not in res.stderr, res.stderr[-3000:]  # CHGNet's requires_grad warning no longer on every run
     run_dir = tmp_path / "mp_eform_cgcnn_3000-chgnet-chgnet-debug"
     for rel in ("plan.json", "run.log", "best.pt", "store/manifest.json", "checkpoints/latest.pt",
                 "report/metrics.json", "report/loss_curve.png", "report/parity.png", "report/summary.txt"):

@@ -8,6 +8,7 @@ a formation energy (total energy minus elemental references), so a least-squares
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -31,6 +32,10 @@ class CHGNetRegressor(nn.Module):
         from chgnet.model import CHGNet
 
         self.chgnet = CHGNet.load(model_name=pretrained, use_device="cpu", verbose=False) if pretrained else CHGNet()
+        # CHGNet's BatchedGraph makes its volume tensor from tensors that need grad (chgnet/model/model.py), and torch
+        # warns on every run; the message is about CHGNet's own line, not the user's data
+        warnings.filterwarnings("ignore", "Converting a tensor with requires_grad=True to a scalar",
+                                UserWarning, r"chgnet\.model\.model")
         self.scale = nn.Parameter(torch.tensor(1.0))
         self.reference = nn.Parameter(torch.full((119,), float(target_mean)))  # per-element, by Z
         self.register_buffer("initialised", torch.tensor(False))

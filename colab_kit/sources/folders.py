@@ -25,7 +25,10 @@ class _Folder(Source):
         self.format, self._csv = fmt, Path(path) / "id_prop.csv"
         if not self._csv.is_file():
             raise SourceError(f"{path}: no id_prop.csv (lines 'id,target', no header) in this folder; write one next to the structure files")
-        super().__init__(path, target or "target")
+        # the label's name is only its name here (id_prop.csv has no header to choose a column from): it stays out
+        # of the store's identity, so naming it (--set target=formation_energy_per_atom) later resumes the same store
+        super().__init__(path, "target")
+        self.label = target or "target"
 
     def _candidates(self, name: str) -> list[str]:
         return [name, *(name + s for s in _DIR_SUFFIXES[self.format])]
