@@ -21,9 +21,11 @@ The merged store equals a single-host `convert` byte for byte; a killed merge re
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
+    from colab_kit.folder_lock import hold
     from colab_kit.merge import merge_stores
 
-    store = merge_stores(args.parts, args.out, mode=args.mode)
+    with hold(args.out, "store"):  # one writer: the same lock as `convert --out`
+        store = merge_stores(args.parts, args.out, mode=args.mode)
     print(f"store {store.root}: {len(store)} graphs in {len(store.shards)} shards from {len(args.parts)} part "
           f"folder(s), every checksum checked ({args.mode})")
     return 0

@@ -57,6 +57,9 @@ class Machine:
         content_dir: Colab's local disk (only meaningful when ``is_colab``).
         drive_dir: where Google Drive's "MyDrive" is mounted.
         world: this process's rank among those of a torchrun launch (torchrun's environment variables).
+        load: the 1-minute load average when this was read (runnable processes; 0.0 where unknown): how many of the
+            CPUs other work is using.
+        omp_threads: ``OMP_NUM_THREADS`` when it is set to a number (the user's thread count), else None.
     """
 
     ram_total: int
@@ -71,6 +74,8 @@ class Machine:
     content_dir: str = COLAB_CONTENT
     drive_dir: str = DRIVE_MYDRIVE
     world: World = field(default_factory=World)
+    load: float = 0.0
+    omp_threads: int | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -90,6 +95,7 @@ class Machine:
             ("RAM available", f"{self.ram_available / GIB:.1f} GiB"),
             ("cgroup memory limit", cg),
             ("usable CPUs", str(self.cpus)),
+            ("load (1-min average)", f"{self.load:.2f}"),
             ("GPU", gpu),
             ("Google Colab", "yes" if self.is_colab else "no"),
             ("Google Drive mounted", "yes" if self.drive_mounted else "no"),
@@ -188,6 +194,7 @@ def detect(
     content_dir: str = COLAB_CONTENT,
     drive_dir: str = DRIVE_MYDRIVE,
     extra_dirs: tuple[str, ...] = (),
+    load: Callable[[], float] | None = None,
 ) -> Machine:
     """Read the facts about this runtime. Every source is injectable for tests.
 
@@ -202,6 +209,7 @@ def detect(
         content_dir: Colab's local disk.
         drive_dir: Google Drive's MyDrive mount point.
         extra_dirs: more directories to report free space for (e.g. an explicit --work-dir).
+        load: returns the 1-minute load average (default ``os.getloadavg``).
     """
     environ = os.environ if environ is None else environ
     total, available = memory()
@@ -220,7 +228,10 @@ def detect(
     candidates = ([content_dir] if colab else []) + [home_cache] + ([drive_dir] if drive else [])
     candidates += [d for d in extra_dirs if d not in candidates]
     free = {d: b for d in candidates if (b := disk_free(d)) is not None}
+    omp = environ.get("OMP_NUM_THREADS", "").strip()
     return Machine(
+        load=float((load or _load_average)()),
+        omp_threads=int(omp) if omp.isdigit() and int(omp) > 0 else None,
         ram_total=int(total),
         ram_available=int(available),
         cgroup_limit=limit,
@@ -234,6 +245,13 @@ def detect(
         content_dir=content_dir,
         drive_dir=drive_dir,
     )
+
+
+def _load_average() -> float:
+    try:
+        return float(os.getloadavg()[0])
+    except (AttributeError, OSError):  # not on this platform
+        return 0.0
 
 
 def _usable_cpus() -> int:

@@ -118,6 +118,9 @@ def load_weights(store: GraphStore, plan: Any, weights: str | Path) -> Any:
 
 def evaluate_weights(store: GraphStore, plan: Any, weights: str | Path, split: str = "test") -> dict[str, Any]:
     """Load saved model weights and evaluate them on a split of ``store``."""
+    from colab_kit.reproducible import use_threads
+
+    use_threads(plan.threads)
     device = torch.device(plan.device)
     model = load_weights(store, plan, weights)
     splits = splits_for(store, plan)

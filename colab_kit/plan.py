@@ -63,7 +63,8 @@ class Plan:
     budget_cap: float
     batch_size: int
     eval_batch_size: int
-    # data loading
+    # data loading and compute
+    threads: int  # torch's intra-op threads in this process
     workers: int
     pin_memory: bool
     persistent_workers: bool
@@ -119,7 +120,8 @@ class Plan:
         kw["warnings"] = tuple(kw.get("warnings", ()))
         kw.setdefault("model_options", {})  # a Plan saved before models had options
         kw.setdefault("schedule", "cosine")  # ... or schedules
-        for k, default in (("split", "random"), ("fold", None), ("teacher", None), ("distill_alpha", 1.0)):
+        for k, default in (("split", "random"), ("fold", None), ("teacher", None), ("distill_alpha", 1.0),
+                           ("threads", 1)):
             kw.setdefault(k, default)  # ... or these
         return cls(**kw)
 
@@ -189,8 +191,9 @@ def make_plan(machine: Machine, mode: str = "debug", **overrides: Any) -> Plan:
         if not check(value):
             raise PlanError(f"plan setting {key} must be {allowed} (got {value!r})")
     cpus = max(1, machine.cpus // max(1, machine.world.local_size))  # this rank's share of the host's CPUs
-    if "workers" in overrides and overrides["workers"] > cpus:
-        raise PlanError(f"plan setting workers must be at most the {cpus} usable CPUs of this rank (got {overrides['workers']})")
+    for key in ("workers", "threads"):
+        if key in overrides and overrides[key] > cpus:
+            raise PlanError(f"plan setting {key} must be at most the {cpus} usable CPUs of this rank (got {overrides[key]})")
 
     v: dict[str, Any] = {}
     r: dict[str, str] = {}
@@ -282,6 +285,15 @@ def make_plan(machine: Machine, mode: str = "debug", **overrides: Any) -> Plan:
         set_("workers", min(cpus, 4), f"GPU training: up to 4 loader processes on {cpus} CPUs")
     else:
         set_("workers", min(cpus // 2, 4), f"CPU training: half of {cpus} CPUs load data")
+    # torch's threads: never more than the cores other work leaves free (on 2 cores at load 6, CGCNN trained at
+    # 2-4 graphs/s with torch's default 2 threads and at 100-120 with 1: threads that wait for a core cost, not help)
+    free = max(1, machine.cpus - int(machine.load + 0.5)) // per_host or 1
+    if machine.omp_threads is not None:
+        set_("threads", min(machine.omp_threads, cpus), f"OMP_NUM_THREADS={machine.omp_threads} in the environment")
+    elif free < cpus:
+        set_("threads", free, f"{cpus} CPUs, {machine.load:.1f} busy (1-min load average): one thread per free core")
+    else:
+        set_("threads", cpus, f"{cpus} CPUs, all free (load {machine.load:.1f}): one thread per core")
     set_("pin_memory", v["device"].startswith("cuda"), "pinned host memory only helps CUDA copies")
     set_("persistent_workers", v["workers"] > 0, "keep loader processes between epochs (needs workers > 0)")
     set_("prefetch_factor", 2 if v["workers"] > 0 else None, "batches prefetched per worker (needs workers > 0)")

@@ -46,6 +46,7 @@ OVERRIDABLE: dict[str, tuple[Any, str]] = {
     "batch_size": (_positive_int, "a positive integer"),
     "eval_batch_size": (_positive_int, "a positive integer"),
     "workers": (_nonneg_int, "an integer >= 0"),
+    "threads": (_positive_int, "a positive integer (torch's intra-op threads)"),
     "convert_workers": (_positive_int, "a positive integer"),
     "shard_size": (_positive_int, "a positive integer"),
     "on_bad_structure": (lambda v: v in BAD_STRUCTURE_POLICIES, f"one of {BAD_STRUCTURE_POLICIES}"),

@@ -78,7 +78,9 @@ class Predictor:
                 f"store {store.root} has {store.converter_name} graphs with {store.params}; this {self.trained.model} "
                 f"reads {self.trained.converter} graphs with {self.trained.graph_params}: convert the data with those")
         from colab_kit.folder_lock import hold
+        from colab_kit.reproducible import use_threads
 
+        use_threads(self.plan.threads)
         with hold(store.root, "prediction store"):
             return run_pass(store, self.model, self.trained.weights_sha256, f"{self.trained.model} predictions",
                             device=self.device, budget=self.budget,

@@ -37,3 +37,12 @@ def reproducible_on_cpu(device: torch.device, needed: bool = True) -> Iterator[N
         yield
     finally:
         torch.use_deterministic_algorithms(before, warn_only=warn_only)
+
+
+def use_threads(n: int) -> None:
+    """torch's intra-op threads for this process (the Plan's ``threads``: the cores other work leaves free).
+
+    A CPU run's bits depend on the thread count (reductions are split by thread): a resumed run equals an
+    uninterrupted one when both use the same number, which ``--set threads=N`` (or ``OMP_NUM_THREADS``) pins."""
+    if n > 0 and torch.get_num_threads() != n:
+        torch.set_num_threads(n)

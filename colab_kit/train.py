@@ -35,7 +35,7 @@ from colab_kit.loader import make_loaders, splits_for
 from colab_kit.memory import Budget, static_budget
 from colab_kit.models import build_model
 from colab_kit.oom import retry_on_oom
-from colab_kit.reproducible import reproducible_on_cpu, seed_everything
+from colab_kit.reproducible import reproducible_on_cpu, seed_everything, use_threads
 from colab_kit.schedule import lr_factor, make_scheduler  # noqa: F401 - the trainer's API too
 from colab_kit.store import GraphStore, atomic_write_bytes
 from colab_kit.train_budget import (  # noqa: F401 - TrainingError: the trainer's API too
@@ -143,6 +143,7 @@ def fit(
         TrainingError: out of memory even for a single graph.
     """
     distributed.start(distributed.plan_world(plan), plan.device)
+    use_threads(plan.threads)
     with reproducible_on_cpu(torch.device(plan.device), getattr(registry.model(plan.model), "deterministic", False)):
         return _fit(store, plan, out_dir, model_kwargs, resume, progress, callbacks, should_stop, calibrate_budget,
                     step_hook)

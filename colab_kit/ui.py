@@ -280,6 +280,18 @@ class ControlPanel:
         self._thread.start()
         return True
 
+    def run_here(self, *, fresh: bool = False) -> RunResult | None:
+        """Run the panel's Plan in this thread and return when it ends (a notebook cell, "Run all"): the panel shows
+        its progress as for Run; the notebook's interrupt (■, Ctrl-C) stops it as Stop does (a checkpoint is saved,
+        and running the cell again continues it). Returns the result (None when it did not start or failed)."""
+        background = self.background
+        self.background = False
+        try:
+            started = self.start(fresh=fresh)
+        finally:
+            self.background = background
+        return self.result if started else None
+
     def stop(self) -> None:
         """Ask the run to stop: conversion commits its shards in flight, training saves a checkpoint at its
         next step, and the run returns; Resume continues from there."""

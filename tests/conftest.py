@@ -22,6 +22,12 @@ SHARED_DATA = Path(os.environ.get("COLAB_KIT_SHARED_DATA") or REPO.parent / "sha
 FIXTURES = REPO / "tests" / "data"
 SHIPPED = REPO / "colab_kit" / "data" / "mp_eform_cgcnn_3000_matbench.json.gz"
 
+# The Plan gives torch one thread per core that other work leaves free (the 1-min load average), and a CPU run's bits
+# depend on its thread count: the tests that compare two runs' weights bit for bit pin the count, as a user does
+# with --set threads=N, to torch's own default (one per usable CPU). Subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                             else os.cpu_count() or 1))
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--runslow", action="store_true", help="also run tests marked slow")

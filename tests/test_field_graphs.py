@@ -28,6 +28,7 @@ from colab_kit.convert import build_store
 from colab_kit.graphs import get_converter
 from colab_kit.store import GraphStore
 
+pytestmark = pytest.mark.extras  # CI runs these in the environment with the extras; the README's command skips them
 pytest.importorskip("alignn.torch_graph_builder", reason='needs pip install "colab_kit[alignn]"')
 pytest.importorskip("matgl.ext.pymatgen", reason='needs pip install "colab_kit[matgl]"')
 

@@ -29,6 +29,7 @@ from colab_kit.registry import RegistryError, model_graph_kind
 from colab_kit.store import GraphStore
 from colab_kit.train import fit
 
+pytestmark = pytest.mark.extras  # CI runs these in the environment with the extras; the README's command skips them
 pytest.importorskip("alignn.torch_graph_builder", reason='needs pip install "colab_kit[alignn]"')
 pytest.importorskip("matgl.models", reason='needs pip install "colab_kit[matgl]"')
 

@@ -3,8 +3,8 @@
 Its Colab form fields (``name = value #@param ...``) are set the way a user sets them in the form:
 debug mode on the shipped data with radius graphs + CGCNN (the fastest path; tests/test_runner.py
 covers the CHGNet default), a temporary work dir, the panel started by ``autostart`` and the
-command-line cell switched on. Fixed batch budgets (``extra_settings``) skip the memory calibration,
-which on CPU reads the process's peak RSS and so depends on what the kernel did before.
+command-line cell switched on (autostart is what "Run all" does: cell 5 trains and waits). Fixed batch budgets
+(``extra_settings``) skip the memory calibration, to keep the run short.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def test_quickstart_runs_headless(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     for name in COLAB_ENV_VARS:
         monkeypatch.delenv(name, raising=False)
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    set_form_fields(nb, mode="debug", converter="radius", work_dir=str(tmp_path / "work"), autostart=True, run_cli=True,
+    set_form_fields(nb, mode="debug", model="cgcnn", work_dir=str(tmp_path / "work"), autostart=True, run_cli=True,
                     extra_settings="batch_atoms=4000 batch_edges=60000")
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})

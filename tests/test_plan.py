@@ -135,3 +135,19 @@ def test_plan_is_pure_and_round_trips() -> None:
     from colab_kit.plan import Plan
 
     assert Plan.from_dict(a.to_dict()) == a
+
+
+def test_threads_follow_the_free_cores() -> None:
+    """A busy machine gets fewer torch threads (2 cores at load 6: 1 thread), never more than the free cores;
+    OMP_NUM_THREADS and --set threads= win; more threads than CPUs are refused."""
+    base = colab_free(drive=False).__dict__ | {"gpu": None, "is_colab": False}
+    idle = make_plan(Machine(**{**base, "load": 0.1}), "debug")
+    busy = make_plan(Machine(**{**base, "load": 6.0}), "debug")
+    half = make_plan(Machine(**{**base, "cpus": 8, "load": 3.4}), "debug")
+    assert (idle.threads, busy.threads, half.threads) == (2, 1, 5)
+    assert "2 CPUs, 6.0 busy (1-min load average): one thread per free core" in busy.reasons["threads"]
+    omp = make_plan(Machine(**{**base, "load": 6.0, "omp_threads": 2}), "debug")
+    assert omp.threads == 2 and omp.reasons["threads"] == "OMP_NUM_THREADS=2 in the environment"
+    assert make_plan(Machine(**{**base, "load": 6.0}), "debug", threads=2).reasons["threads"] == "set by user"
+    with pytest.raises(PlanError, match="threads must be at most the 2 usable CPUs of this rank"):
+        make_plan(Machine(**base), "debug", threads=3)

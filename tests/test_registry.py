@@ -149,18 +149,36 @@ def test_registry_errors_name_the_choices() -> None:
         spec = registry.model(name)
         assert isinstance(spec, registry.ModelSpec) and spec.graph_kind in registry.graph_kinds()
         assert not set(spec.options) & set(_plan_fields()), f"{name}'s options shadow Plan fields"
+    for name in registry.graph_kinds():
+        if name not in EXTRA_KINDS:  # those need their packages: test_registry_kinds_of_the_extras
+            _check_kind(name)
+
+
+def _check_kind(name: str) -> None:
+    """A graph kind writes what it says it needs and reads it back into a graph."""
     from pymatgen.core import Structure
 
     from colab_kit.store import RAGGED
 
     ids, rows = shipped_records(3)
-    for name in registry.graph_kinds():
-        kind = registry.graph_kind(name)
-        assert isinstance(kind, registry.GraphKind) and set(kind.needs) <= {*RAGGED, "lattice"}
-        params = get_converter(name).params
-        arrays = kind.convert(Structure.from_dict(rows[2][0]), params, ids[2])
-        assert set(arrays) == set(kind.needs), name  # what it says it needs is what it writes
-        assert kind.to_graph(arrays, 0.5, ids[2], params) is not None
+    kind = registry.graph_kind(name)
+    assert isinstance(kind, registry.GraphKind) and set(kind.needs) <= {*RAGGED, "lattice"}
+    params = get_converter(name).params
+    arrays = kind.convert(Structure.from_dict(rows[2][0]), params, ids[2])
+    assert set(arrays) == set(kind.needs), name  # what it says it needs is what it writes
+    assert kind.to_graph(arrays, 0.5, ids[2], params) is not None
+
+
+#: graph kinds that live in a model extra's package (alignn, matgl)
+EXTRA_KINDS = {"alignn": "alignn.torch_graph_builder", "matgl": "matgl.ext.pymatgen"}
+
+
+@pytest.mark.extras
+@pytest.mark.parametrize("name", sorted(EXTRA_KINDS))
+def test_registry_kinds_of_the_extras(name: str) -> None:
+    """What the core kinds are checked for above, for the kinds whose package is an extra (skipped without it)."""
+    pytest.importorskip(EXTRA_KINDS[name], reason=f'needs pip install "colab_kit[{name}]"')
+    _check_kind(name)
 
 
 def _plan_fields() -> list[str]:

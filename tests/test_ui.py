@@ -153,3 +153,40 @@ def test_import_without_ipywidgets() -> None:
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "ERR" in res.stdout and "pip install ipywidgets" in res.stdout
+
+
+def test_run_here_is_what_run_all_does_and_an_interrupt_stops_it_like_stop(tmp_path: Path) -> None:
+    """The notebook's cell 5 with autostart: the run happens in the cell's thread; the notebook's interrupt (a SIGINT
+    to the kernel) saves a checkpoint and returns; running the cell again continues and finishes."""
+    import os
+    import signal
+
+    panel = _panel(tmp_path, n_samples=100, epochs=30, batch_size=8)
+    original = panel._on_event
+
+    def on_event(ev: dict) -> None:
+        original(ev)
+        if ev.get("event") == "step" and ev["step"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # the ■ button of a notebook
+
+    panel._on_event = on_event  # type: ignore[method-assign]
+    result = panel.run_here()
+    assert result is not None and result.metrics["status"] == "stopped" and result.metrics["signal"] == "SIGINT"
+    assert (tmp_path / "work" / RUN_NAME / "checkpoints" / "latest.pt").is_file()
+    panel._on_event = original  # type: ignore[method-assign]
+    panel._extra["epochs"] = 1
+    again = panel.run_here()
+    assert again is not None and again.metrics["status"] == "finished", panel.error
+    assert any("checkpoint found" in m for m in panel.messages)
+
+
+def test_the_notebook_offers_every_registered_model_and_trains_on_run_all() -> None:
+    import re
+
+    from colab_kit import registry
+
+    nb = json.loads((REPO / "notebooks" / "colab_kit_quickstart.ipynb").read_text())
+    source = "\n".join("".join(c["source"]) for c in nb["cells"])
+    listed = re.search(r'^model = "\w+" #@param (\[.*\])$', source, re.M)
+    assert listed and json.loads(listed.group(1)) == list(registry.models())
+    assert re.search(r"^autostart = True #@param", source, re.M) and "panel.run_here()" in source
