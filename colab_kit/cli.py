@@ -376,6 +376,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     # under torchrun rank 0 tells the story; the other ranks only warn
     setup_logging(logging.DEBUG if args.verbose else logging.INFO if world.is_main else logging.WARNING)
+    if world.distributed and args.command in DISTRIBUTED_COMMANDS:
+        try:
+            distributed.die_with_launcher(world)  # no rank outlives its torchrun launcher
+        except ColabKitError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     if world.distributed and args.command not in DISTRIBUTED_COMMANDS:
         print(f"error: `{args.command}` runs in one process, not under torchrun ({world.size} ranks); launch it with "
               f"`python -m colab_kit {args.command} ...` (torchrun is for {' and '.join(DISTRIBUTED_COMMANDS)})",

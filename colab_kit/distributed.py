@@ -84,6 +84,49 @@ def world_from_env(environ: Mapping[str, str] | None = None) -> World:
     return World(rank, local_rank, size, local_size)
 
 
+#: How long a rank whose launcher died waits for its clean stop (a checkpoint at the next step) before it exits.
+ORPHAN_GRACE_S = 60.0
+
+
+def die_with_launcher(world: World) -> None:
+    """Make this rank stop when its torchrun launcher dies, never run on as an orphan.
+
+    torchrun starts each rank in a session of its own, so killing the launcher (a closed terminal, a SIGKILL of
+    its process group) leaves the ranks running: they go on writing the run folder while the same command, run
+    again, starts new ones on it. Here the kernel sends this rank SIGTERM when its parent dies (Linux
+    ``PR_SET_PDEATHSIG``), which stops training at the next step with a checkpoint; a watchdog exits the process
+    if that has not happened within :data:`ORPHAN_GRACE_S` (a rank blocked in a collective whose peer is gone).
+    Nothing in a plain process.
+    """
+    if not world.distributed:
+        return
+    import signal
+    import sys
+    import threading
+    import time
+
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if parent == 1 or os.getppid() != parent:  # the launcher died before the signal was armed
+        raise DistributedError("the torchrun launcher of this rank has exited; run the torchrun command again")
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        time.sleep(ORPHAN_GRACE_S)
+        print(f"rank {world.rank}: the torchrun launcher exited and this rank did not stop within {ORPHAN_GRACE_S:.0f} s; "
+              "exiting (what is on disk is complete: run the torchrun command again to resume)", file=sys.stderr)
+        os._exit(143)
+
+    threading.Thread(target=watch, name="colab_kit-launcher-watch", daemon=True).start()
+
+
 def refuse_fresh(fresh: bool, world_size: int, folder: Any) -> None:
     """``--fresh`` deletes ``folder``, which the other ranks of a torchrun launch read: refused there.
 

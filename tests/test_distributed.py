@@ -325,3 +325,34 @@ def test_parts_merged_equal_the_single_host_store_and_verify_finds_damage(tmp_pa
                    "--out", str(tmp_path / "other1")).returncode == 0
     mixed = run_cli("merge", str(tmp_path / "host0"), str(tmp_path / "other1"), str(tmp_path / "host2"), "--out", str(tmp_path / "x"))
     assert mixed.returncode == 1 and "parts of different stores" in mixed.stderr
+
+
+@pytest.mark.long
+def test_no_rank_outlives_a_killed_launcher_and_the_same_command_resumes(tmp_path: Path) -> None:
+    """torchrun starts its ranks in sessions of their own: SIGKILL of the launcher alone (a closed terminal, a killed
+    launcher script) left them running as orphans, rank 0 converting into the folder the rerun converts into (a rerun
+    that failed under load). Now the kernel sends each rank SIGTERM when its launcher dies: they stop within seconds,
+    and the same command resumes the conversion."""
+    from helpers import shard_count
+
+    work = tmp_path / "work"
+    args = ["-m", "colab_kit", "run", "--mode", "debug", "--model", "cgcnn", "--work-dir", str(work), "--set",
+            "n_samples=1500", "--set", "shard_size=25", "--set", "convert_workers=1", "--set", "epochs=1"]
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **ENV},
+                            start_new_session=True)
+    store = work / "mp_eform_cgcnn_3000-radius-cgcnn-debug" / "store"
+    t0 = time.monotonic()
+    while shard_count(store) < 3 and time.monotonic() - t0 < 300:
+        time.sleep(0.05)
+    ranks = [c for c in psutil.Process(proc.pid).children(recursive=True) if "colab_kit" in " ".join(c.cmdline())]
+    assert len(ranks) == 2 and shard_count(store) < 60  # rank 0 mid-conversion, rank 1 waiting for it
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    t_kill = time.monotonic()
+    _, alive = psutil.wait_procs(ranks, timeout=120)
+    assert not alive and time.monotonic() - t_kill < 60, [p.pid for p in alive]  # stopped, not converting on
+    assert shard_count(store) < 60
+    again = torchrun(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming" in again.stderr and "conversion reused" in again.stderr
