@@ -351,6 +351,8 @@ def test_no_rank_outlives_a_killed_launcher_and_the_same_command_resumes(tmp_pat
     proc.wait()
     t_kill = time.monotonic()
     _, alive = psutil.wait_procs(ranks, timeout=120)
+    for orphan in alive:  # a failing run must not leave them behind
+        orphan.kill()
     assert not alive and time.monotonic() - t_kill < 60, [p.pid for p in alive]  # stopped, not converting on
     assert shard_count(store) < 60
     again = torchrun(*args)
