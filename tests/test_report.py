@@ -249,7 +249,7 @@ def test_write_report_unknown_target_has_no_unit(tmp_path: Path, fixture_data: P
     metrics, out, _ = _report(tmp_path, fixture_data / "cif_dir", str(fixture_data / "cif_dir"), 3)
     assert metrics["unit"] == "" and metrics["target_label"] == "target"
     text = (out / "summary.txt").read_text()
-    assert "target: target (unit not known)" in text and "eV" not in text
+    assert "target: target (unit not known: --set unit=... names it)" in text and "eV" not in text
 
 
 def test_write_report_refuses_incomplete_timing(tmp_path: Path, shipped_data: Path) -> None:
