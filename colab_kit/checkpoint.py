@@ -1,8 +1,11 @@
 """Atomic checkpoints that load with ``torch.load(weights_only=True)`` and survive damage.
 
 ``latest.pt`` is written to a temporary file in the same directory, fsynced and renamed over the
-old one, which is first kept as ``previous.pt``. Loading verifies the latest and falls back to the
-previous (with a warning naming the file) when it is truncated or otherwise unreadable.
+old one, which is first kept as ``previous.pt``; its sha256 is recorded beside them first
+(:func:`colab_kit.fsutil.write_checked`). Loading checks the latest against that record and falls back to the
+previous (with a warning naming the file) when it is damaged, truncated or otherwise unreadable. The best weights
+(``best.pt``) are written the same way, and every checkpoint carries them too, so a damaged or lost ``best.pt`` is
+rebuilt from a checkpoint (:func:`recover_best`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import numpy as np
 import torch
 
 from colab_kit.errors import ColabKitError
-from colab_kit.store import atomic_write_bytes
+from colab_kit.fsutil import is_intact, write_checked
 
 log = logging.getLogger(__name__)
 LATEST = "latest.pt"
@@ -73,12 +76,55 @@ def save_checkpoint(directory: str | Path, state: dict[str, Any]) -> Path:
     latest = directory / LATEST
     if latest.exists():
         os.replace(latest, directory / PREVIOUS)
-    atomic_write_bytes(latest, buf.getvalue())
+    write_checked(latest, buf.getvalue())
     return latest
+
+
+BEST = "best.pt"
+
+
+def save_best(out: str | Path, weights: dict[str, Any]) -> None:
+    """Write the best weights (a state dict) as ``<out>/best.pt``, its sha256 recorded."""
+    buf = io.BytesIO()
+    torch.save(weights, buf)
+    write_checked(Path(out) / BEST, buf.getvalue())
+
+
+def best_is_intact(path: str | Path) -> bool:
+    """Whether a ``best.pt`` is present and, where its folder records checksums, the bytes written."""
+    path = Path(path)
+    return path.is_file() and is_intact(path) is not False
+
+
+def recover_best(out: str | Path) -> bool:
+    """Rebuild a missing or damaged ``<out>/best.pt`` from the newest sound checkpoint in ``<out>/checkpoints``.
+
+    A checkpoint holds the best weights (``best_model``); one written before it did holds only the latest weights,
+    which are then used, with a warning that says so. Returns whether ``best.pt`` is sound afterwards.
+    """
+    path = Path(out) / BEST
+    if best_is_intact(path):
+        return True
+    try:
+        saved = load_checkpoint(Path(out) / "checkpoints")
+    except CheckpointError:
+        saved = None
+    if saved is None:
+        return False
+    best = saved.get("best_model") or {}
+    what = f"epoch {saved.get('best', {}).get('epoch')}, the best" if best else f"epoch {saved.get('epoch')}, the latest"
+    log.warning("%s is %s: rebuilt from the checkpoint's weights (%s)", path, "damaged" if path.exists() else "missing",
+                what)
+    save_best(out, dict(best or saved["model"]))
+    return True
 
 
 def _try_load(path: Path, map_location: str | torch.device) -> dict[str, Any] | None:
     if not path.exists():
+        return None
+    if is_intact(path) is False:
+        log.warning("checkpoint %s is damaged (its sha256 is not the one recorded when it was written); trying the "
+                    "previous one", path)
         return None
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
@@ -107,7 +153,7 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
     present = [p.name for p in (directory / LATEST, directory / PREVIOUS) if p.exists()]
     if present:
         raise CheckpointError(
-            f"every checkpoint in {directory} ({', '.join(present)}) is damaged; delete them to start "
+            f"every checkpoint in {directory} ({', '.join(present)}) is damaged; delete that folder to start "
             "training again from scratch (the graph store is kept)"
         )
     return None

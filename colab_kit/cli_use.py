@@ -48,7 +48,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from colab_kit.datasets import resolve
 
-    data = resolve(args.data, Path(predictor.plan.work_dir) / "downloads", progress=True)
+    data = resolve(args.data, Path(predictor.plan.work_dir) / "downloads", progress=True,
+                   sha256=predictor.plan.data_sha256)
     with stop_on_signals() as stop:
         res = predictor.predict_file(data, args.out, target=args.target, progress=True, should_stop=stop)
     if not res.complete:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import os
 import time
 import warnings
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -24,7 +25,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from colab_kit.errors import ColabKitError
-from colab_kit.fsutil import remove_stale_temporaries
+from colab_kit.fsutil import has_sha256, remove_stale_temporaries
 from colab_kit.graphs import BadStructure, Converter
 from colab_kit.shard_build import build_split_shard
 from colab_kit.sources import RawItem, Source, SourceError, check_target, open_source, parse_structure
@@ -122,16 +123,18 @@ def _manifest_path(root: Path, part: tuple[int, int]) -> Path:
 
 
 def _usable_entries(root: Path, manifest: dict[str, Any], fp: str) -> dict[int, dict[str, Any]]:
-    """Shards a manifest lists whose files are present with the recorded size."""
+    """Shards a manifest lists whose files are present with the recorded size and sha256 (a damaged one is rebuilt;
+    the sha256 checked here is not checked again when this process maps the shard)."""
     if manifest.get("fingerprint") != fp:
         return {}
     ok = {}
     for e in manifest.get("shards", []):
         p = root / e["file"]
-        if p.exists() and p.stat().st_size == e["bytes"]:
+        if p.exists() and p.stat().st_size == e["bytes"] and has_sha256(p, e["sha256"]):
             ok[e["index"]] = e
         else:
-            log.warning("shard %s is missing or damaged; it will be rebuilt", p)
+            log.warning("shard %s is %s; it will be rebuilt", p, "damaged (its sha256 is not the manifest's)"
+                        if p.exists() else "missing")
     return ok
 
 
@@ -357,14 +360,23 @@ def _bar(total: int | None, enabled: bool) -> Any:
 
 
 def _load_manifest(path: Path) -> dict[str, Any] | None:
+    """The manifest at ``path``; None when there is none, or when it is damaged (it is moved aside to
+    ``<name>.damaged`` and the store is rebuilt: without a readable commit record no shard can be trusted)."""
     import json
 
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise StoreError(f"{path} is not valid JSON ({exc}); delete the store directory and convert again") from exc
+        manifest = json.loads(path.read_text())
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("shards", []), list):
+            raise ValueError("not a manifest object")
+        return manifest
+    except (ValueError, UnicodeDecodeError) as exc:
+        aside = path.with_name(path.name + ".damaged")
+        os.replace(path, aside)
+        log.warning("%s is damaged (%s); moved to %s, the store is rebuilt", path, " ".join(str(exc).split())[:120],
+                    aside.name)
+        return None
 
 
 def _result(root: Path, manifest: dict[str, Any], reused: int, t0: float) -> ConvertResult:

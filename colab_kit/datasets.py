@@ -8,16 +8,18 @@ gets its final name. Google Drive goes through ``gdown``, which knows Drive's co
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
 import time
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from colab_kit.errors import ColabKitError
+from colab_kit.fsutil import atomic_write_json
 from colab_kit.gdrive import _QUOTA_FIX, _is_quota, download_drive, parse_drive_id
 
 log = logging.getLogger(__name__)
@@ -68,13 +70,17 @@ REGISTRY: dict[str, KnownDataset] = {d.name: d for d in (
                  "mp_eform_cgcnn_3000_matbench.json.gz",
                  "3,000 Materials Project formation energies (CGCNN set via CrysXPP)", "e_form",
                  "MIT (CrysXPP) / CC BY 4.0 (Materials Project data)", "data/mp_eform_cgcnn_3000_matbench.json.gz"),
-    KnownDataset("matbench_mp_e_form", _MATBENCH.format("matbench_mp_e_form"), None, "matbench_mp_e_form.json.gz",
+    # sha256: matbench's own record of its files (the "hash" of each task in the matbench repository's published
+    # dataset metadata); matbench_phonons' also checked here against the copy in shared/data
+    KnownDataset("matbench_mp_e_form", _MATBENCH.format("matbench_mp_e_form"),
+                 "dedcb1d4ba2e3e50dbdd45ba5bc647a00e9c2bcf8f8bf556dc8e92caa39eb21f", "matbench_mp_e_form.json.gz",
                  "132,752 Materials Project structures, formation energy per atom in eV/atom (Matbench v0.1)",
                  "e_form", "CC BY 4.0 (Matbench / Materials Project)"),
-    KnownDataset("matbench_phonons", _MATBENCH.format("matbench_phonons"), None, "matbench_phonons.json.gz",
+    KnownDataset("matbench_phonons", _MATBENCH.format("matbench_phonons"),
+                 "4db551f21ec5f577e6202725f10e34dfc509aa7df3a6bdaac497da7f6dbbb9b3", "matbench_phonons.json.gz",
                  "1,265 structures, frequency of the last phonon DOS peak in cm^-1 (Matbench v0.1)",
                  "last phdos peak", "CC BY 4.0 (Matbench / Materials Project)"),
-)}  # the e_form target is eV/atom; sha256 stays None where not known for certain (then length is checked)
+)}  # the e_form target is eV/atom
 
 
 def resolve(spec: str | None, download_dir: str | Path, *, progress: bool = True, sha256: str | None = None) -> Path:
@@ -123,13 +129,28 @@ def resolve(spec: str | None, download_dir: str | Path, *, progress: bool = True
                         f"link; {hint}known datasets: {', '.join(sorted(REGISTRY))}")
 
 
+def url_folder(download_dir: str | Path, url: str) -> Path:
+    """The folder of one URL's download: keyed by the whole URL, so two URLs ending in ``data.json.gz`` never
+    share a file."""
+    return Path(download_dir).expanduser() / f"url-{hashlib.sha256(url.encode()).hexdigest()[:16]}"
+
+
+META = "download.json"  # {"url", "name", "validator", "total", "complete", "sha256"}: kept across processes
+
+
 def download_url(url: str, download_dir: str | Path, *, filename: str | None = None, sha256: str | None = None,
                  progress: bool = True, retries: int = 4, backoff_s: float = 2.0) -> Path:
-    """Resumable, retried, verified download of one http(s) URL into ``download_dir``.
+    """Resumable, retried, verified download of one http(s) URL into its own folder under ``download_dir``.
+
+    The server's validator (ETag, else Last-Modified) is kept in the folder's ``download.json``: a resumed download
+    (by this process or a later one) sends ``Range`` with ``If-Range``, so a file replaced upstream is fetched whole
+    again, never spliced from two versions; a finished download is checked against the server with
+    ``If-None-Match`` / ``If-Modified-Since`` (a file changed upstream is fetched again; offline, the copy is used)
+    unless a ``sha256`` pins its content.
 
     Args:
         url: the file's URL.
-        download_dir: destination folder.
+        download_dir: where the per-URL folders live (:func:`url_folder`).
         filename: final name; default: the URL path's last part, or the server's Content-Disposition name
             when that part has no suffix (e.g. ``.../ndownloader/files/123``).
         sha256: expected hex digest; a mismatch moves the file to ``<name>.bad`` and raises.
@@ -138,15 +159,27 @@ def download_url(url: str, download_dir: str | Path, *, filename: str | None = N
         backoff_s: wait before the first retry (s), doubled after each.
 
     Returns:
-        The final path; an already-complete file (matching ``sha256`` when given) is not fetched again.
+        The final path.
     """
     import requests
 
-    job = _Download(url=url, dest_dir=Path(download_dir).expanduser(), name=filename or _name_from_url(url),
-                    sha256=sha256.lower() if sha256 else None, progress=progress)
-    job.fixed = filename is not None or bool(Path(job.name).suffix)
-    if job.fixed and (done := _complete(job.dest_dir / job.name, job.sha256)):
-        return done
+    folder = url_folder(download_dir, url)
+    meta = _read_meta(folder, url)
+    job = _Download(url=url, dest_dir=folder, name=filename or meta.get("name") or _name_from_url(url),
+                    sha256=sha256.lower() if sha256 else None, progress=progress, meta=meta)
+    job.fixed = filename is not None or bool(Path(job.name).suffix) or "name" in meta
+    done = job.dest_dir / job.name
+    if job.fixed and meta.get("complete") and done.is_file():
+        if job.sha256 is not None:  # the content is pinned: no need to ask the server
+            if _sha256(done) == job.sha256:
+                return done
+            os.replace(done, done.with_name(done.name + ".bad"))
+            log.warning("%s does not match sha256 %s; moved to %s.bad and downloading again", done, job.sha256, done.name)
+            job.meta = meta = {}
+        elif not meta.get("validator"):
+            return done  # the server gave nothing to ask whether it changed: the copy stands
+        else:
+            job.cached = done
     try:
         job.dest_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -163,29 +196,45 @@ def download_url(url: str, download_dir: str | Path, *, filename: str | None = N
                 return job.attempt(session)
             except _Transient as exc:
                 reason = str(exc)
+    if job.cached is not None:
+        log.warning("cannot ask %s whether %s changed (%s); using the copy downloaded before", url, job.cached.name, reason)
+        return job.cached
     have = job.part.stat().st_size if job.part.exists() else 0
     total = f"{job.total:,}" if job.total is not None else "an unknown number of"
     raise DownloadError(f"download of {url} stopped at {have:,} of {total} bytes ({reason}); run the same command "
                         f"again to resume (the bytes so far are kept in {job.part})")
 
 
+def _read_meta(folder: Path, url: str) -> dict[str, Any]:
+    try:
+        meta = json.loads((folder / META).read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) and meta.get("url") == url else {}
+
+
 @dataclass
 class _Download:
-    """State of one URL download across its attempts."""
+    """State of one URL download across its attempts (and, through ``download.json``, across processes)."""
 
     url: str
     dest_dir: Path
     name: str
     sha256: str | None
     progress: bool
+    meta: dict[str, Any] = field(default_factory=dict)
     fixed: bool = True
     total: int | None = None
-    validator: str | None = None
     responded: bool = False
+    cached: Path | None = None  # a finished copy whose freshness the server is asked about
 
     @property
     def part(self) -> Path:
-        return self.dest_dir / f"{self.name}.part"
+        return self.dest_dir / f"{_name_from_url(self.url) if not self.fixed else self.name}.part"
+
+    def _save_meta(self, **changes: Any) -> None:
+        self.meta = {**self.meta, "url": self.url, **changes}
+        atomic_write_json(self.dest_dir / META, self.meta)
 
     def attempt(self, session: Any) -> Path:
         """One request: append to (or restart) the ``.part`` file; raise :class:`_Transient` to be retried."""
@@ -195,18 +244,34 @@ class _Download:
         import urllib3
         from tqdm.auto import tqdm
 
+        validator = self.meta.get("validator")
         offset = self.part.stat().st_size if self.part.exists() else 0
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
-        if offset and self.validator:
-            headers["If-Range"] = self.validator  # a file changed upstream must not be spliced onto old bytes
+        if offset and not validator:  # bytes of a version nobody can name: they cannot be resumed safely
+            self.part.unlink()
+            offset = 0
+        headers: dict[str, str] = {}
+        if offset:
+            # a file changed upstream is sent whole (200) instead of the rest: never spliced onto old bytes
+            headers.update({"Range": f"bytes={offset}-", "If-Range": validator})
+        elif self.cached is not None:
+            headers["If-None-Match" if validator.startswith('"') else "If-Modified-Since"] = validator
         try:
             response = session.get(self.url, headers=headers, stream=True, timeout=_TIMEOUT_S)
+        except requests.exceptions.SSLError as exc:
+            raise DownloadError(f"{self.url}: the server's TLS certificate is not trusted ({_root(exc)}); if you "
+                                f"trust this server, {_MANUAL_FIX}") from None
         except requests.RequestException as exc:
             if not self.responded and _is_unreachable(exc):
+                if self.cached is not None:
+                    log.warning("no network: cannot ask %s whether %s changed; using the copy downloaded before",
+                                self.url, self.cached.name)
+                    return self.cached
                 raise DownloadError(f"no network: cannot connect to {self.url} ({_root(exc)}); {_MANUAL_FIX}") from exc
             raise _Transient(_root(exc)) from exc
         self.responded = True
         with response:
+            if response.status_code == 304 and self.cached is not None:
+                return self.cached  # unchanged upstream
             final = self.dest_dir / (self.name if self.fixed else _name_from_disposition(response) or self.name)
             if response.status_code == 416:  # .part already holds everything (killed before the rename)
                 total = re.fullmatch(r"bytes \*/(\d+)", response.headers.get("Content-Range", ""))
@@ -216,20 +281,19 @@ class _Download:
                 raise _Transient("server refused the byte range of the partial file; starting again")
             if response.status_code >= 400:
                 raise _status_error(response.status_code, self.url)
-            etag = response.headers.get("ETag", "")
-            self.validator = self.validator or (etag if etag and not etag.startswith("W/") else None)
+            _reject_web_page(response, final, self.url)
             if response.status_code == 206:
                 cr = re.fullmatch(r"bytes (\d+)-\d+/(\d+)", response.headers.get("Content-Range", ""))
                 if not cr or int(cr.group(1)) != offset:
                     self.part.unlink()
                     raise _Transient(f"server answered the range request with {cr and cr.group(0)!r}; starting again")
                 self.total = int(cr.group(2))
-            else:  # 200: the whole file, from zero; raw bytes are stored, so Content-Length counts them
+            else:  # 200: the whole file, from zero (a new one, or the old one changed); raw bytes are stored
+                if offset:
+                    log.info("%s changed upstream since the partial download: fetching it whole", self.url)
                 offset, length = 0, response.headers.get("Content-Length", "")
                 self.total = int(length) if length.isdigit() else None
-                if not self.fixed and (done := _complete(final, self.sha256, self.total)):
-                    return done
-            _reject_web_page(response, final, self.url)
+                self._save_meta(name=final.name, validator=_validator(response), total=self.total, complete=False)
             bar = tqdm(total=self.total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
                        desc=final.name, disable=not self.progress, dynamic_ncols=True)
             try:
@@ -256,10 +320,20 @@ class _Download:
         return self._finish(final)
 
     def _finish(self, final: Path) -> Path:
-        if self.sha256 and (actual := _sha256(self.part)) != self.sha256:
+        actual = _sha256(self.part)
+        if self.sha256 and actual != self.sha256:
             raise _bad_checksum(self.part, final, self.sha256, actual, self.url)
         os.replace(self.part, final)
+        self._save_meta(name=final.name, complete=True, sha256=actual)
         return final
+
+
+def _validator(response: Any) -> str | None:
+    """What names this version of the file for If-Range / If-None-Match: a strong ETag, else Last-Modified."""
+    etag = response.headers.get("ETag", "")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return response.headers.get("Last-Modified") or None
 
 
 def _complete(path: Path, sha256: str | None, size: int | None = None) -> Path | None:

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from colab_kit import distributed
+from colab_kit.checkpoint import BEST, recover_best
 from colab_kit.errors import ColabKitError
 from colab_kit.loader import make_loaders, splits_for
 from colab_kit.models import build_model
@@ -103,16 +104,20 @@ def trained_model_settings(weights: str | Path) -> dict[str, Any]:
 def load_weights(store: GraphStore, plan: Any, weights: str | Path) -> Any:
     """The model of ``plan.model`` for ``store`` with saved weights (``best.pt``, weights-only) loaded."""
     path = Path(weights)
-    if not path.exists():
-        raise EvaluationError(f"no model weights at {path}; train first (`python -m colab_kit train --store ...`)")
+    if path.name == BEST and not recover_best(path.parent):  # a damaged or lost best.pt: rebuilt from a checkpoint
+        raise EvaluationError(f"no model weights at {path}, and no checkpoint in {path.parent / 'checkpoints'} to "
+                              "rebuild them from; train (or run) that model first, or pass the best.pt of a run")
+    if not path.is_file():
+        raise EvaluationError(f"no model weights at {path}; pass the best.pt of a run, or an exported weights.pt")
     model = build_model(plan.model, graph_params=store.params, options=plan.model_options)
     try:
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    except (RuntimeError, ValueError, OSError, EOFError) as exc:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as exc:  # noqa: BLE001 - any file that is not a state dict of this model: torch raises many kinds
         raise EvaluationError(
-            f"{path} does not hold {plan.model} weights for this store ({' '.join(str(exc).split())[:200]}); "
-            "pass the best.pt of a run with the same --model and graphs"
-        ) from exc
+            f"{path} does not hold {plan.model} weights for this store ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:160]}); pass the best.pt of a run with the same --model and graphs"
+        ) from None
     return model.to(torch.device(plan.device))
 
 

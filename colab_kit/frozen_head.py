@@ -129,7 +129,7 @@ def run_head(plan: Any, progress: bool = True, should_stop: Any = None) -> dict[
     from colab_kit.report import mean_predictor_mae
     from colab_kit.runner import run_name
 
-    data = resolve(plan.data, Path(plan.work_dir) / "downloads", progress=progress)
+    data = resolve(plan.data, Path(plan.work_dir) / "downloads", progress=progress, sha256=plan.data_sha256)
     # one store and one feature cache for every fold and seed; the head's files name them
     root = Path(plan.work_dir) / run_name(plan.replace("head", split="random", fold=None, seed=0)).replace(
         f"-chgnet-{plan.model}", "-chgnet-head", 1)

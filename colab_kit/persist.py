@@ -3,7 +3,8 @@
 Only few, large, completed files travel: store shards and manifest, split files, checkpoints, the
 report and plan.json — never one file per graph. Each copy goes to a temporary name in the target
 directory and is renamed into place, so a disconnect mid-copy leaves the old file or none. A failure
-to write the persist dir (a Drive hiccup) is retried and then logged: it never stops the local run.
+to write the persist dir (a Drive hiccup) is retried and then logged: it never stops the local run, and after a
+few failures in a row mirroring stops for the run, said once. A restore copies back only what passes its check.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
+
+from colab_kit.fsutil import CHECKSUMS
 
 log = logging.getLogger(__name__)
 
@@ -22,18 +26,24 @@ STORE_DIRS = ("store", "store-structures")  # a run's graph store; its structure
 PATTERNS = ("plan.json",
             *(f"{d}/{f}" for d in STORE_DIRS for f in ("manifest*.json", "shard-*.safetensors", "splits-*.npz",
                                                         "teacher-*.npz")),
-            "checkpoints/*.pt", "best.pt", "metrics.jsonl", "metrics.csv", "timing.json", "report/*",
+            "checkpoints/*.pt", "checkpoints/checksums.json", "best.pt", "checksums.json", "metrics.jsonl", "metrics.csv", "timing.json", "report/*",
             "fold-*.csv", "folds.csv", "results.json.gz")  # the last three: a benchmark's directory
 
 
 class Mirror:
-    """Copies completed files of ``run_dir`` to ``persist_dir`` (same relative layout)."""
+    """Copies completed files of ``run_dir`` to ``persist_dir`` (same relative layout).
 
-    def __init__(self, run_dir: str | Path, persist_dir: str | Path | None, retries: int = 3, wait: float = 1.0) -> None:
+    A copy that fails is retried (``retries`` tries, ``wait`` s apart, growing); after ``give_up`` files in a row
+    failed (a read-only or full Drive) mirroring stops for this run, said once: the run goes on locally and the
+    same command, run again once the persist dir is fixed, mirrors what is done."""
+
+    def __init__(self, run_dir: str | Path, persist_dir: str | Path | None, retries: int = 3, wait: float = 0.5,
+                 give_up: int = 3) -> None:
         self.run_dir = Path(run_dir)
         self.persist_dir = Path(persist_dir) if persist_dir else None
-        self.retries, self.wait = retries, wait
+        self.retries, self.wait, self.give_up = retries, wait, give_up
         self.failures: list[str] = []
+        self._in_a_row = 0
 
     @property
     def enabled(self) -> bool:
@@ -46,14 +56,15 @@ class Mirror:
         ok = True
         for rel in relative:
             src = self.run_dir / rel
-            if src.is_file():
+            if src.is_file() and self.persist_dir is not None:
                 ok &= self._copy(src, self.persist_dir / rel)
         return ok
 
     def push_all(self) -> bool:
         if self.persist_dir is None:
             return True
-        rels = sorted({p.relative_to(self.run_dir) for pat in PATTERNS for p in self.run_dir.glob(pat) if p.is_file()})
+        rels = sorted({p.relative_to(self.run_dir) for pat in PATTERNS for p in self.run_dir.glob(pat) if p.is_file()},
+                      key=_record_first)
         return self.push(*rels)
 
     def _copy(self, src: Path, dst: Path) -> bool:
@@ -69,6 +80,7 @@ class Mirror:
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src, tmp)
                 os.replace(tmp, dst)
+                self._in_a_row = 0
                 return True
             except OSError as exc:
                 last = exc
@@ -76,45 +88,65 @@ class Mirror:
                     tmp.unlink(missing_ok=True)
                 except OSError:
                     pass
-                time.sleep(self.wait * (attempt + 1))
+                if attempt + 1 < self.retries:
+                    time.sleep(self.wait * (attempt + 1))
         msg = f"could not copy {src} to {dst} after {self.retries} tries ({last}); the local run goes on"
         log.warning(msg)
         self.failures.append(msg)
+        self._in_a_row += 1
+        if self._in_a_row >= self.give_up:
+            log.warning("mirroring to %s stops for this run: %d copies in a row failed (%s); the run goes on locally "
+                        "only; fix the persist dir (or pass another --persist-dir) and run the same command again to "
+                        "mirror what is done", self.persist_dir, self._in_a_row, last)
+            self.persist_dir = None
         return False
 
 
-def restore(persist_dir: str | Path | None, run_dir: str | Path) -> list[str]:
-    """Copy a persisted run back into ``run_dir`` before any work, verifying store shards.
+def _record_first(rel: Path) -> tuple[int, str]:
+    """Checksum records travel before the files they list (a disconnect between leaves recorded files only)."""
+    return (0 if rel.name == CHECKSUMS else 1, str(rel))
 
-    Files already present locally with the same size are kept. Shards whose checksum does not match
-    the persisted manifest are not restored (the converter rebuilds them). Returns what was restored.
+
+def restore(persist_dir: str | Path | None, run_dir: str | Path) -> list[str]:
+    """Copy a persisted run back into ``run_dir`` before any work, restoring only what passes its check.
+
+    Store shards must match the sha256 in their persisted manifest (a store whose persisted manifest is damaged is
+    not restored at all: the converter rebuilds it); checkpoints and best weights must match the sha256 recorded
+    beside them (:data:`colab_kit.fsutil.CHECKSUMS`, merged into the local record). A local file is kept when it
+    has the persisted one's size and passes its own check. Returns what was restored.
     """
     if persist_dir is None:
         return []
     src_root, dst_root = Path(persist_dir), Path(run_dir)
     if not src_root.is_dir():
         return []
-    from colab_kit.store import sha256_file
+    from colab_kit.fsutil import is_intact, merge_checksums
 
     checksums: dict[tuple[str, str], tuple[int, str]] = {}  # (store dir, shard) -> size, sha256
+    untrusted: set[str] = set()  # store dirs whose persisted manifest is damaged
     for mpath in (m for d in STORE_DIRS for m in (src_root / d).glob("manifest*.json")):
         try:
             for e in json.loads(mpath.read_text()).get("shards", []):
-                checksums[(mpath.parent.name, e["file"])] = (e["bytes"], e["sha256"])
-        except (OSError, json.JSONDecodeError, KeyError) as exc:
-            log.warning("persisted manifest %s is unreadable (%s); its shards will be rebuilt", mpath, exc)
+                checksums[(mpath.parent.name, e["file"])] = (int(e["bytes"]), str(e["sha256"]))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("persisted manifest %s is damaged (%s): its store is not restored; this run rebuilds it and "
+                        "mirrors the new one", mpath, " ".join(str(exc).split())[:100])
+            untrusted.add(mpath.parent.name)
+    for rec in sorted(src_root.rglob(CHECKSUMS)):
+        merge_checksums(rec.parent, dst_root / rec.parent.relative_to(src_root))
     restored = []
     for pat in PATTERNS:
         for src in sorted(src_root.glob(pat)):
-            if not src.is_file():
+            if not src.is_file() or src.name == CHECKSUMS:
                 continue
             rel = src.relative_to(src_root)
-            dst = dst_root / rel
-            if dst.exists() and dst.stat().st_size == src.stat().st_size:
+            if rel.parts[0] in untrusted:
                 continue
-            key = (src.parent.name, src.name)
-            if key in checksums and (src.stat().st_size, sha256_file(src)) != checksums[key]:
-                log.warning("persisted shard %s is damaged (checksum mismatch); it will be rebuilt", src)
+            if not _passes(src, checksums, is_intact):
+                log.warning("persisted file %s is damaged (its sha256 is not the one recorded); not restored", src)
+                continue
+            dst = dst_root / rel
+            if dst.exists() and dst.stat().st_size == src.stat().st_size and _passes(dst, checksums, is_intact):
                 continue
             dst.parent.mkdir(parents=True, exist_ok=True)
             tmp = dst.with_name(f".{dst.name}.partial")
@@ -124,3 +156,18 @@ def restore(persist_dir: str | Path | None, run_dir: str | Path) -> list[str]:
     if restored:
         log.info("restored %d files from %s", len(restored), src_root)
     return restored
+
+
+def _passes(path: Path, checksums: dict[tuple[str, str], tuple[int, str]], is_intact: Any) -> bool:
+    """A shard against its manifest's size and sha256; a checked file (.pt) against its folder's record; others pass."""
+    from colab_kit.fsutil import has_sha256
+
+    key = (path.parent.name, path.name)
+    if key in checksums:
+        size, sha = checksums[key]
+        return path.stat().st_size == size and has_sha256(path, sha)
+    if path.name.startswith("shard-"):  # a shard no manifest lists: never restored (the converter redoes it)
+        return False
+    if path.suffix == ".pt":
+        return is_intact(path) is not False
+    return True

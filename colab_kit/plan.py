@@ -100,6 +100,7 @@ class Plan:
     # where a radius graph's edges come from: "stored" in the store, or "device" (built per batch on the device)
     graph_edges: str = "stored"
     unit: str | None = None  # the label's unit when its name does not say it (reports, plots)
+    data_sha256: str | None = None  # pins a downloaded file's content
     reasons: Mapping[str, str] = field(default_factory=dict, compare=False)
     warnings: tuple[str, ...] = ()
 
@@ -210,6 +211,8 @@ def make_plan(machine: Machine, mode: str = "debug", **overrides: Any) -> Plan:
     set_("data", DEFAULT_DATA, "shipped with colab_kit: 3,000 MP formation energies, no download")
     set_("target", None, "the label column the source names (matbench: its one target column)")
     set_("unit", None, "from the label's name (e_form: eV/atom); --set unit=... when the name does not say it")
+    set_("data_sha256", None, "a URL's file is checked against its server's validator; known datasets carry their "
+         "sha256; --set data_sha256=... pins a file's content")
     v["model"], r["model"] = model, ("set by user" if "model" in overrides else
                                      f"the model that trains on {converter} graphs" if "converter" in overrides else
                                      f"{spec.description} (best accuracy per sample)")

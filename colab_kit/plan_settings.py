@@ -3,6 +3,7 @@ pass and the words that say what it must be."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from colab_kit import registry
@@ -29,6 +30,8 @@ def _positive_num(v: Any) -> bool:
 # Fields a user may override, with the check each value must pass.
 OVERRIDABLE: dict[str, tuple[Any, str]] = {
     "data": (lambda v: isinstance(v, str) and v != "", "a path, URL, Google Drive id/link or known dataset name"),
+    "data_sha256": (lambda v: v is None or (isinstance(v, str) and re.fullmatch(r"[0-9a-fA-F]{64}", v) is not None),
+                    "the downloaded file's sha256, 64 hex digits, or None"),
     "target": (lambda v: v is None or (isinstance(v, str) and v != ""), "a column/key name of the label or None"),
     "unit": (lambda v: v is None or (isinstance(v, str) and v.strip() != ""), "the label's unit, e.g. eV/atom, or None"),
     "converter": (lambda v: v in registry.graph_kinds(), "a registered graph kind"),

@@ -194,7 +194,7 @@ def _run(plan: Plan, fresh: bool, progress: bool, callbacks: list[Callable[[dict
         try:
             # the data first: a misspelled name or a missing file must not leave an empty run folder behind
             stage("data", f"resolving {plan.data}")
-            data_path = resolve(plan.data, Path(plan.work_dir) / "downloads", progress=progress)
+            data_path = resolve(plan.data, Path(plan.work_dir) / "downloads", progress=progress, sha256=plan.data_sha256)
             open_source(data_path, target=plan.target)  # reads headers only: a wrong format fails here
             return _pipeline(plan, run_dir, persist, data_path, progress, callbacks, should_stop, log_to_file, stage,
                              t0)
@@ -295,10 +295,11 @@ def _pipeline(plan: Plan, run_dir: Path, persist: Path | None, data_path: Path, 
             cb({"event": "resume", "message": msg})
 
     def on_train_event(ev: dict[str, Any]) -> None:
-        if ev["event"] == "checkpoint":
-            mirror.push("checkpoints/latest.pt", "checkpoints/previous.pt", "metrics.jsonl", "metrics.csv")
+        if ev["event"] == "checkpoint":  # each folder's checksum record travels before the files it lists
+            mirror.push("checkpoints/checksums.json", "checkpoints/latest.pt", "checkpoints/previous.pt",
+                        "metrics.jsonl", "metrics.csv")
         elif ev["event"] == "best":
-            mirror.push("best.pt")
+            mirror.push("checksums.json", "best.pt")
 
     if plan.teacher:
         from colab_kit.distill import teacher_column

@@ -29,7 +29,12 @@ from typing import Any
 import numpy as np
 
 from colab_kit.errors import ColabKitError
-from colab_kit.fsutil import atomic_write_bytes, atomic_write_json, sha256_file  # noqa: F401 - the store's API too
+from colab_kit.fsutil import (  # noqa: F401 - the store's API too
+    atomic_write_bytes,
+    atomic_write_json,
+    has_sha256,
+    sha256_file,
+)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -45,6 +50,10 @@ _ST_DTYPES = {
     "U8": np.uint8, "I8": np.int8, "U16": np.uint16, "I16": np.int16, "U32": np.uint32, "I32": np.int32,
     "I64": np.int64, "U64": np.uint64, "F16": np.float16, "F32": np.float32, "F64": np.float64, "BOOL": np.bool_,
 }
+
+
+#: what fixes a damaged or missing shard: the command that built it rebuilds exactly the shards that fail their check
+REBUILD = "run the same `run` or `convert` command again: it rebuilds the shards that fail their check"
 
 
 class StoreError(ColabKitError, RuntimeError):
@@ -168,18 +177,19 @@ class _Shard:
     epoch reads every graph, so the neighbours it pulls in are used later (``MADV_RANDOM`` made a cold
     random-order pass 3.2x slower: 573 vs 1,820 graphs/s on the 132k store)."""
 
-    def __init__(self, path: Path, expect_fp: str | None, expect_bytes: int | None) -> None:
+    def __init__(self, path: Path, expect_fp: str | None, expect_bytes: int | None,
+                 expect_sha256: str | None = None) -> None:
         try:
             f = open(path, "rb")  # noqa: SIM115 - closed below; the map outlives it
         except FileNotFoundError:
-            raise StoreError(f"shard {path} listed in the manifest is missing; run `python -m colab_kit convert` again to rebuild it") from None
+            raise StoreError(f"shard {path} listed in the manifest is missing; {REBUILD}") from None
         with f:
             size = os.fstat(f.fileno()).st_size
             if expect_bytes is not None and size != expect_bytes:
-                raise StoreError(
-                    f"shard {path} is damaged: {size} bytes on disk, {expect_bytes} in the manifest; "
-                    "run `python -m colab_kit convert` again to rebuild it"
-                )
+                raise StoreError(f"shard {path} is damaged: {size} bytes on disk, {expect_bytes} in the manifest; {REBUILD}")
+            # the first map of a shard in a process checks its sha256: a flipped byte is never trained on
+            if expect_sha256 is not None and not has_sha256(path, expect_sha256):
+                raise StoreError(f"shard {path} is damaged: its sha256 is not the manifest's; {REBUILD}")
             try:
                 n = int.from_bytes(f.read(8), "little")
                 if not 0 < n <= size - 8:
@@ -244,8 +254,8 @@ class GraphStore:
             raise StoreError(f"no graph store at {self.root} ({MANIFEST} missing); build one with `python -m colab_kit convert SOURCE --out {self.root}`")
         try:
             self.manifest: dict[str, Any] = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise StoreError(f"{path} is not valid JSON ({exc}); delete the store directory and convert again") from exc
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise StoreError(f"{path} is damaged (not valid JSON: {' '.join(str(exc).split())[:80]}); {REBUILD}") from None
         if self.manifest.get("format_version") != FORMAT_VERSION:
             raise StoreError(
                 f"store {self.root} has format version {self.manifest.get('format_version')}, this colab_kit reads "
@@ -280,7 +290,7 @@ class GraphStore:
         sh = self._open.get(k)
         if sh is None:
             meta = self.shards[k]
-            sh = self._open[k] = _Shard(self.root / meta["file"], self.fingerprint, meta["bytes"])
+            sh = self._open[k] = _Shard(self.root / meta["file"], self.fingerprint, meta["bytes"], meta.get("sha256"))
         return sh
 
     def release(self, k: int) -> None:
@@ -359,7 +369,7 @@ class GraphStore:
             p = self.root / meta["file"]
             if not p.exists():
                 problems.append(f"{p}: missing")
-            elif p.stat().st_size != meta["bytes"] or sha256_file(p) != meta["sha256"]:
+            elif p.stat().st_size != meta["bytes"] or sha256_file(p) != meta["sha256"]:  # hashed again: verify is explicit
                 problems.append(f"{p}: checksum mismatch (damaged or modified)")
         return problems
 

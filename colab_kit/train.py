@@ -18,6 +18,7 @@ import io
 import itertools
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 from colab_kit import device_feed, distributed, registry
-from colab_kit.checkpoint import load_checkpoint, restore_rank_rng, rng_state, save_checkpoint
+from colab_kit.checkpoint import load_checkpoint, recover_best, restore_rank_rng, rng_state, save_best, save_checkpoint
 from colab_kit.distill import distill_targets
 from colab_kit.evaluate import amp_dtype_for, evaluate_with_backoff
 from colab_kit.fsutil import remove_stale_temporaries
@@ -103,6 +104,7 @@ class _Loop:
     last_graphs: int = 0
     ooms: int = 0
     pending: tuple[float, int] = (0.0, 0)  # (loss sum, graphs) of this rank's last step, not yet in the state
+    bad_steps: int = 0  # steps in a row whose loss was not finite
 
     @property
     def sampler(self) -> Any:
@@ -242,6 +244,8 @@ def _setup(store: GraphStore, plan: Any, out: Path, model_kwargs: dict[str, Any]
         loop.sampler.load_state_dict(state.sampler)
         loop.sampler.set_budget(budget.max_atoms, budget.max_edges)
         restore_rank_rng(state.rng_ranks or [state.rng], distributed.rank(), distributed.size(), plan.seed, state.step)
+        if main and state.history and state.best.get("epoch", -1) > 0:
+            recover_best(out)  # a damaged or lost best.pt comes back from the checkpoint before it is needed
     elif hasattr(model, "init_output"):  # an output head fitted to the targets before the first step
         head = [model.to_device(b, device) for b in itertools.islice(iter(loaders["train"]), 16)]
         model.init_output(head)
@@ -325,6 +329,8 @@ def _sync(loop: _Loop, stop: bool, due: bool) -> tuple[bool, bool]:
     st = loop.state
     flag_stop, flag_due, loss_sum, graphs = distributed.all_sum(float(stop), float(due), *loop.pending) \
         if loop.world > 1 else (stop, due, *loop.pending)
+    if not math.isfinite(loss_sum):  # every rank sees the same sum: all stop here, before any checkpoint
+        raise _diverged(loop, loss_sum)
     st.epoch_loss_sum += loss_sum
     st.epoch_graphs += int(graphs)
     loop.pending = (0.0, 0)
@@ -354,12 +360,32 @@ def train_step(loop: _Loop, batch: Any, n: int | None = None, n_step: int | None
         loss = sq.sum() * (loop.world / n_step if n else 0.0)
         value = sq.detach().sum().item() if n else 0.0
     loop.optimizer.zero_grad(set_to_none=True)
+    if loop.world == 1 and not math.isfinite(value):  # a diverging run: no step on it (ranks agree in _sync)
+        loop.bad_steps += 1
+        if loop.bad_steps >= MAX_BAD_STEPS:
+            raise _diverged(loop, value)
+        log.warning("the loss is %s on this batch (step %d): step skipped", value, loop.state.step + 1)
+        return 0.0
+    loop.bad_steps = 0
     loop.scaler.scale(loss).backward()
     loop.scaler.unscale_(loop.optimizer)
     torch.nn.utils.clip_grad_norm_([p for g in loop.optimizer.param_groups for p in g["params"]], plan.grad_clip)
     loop.scaler.step(loop.optimizer)
     loop.scaler.update()
     return value
+
+
+#: steps in a row with a loss that is not finite before a run is called diverged
+MAX_BAD_STEPS = 3
+
+
+def _diverged(loop: _Loop, value: float) -> TrainingError:
+    st, plan = loop.state, loop.plan
+    last = st.history[-1]["epoch"] if st.history else 0
+    return TrainingError(
+        f"training diverged: the loss is {value} at epoch {loop.sampler.epoch + 1}, step {st.step + 1} (lr "
+        f"{loop.optimizer.param_groups[0]['lr']:g}); the checkpoints and best weights on disk are from before it "
+        f"(last finished epoch: {last}); start over with a smaller learning rate: --fresh --set lr={plan.lr / 10:g}")
 
 
 def validate(loop: _Loop) -> dict[str, Any]:
@@ -379,12 +405,14 @@ def end_epoch(loop: _Loop) -> None:
            "val_rmse": val["rmse"], "lr": loop.optimizer.param_groups[0]["lr"], "seconds": round(st.epoch_seconds, 2)}
     st.history.append(row)
     st.epoch_loss_sum, st.epoch_graphs, st.epoch_seconds = 0.0, 0, 0.0
+    if not math.isfinite(val["mae"]):
+        raise _diverged(loop, val["mae"])  # never a best model, never a checkpoint, from weights that predict NaN
     if val["mae"] < st.best["val_mae"]:
         st.best, st.bad_epochs = {"epoch": epoch + 1, "val_mae": val["mae"]}, 0
+        # kept in every checkpoint too: a damaged or lost best.pt is rebuilt from one (checkpoint.recover_best)
+        st.best_model = {k: v.detach().to("cpu", copy=True) for k, v in loop.model.state_dict().items()}
         if loop.main:
-            buf = io.BytesIO()
-            torch.save(loop.model.state_dict(), buf)
-            atomic_write_bytes(loop.out / "best.pt", buf.getvalue())
+            save_best(loop.out, st.best_model)
         loop.emit({"event": "best", "epoch": epoch + 1})
     else:
         st.bad_epochs += 1

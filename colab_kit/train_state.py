@@ -50,6 +50,7 @@ class TrainState:
     train_seconds: float = 0.0
     world_size: int = 1
     rng_ranks: list[Any] = field(default_factory=list)  # every rank's random streams (several ranks), rank order
+    best_model: Mapping[str, Any] = field(default_factory=dict)  # best.pt's weights, to rebuild it if it is lost
 
     def to_dict(self) -> dict[str, Any]:
         """The checkpoint dict (shallow: state dicts are not copied)."""

@@ -62,9 +62,13 @@ class TrainedModel:
         from colab_kit.models import build_model
 
         module = build_model(self.model, graph_params=self.graph_params, options=self.options)
+        if self.weights.name == "best.pt":
+            from colab_kit.checkpoint import recover_best
+
+            recover_best(self.weights.parent)  # damaged since it was found: rebuilt from a checkpoint
         try:
             module.load_state_dict(torch.load(self.weights, map_location="cpu", weights_only=True))
-        except (RuntimeError, ValueError, OSError, EOFError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a file that is not this model's state dict: torch raises many kinds
             raise TrainedModelError(
                 f"{self.weights} does not hold {self.model} weights with options {self.options} "
                 f"({' '.join(str(exc).split())[:200]}); pass the run directory that wrote it") from exc
@@ -97,9 +101,11 @@ def load_trained(path: str | Path) -> TrainedModel:
             f"{path} holds no {SPEC_FILE}, plan.json or checkpoint: colab_kit cannot tell which model these weights "
             "are; pass the run directory that trained them, or export one with `python -m colab_kit export`")
     weights = weights or root / "best.pt"
-    if not weights.exists():
-        raise TrainedModelError(f"{root} has no best.pt yet: training has not finished a validation epoch; "
-                                "run the same training command again to continue it")
+    from colab_kit.checkpoint import recover_best
+
+    if weights.name == "best.pt" and not recover_best(weights.parent):
+        raise TrainedModelError(f"{root} has no best.pt yet, and no checkpoint to rebuild it from: training has not "
+                                "finished a validation epoch; run the same training command again to continue it")
     from colab_kit.graphs import get_converter
     from colab_kit.units import target_unit
 

@@ -136,7 +136,7 @@ def test_damaged_and_foreign_shards(tmp_path: Path) -> None:
     good = _digest(tmp_path / "s")
     shard = tmp_path / "s" / "shard-000001.safetensors"
     shard.write_bytes(shard.read_bytes()[:-100])  # truncated on disk
-    with pytest.raises(StoreError, match=r"shard-000001.safetensors is damaged.*convert` again"):
+    with pytest.raises(StoreError, match=r"shard-000001.safetensors is damaged.*`run` or `convert` command again"):
         GraphStore(tmp_path / "s").get(25)
     assert GraphStore(tmp_path / "s").get(5).num_nodes > 0  # other shards still read
     assert any("shard-000001" in p for p in GraphStore(tmp_path / "s").verify())

@@ -26,6 +26,7 @@ from colab_kit.datasets import (
     download_url,
     parse_drive_id,
     resolve,
+    url_folder,
 )
 
 PAYLOAD = random.Random(0).randbytes(300_000)
@@ -46,6 +47,7 @@ class State:
     sent: int = 0  # body bytes written for files
     cut_done: set[str] = field(default_factory=set)
     tls: ssl.SSLContext | None = None  # set by the `drive` fixture: CONNECT tunnels then speak TLS
+    headers: list[dict[str, str]] = field(default_factory=list)  # every request's headers
 
 
 class Server(ThreadingHTTPServer):
@@ -80,6 +82,7 @@ class Handler(BaseHTTPRequestHandler):
         host = (self.headers.get("Host") or "").split(":")[0]
         url = urllib.parse.urlsplit(self.path)
         state.seen.append((host, url.path, self.headers.get("Range")))
+        state.headers.append(dict(self.headers))
         query = urllib.parse.parse_qs(url.query)
         if url.path.startswith("/status/"):
             self._reply(int(url.path.split("/")[2]), b"no", "text/plain")
@@ -116,15 +119,19 @@ class Handler(BaseHTTPRequestHandler):
         body, mode = state.files.get(path), state.modes.get(path)
         if body is None:
             return self._reply(404, b"missing", "text/plain")
+        etag = f'"{hashlib.sha256(body).hexdigest()[:16]}"'  # names this version of the file, as real servers do
+        if self.headers.get("If-None-Match") == etag:
+            return self._reply(304, b"", "text/plain", {"ETag": etag})
         match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
-        start = int(match.group(1)) if match and mode != "no_range" else 0
+        if_range = self.headers.get("If-Range")
+        start = int(match.group(1)) if match and mode != "no_range" and if_range in (None, etag) else 0
         if start >= len(body) > 0:
             return self._reply(416, b"", "text/plain", {"Content-Range": f"bytes */{len(body)}"})
         self.send_response(206 if start else 200)
         if start:
             self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
         for key, value in {"Content-Type": "application/octet-stream", "Content-Length": str(len(body) - start),
-                           "ETag": '"v1"', **headers}.items():
+                           "ETag": etag, **headers}.items():
             self.send_header(key, value)
         self.end_headers()
         cut = int(0.4 * len(body))
@@ -194,46 +201,102 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, State]]:
     httpd.server_close()
 
 
+def _killed_download(base: str, state: State, folder: Path) -> int:
+    """A download cut at 40 % with no retry, as a killed process leaves it: the ``.part`` and the folder's
+    ``download.json`` (the server's validator); returns the bytes kept."""
+    state.modes["/data.json.gz"] = "cut_always"
+    with pytest.raises(DownloadError, match="run the same command again"):
+        download_url(f"{base}/data.json.gz", folder, progress=False, retries=0)
+    del state.modes["/data.json.gz"]
+    return int(0.4 * len(PAYLOAD))
+
+
 def test_download_verifies_checksum_and_names_file(server: tuple[str, State], tmp_path: Path) -> None:
     base, state = server
-    path = resolve(f"{base}/data.json.gz", tmp_path, progress=True, sha256=SHA)
-    assert path == tmp_path / "data.json.gz" and path.read_bytes() == PAYLOAD
-    assert not (tmp_path / "data.json.gz.part").exists()
+    url = f"{base}/data.json.gz"
+    path = resolve(url, tmp_path, progress=True, sha256=SHA)
+    assert path == url_folder(tmp_path, url) / "data.json.gz" and path.read_bytes() == PAYLOAD
+    assert not path.with_name("data.json.gz.part").exists()
     named = resolve(f"{base}/cd/123", tmp_path / "cd", progress=False)  # no suffix: Content-Disposition names it
     assert named.name == "named.json.gz" and named.read_bytes() == PAYLOAD
 
 
-def test_complete_file_is_not_downloaded_again(server: tuple[str, State], tmp_path: Path) -> None:
+def test_two_urls_ending_in_one_name_keep_two_files(server: tuple[str, State], tmp_path: Path) -> None:
     base, state = server
-    for _ in range(2):
+    other = bytes(reversed(PAYLOAD))
+    state.files["/other/data.json.gz"] = other
+    a = resolve(f"{base}/data.json.gz", tmp_path, progress=False)
+    b = resolve(f"{base}/other/data.json.gz", tmp_path, progress=False)
+    assert a != b and a.read_bytes() == PAYLOAD and b.read_bytes() == other
+
+
+def test_complete_file_is_asked_about_not_downloaded_again(server: tuple[str, State], tmp_path: Path) -> None:
+    base, state = server
+    for _ in range(2):  # a pinned sha256: the copy is checked, the server not asked
         assert resolve(f"{base}/data.json.gz", tmp_path, progress=False, sha256=SHA).read_bytes() == PAYLOAD
     assert len(state.seen) == 1
     first = resolve(f"{base}/cd/123", tmp_path, progress=False).stat().st_mtime_ns
-    again = resolve(f"{base}/cd/123", tmp_path, progress=False)  # name known only from the reply: headers, no body
+    again = resolve(f"{base}/cd/123", tmp_path, progress=False)  # not pinned: If-None-Match, 304, no body
     assert len(state.seen) == 3 and again.stat().st_mtime_ns == first and again.name == "named.json.gz"
-    assert not list(tmp_path.glob("*.part"))
+    assert state.headers[-1]["If-None-Match"] == f'"{SHA[:16]}"'
+    assert state.sent == 2 * len(PAYLOAD)
+    assert not list(tmp_path.rglob("*.part"))
 
 
-def test_resume_sends_range_and_fetches_only_the_rest(server: tuple[str, State], tmp_path: Path) -> None:
+def test_a_file_changed_upstream_is_fetched_again(server: tuple[str, State], tmp_path: Path) -> None:
     base, state = server
-    half = len(PAYLOAD) // 2
-    (tmp_path / "data.json.gz.part").write_bytes(PAYLOAD[:half])
+    url = f"{base}/data.json.gz"
+    assert resolve(url, tmp_path, progress=False).read_bytes() == PAYLOAD
+    state.files["/data.json.gz"] = new = PAYLOAD[::-1]  # the publisher replaced it
+    assert resolve(url, tmp_path, progress=False).read_bytes() == new
+
+
+def test_resume_sends_range_with_if_range_and_fetches_only_the_rest(server: tuple[str, State], tmp_path: Path) -> None:
+    base, state = server
+    cut = _killed_download(base, state, tmp_path)
+    state.seen.clear()
+    state.sent = 0
     assert resolve(f"{base}/data.json.gz", tmp_path, progress=False, sha256=SHA).read_bytes() == PAYLOAD
-    assert state.seen == [("127.0.0.1", "/data.json.gz", f"bytes={half}-")]
-    assert state.sent == len(PAYLOAD) - half
+    assert state.seen == [("127.0.0.1", "/data.json.gz", f"bytes={cut}-")]
+    assert state.headers[-1]["If-Range"] == f'"{SHA[:16]}"'  # the validator the killed process kept
+    assert state.sent == len(PAYLOAD) - cut
+
+
+def test_a_file_replaced_mid_download_is_fetched_whole_never_spliced(server: tuple[str, State], tmp_path: Path) -> None:
+    """The killed download's validator no longer names the file upstream: the server sends it whole (200), and the
+    result is the new file alone, not the old file's first 40 % followed by the new file's rest."""
+    base, state = server
+    _killed_download(base, state, tmp_path)
+    state.files["/data.json.gz"] = new = random.Random(1).randbytes(len(PAYLOAD))
+    got = resolve(f"{base}/data.json.gz", tmp_path, progress=False).read_bytes()
+    assert got == new and "If-Range" in state.headers[-1]
 
 
 def test_server_ignoring_range_restarts_from_zero(server: tuple[str, State], tmp_path: Path) -> None:
     base, state = server
+    _killed_download(base, state, tmp_path)
     state.modes["/data.json.gz"] = "no_range"
-    (tmp_path / "data.json.gz.part").write_bytes(b"stale bytes")
     assert resolve(f"{base}/data.json.gz", tmp_path, progress=False, sha256=SHA).read_bytes() == PAYLOAD
+
+
+def test_a_partial_file_without_its_validator_is_not_resumed(server: tuple[str, State], tmp_path: Path) -> None:
+    base, state = server
+    url = f"{base}/data.json.gz"
+    folder = url_folder(tmp_path, url)
+    folder.mkdir(parents=True)
+    (folder / "data.json.gz.part").write_bytes(b"bytes of an unknown version")
+    assert resolve(url, tmp_path, progress=False, sha256=SHA).read_bytes() == PAYLOAD
+    assert state.seen == [("127.0.0.1", "/data.json.gz", None)]
 
 
 def test_full_part_file_is_finished_without_a_body(server: tuple[str, State], tmp_path: Path) -> None:
     base, state = server
-    (tmp_path / "data.json.gz.part").write_bytes(PAYLOAD)  # killed between the last byte and the rename
-    assert resolve(f"{base}/data.json.gz", tmp_path, progress=False, sha256=SHA).read_bytes() == PAYLOAD
+    url = f"{base}/data.json.gz"
+    _killed_download(base, state, tmp_path)
+    folder = url_folder(tmp_path, url)
+    (folder / "data.json.gz.part").write_bytes(PAYLOAD)  # killed between the last byte and the rename
+    state.sent = 0
+    assert resolve(url, tmp_path, progress=False, sha256=SHA).read_bytes() == PAYLOAD
     assert state.sent == 0
 
 
@@ -249,19 +312,58 @@ def test_dropped_connection_is_retried_from_the_part_file(server: tuple[str, Sta
 def test_server_that_always_drops_gives_a_resumable_error(server: tuple[str, State], tmp_path: Path) -> None:
     base, state = server
     state.modes["/data.json.gz"] = "cut_always"
+    url = f"{base}/data.json.gz"
     with pytest.raises(DownloadError, match="run the same command again") as info:
-        download_url(f"{base}/data.json.gz", tmp_path, progress=False, retries=2, backoff_s=0)
+        download_url(url, tmp_path, progress=False, retries=2, backoff_s=0)
     cut = int(0.4 * len(PAYLOAD))
     assert f"stopped at {cut:,} of {len(PAYLOAD):,} bytes" in str(info.value) and len(state.seen) == 3
-    assert (tmp_path / "data.json.gz.part").stat().st_size == cut and not (tmp_path / "data.json.gz").exists()
+    folder = url_folder(tmp_path, url)
+    assert (folder / "data.json.gz.part").stat().st_size == cut and not (folder / "data.json.gz").exists()
 
 
 def test_checksum_mismatch_moves_the_file_aside(server: tuple[str, State], tmp_path: Path) -> None:
     base, _ = server
+    url = f"{base}/data.json.gz"
     with pytest.raises(DownloadError, match=f"expected sha256 {'0' * 64}, got {SHA}"):
-        resolve(f"{base}/data.json.gz", tmp_path, progress=False, sha256="0" * 64)
-    assert not (tmp_path / "data.json.gz").exists() and not (tmp_path / "data.json.gz.part").exists()
-    assert (tmp_path / "data.json.gz.bad").read_bytes() == PAYLOAD
+        resolve(url, tmp_path, progress=False, sha256="0" * 64)
+    folder = url_folder(tmp_path, url)
+    assert not (folder / "data.json.gz").exists() and not (folder / "data.json.gz.part").exists()
+    assert (folder / "data.json.gz.bad").read_bytes() == PAYLOAD
+
+
+def test_a_self_signed_certificate_is_named_not_retried(tls: tuple[Path, ssl.SSLContext], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An HTTPS server whose certificate nobody trusts: one line that says so, not "run again to resume"."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    _, context = tls
+    httpd = Server(("127.0.0.1", 0), Handler)
+    httpd.state = State(files={"/data.json.gz": PAYLOAD})
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(DownloadError, match="TLS certificate is not trusted") as info:
+            download_url(f"https://127.0.0.1:{httpd.server_address[1]}/data.json.gz", tmp_path, progress=False,
+                         backoff_s=0)
+        assert "run the same command again" not in str(info.value)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_offline_a_finished_download_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    httpd = Server(("127.0.0.1", 0), Handler)
+    httpd.state = State(files={"/data.json.gz": PAYLOAD})
+    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/data.json.gz"
+    first = resolve(url, tmp_path, progress=False)
+    httpd.shutdown()
+    httpd.server_close()  # the network is gone: the copy is used, with a warning
+    assert resolve(url, tmp_path, progress=False) == first and first.read_bytes() == PAYLOAD
 
 
 @pytest.mark.parametrize(("path", "message"), [
@@ -275,7 +377,7 @@ def test_http_errors_say_what_to_do(server: tuple[str, State], tmp_path: Path, p
     base, _ = server
     with pytest.raises(DownloadError, match=message):
         resolve(base + path, tmp_path, progress=False)
-    assert [p.name for p in tmp_path.iterdir()] == []
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # nothing left behind
 
 
 def test_server_errors_are_retried_then_reported(server: tuple[str, State], tmp_path: Path) -> None:
@@ -372,7 +474,9 @@ def test_known_name_downloads_with_registry_checksum(server: tuple[str, State], 
     with pytest.raises(DownloadError, match="checksum mismatch"):
         resolve("local_test", tmp_path, progress=False)
     monkeypatch.setitem(REGISTRY, "local_test", KnownDataset(**{**entry.__dict__, "sha256": SHA}))
-    assert resolve("local_test", tmp_path, progress=False) == tmp_path / "local.json.gz"
+    assert resolve("local_test", tmp_path, progress=False) == url_folder(tmp_path, entry.url) / "local.json.gz"
+    for name in ("matbench_mp_e_form", "matbench_phonons"):  # the known downloads are pinned by their sha256
+        assert re.fullmatch(r"[0-9a-f]{64}", REGISTRY[name].sha256 or ""), name
 
 
 def test_local_paths_and_unknown_names(tmp_path: Path) -> None:
@@ -385,3 +489,20 @@ def test_local_paths_and_unknown_names(tmp_path: Path) -> None:
         resolve("no_such_dataset", tmp_path)
     with pytest.raises(DownloadError, match="did you mean 'matbench_phonons'"):  # a typo gets the name it missed
         resolve("matbench_phonon", tmp_path)
+
+
+def test_run_pins_the_downloaded_file_with_data_sha256(server: tuple[str, State], tmp_path: Path) -> None:
+    """`run --data URL --set data_sha256=...`: a file that is not the one pinned is refused in one line."""
+    from helpers import FIXTURES, run_cli
+
+    base, state = server
+    state.files["/mp.json.gz"] = (FIXTURES / "mp_eform_cgcnn_3000_sample.json.gz").read_bytes()
+    res = run_cli("run", "--mode", "debug", "--converter", "radius", "--data", f"{base}/mp.json.gz",
+                  "--set", f"data_sha256={'ab' * 32}", "--work-dir", str(tmp_path), env={"NO_PROXY": "127.0.0.1"})
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert f"checksum mismatch for {base}/mp.json.gz: expected sha256 {'ab' * 32}" in res.stderr
+    from colab_kit.detect import detect
+    from colab_kit.plan import PlanError, make_plan
+
+    with pytest.raises(PlanError, match="data_sha256 must be the downloaded file's sha256, 64 hex digits"):
+        make_plan(detect(), "debug", data_sha256="abc")

@@ -73,7 +73,7 @@ def test_truncated_checkpoint_falls_back_to_previous(radius_store: Path, tmp_pat
     (ck / LATEST).write_bytes(b"garbage")
     from colab_kit.checkpoint import CheckpointError
 
-    with pytest.raises(CheckpointError, match="every checkpoint in .* is damaged; delete them"):
+    with pytest.raises(CheckpointError, match="every checkpoint in .* is damaged; delete that folder"):
         load_checkpoint(ck)
 
 
