@@ -89,8 +89,10 @@ def convert_items(items: list[RawItem], converter: Converter, policy: str,
                 continue
             except (SourceError, BadStructure) as exc:
                 reason = str(exc)
-            except (ValueError, KeyError, IndexError, TypeError, RuntimeError) as exc:  # a library choking on odd input
-                reason = f"{type(exc).__name__}: {exc}"
+            except Exception as exc:  # noqa: BLE001 - a library choking on one odd structure (ZeroDivisionError in
+                # pymatgen's search of a flat cell, MemoryError, ...) fails that structure, recorded with its
+                # exception's type; never the conversion
+                reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
         if policy == "error":
             raise ConversionError(
                 f"structure {item.id!r}: {reason}. Fix or remove it, or pass --set on_bad_structure=skip to skip bad structures"

@@ -1,5 +1,5 @@
 """Ctrl-C and SIGTERM as a request to stop cleanly: the loops finish the step (or the shards) in
-flight, commit them, and return; a second Ctrl-C aborts at once (every write is atomic anyway)."""
+flight, commit them, and return; a second Ctrl-C or SIGTERM aborts at once (every write is atomic anyway)."""
 
 from __future__ import annotations
 
@@ -39,8 +39,8 @@ def stop_on_signals(also: Callable[[], bool] | None = None) -> Iterator[StopRequ
     previous: dict[int, Any] = {}
 
     def on_signal(signum: int, _frame: Any) -> None:
-        if request.signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # second Ctrl-C: the user does not want to wait
+        if request.signal is not None:
+            raise KeyboardInterrupt  # a second Ctrl-C or SIGTERM: the sender does not want to wait
         request.signal = signal.Signals(signum).name
         # nothing is written here: the loop that sees the flag reports it on its own line, between bars
 

@@ -153,3 +153,59 @@ def test_a_damaged_local_manifest_is_rebuilt_by_the_same_command(radius_store: P
     assert res.complete and res.n_graphs == len(GraphStore(radius_store))
     assert (store / "manifest.json.damaged").exists()
     assert (store / "manifest.json").read_bytes() == (radius_store / "manifest.json").read_bytes()
+
+
+def test_a_full_disk_is_one_line_and_loses_nothing(small_disk: Path, tmp_path: Path) -> None:
+    """Conversion into a 2 MiB file system: one line naming the folder, the space needed and free, and the fix; the
+    shards that fit stay valid, and the same command on a bigger disk goes on from them."""
+    out = small_disk / "store"
+    res = run_cli("convert", str(SHIPPED), "--converter", "chgnet", "--out", str(out), "--limit", "600",
+                  "--shard-size", "100", "--workers", "1")
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    line = next(ln for ln in res.stderr.splitlines() if ln.startswith("error:"))
+    assert f"no space left in {out}" in line and "MB needed" in line and "free disk space or pass --work-dir" in line
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["shards"] and not manifest["complete"]
+    big = tmp_path / "store"
+    shutil.copytree(out, big)
+    again = run_cli("convert", str(SHIPPED), "--converter", "chgnet", "--out", str(big), "--limit", "600",
+                    "--shard-size", "100", "--workers", "1")
+    assert again.returncode == 0 and f"resuming {big}: {len(manifest['shards'])} shards already done" in again.stderr
+    assert run_cli("verify", str(big)).returncode == 0
+
+
+def test_a_read_only_persist_dir_stops_mirroring_once_and_the_run_goes_on(read_only_dir: Path, tmp_path: Path) -> None:
+    """The persist dir turns read-only after the run started (Drive unmounted, quota): each copy fails; after three
+    in a row mirroring stops for the run, said once, and the run ends normally, quickly."""
+    import time
+
+    from colab_kit.persist import Mirror
+
+    persist = tmp_path / "drive"
+    persist.mkdir()
+    run_dir = tmp_path / "run"
+    (run_dir / "store").mkdir(parents=True)
+    for i in range(6):
+        (run_dir / "store" / f"shard-{i:06d}.safetensors").write_bytes(b"x" * 100)
+    mirror = Mirror(run_dir, read_only_dir / "p")
+    t0 = time.monotonic()
+    mirror.push_all()
+    assert time.monotonic() - t0 < 10 and mirror.persist_dir is None and len(mirror.failures) == 3
+    assert mirror.push("store/shard-000005.safetensors")  # stopped: nothing more is tried
+
+
+def test_store_and_checkpoint_files_are_readable_by_the_group(radius_store: Path, tmp_path: Path) -> None:
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        store = tmp_path / "store"
+        build_store(SHIPPED, store, get_converter("radius"), shard_size=60, limit=60, progress=False)
+        fit(GraphStore(radius_store), _plan(), tmp_path / "run", progress=False)
+    finally:
+        os.umask(old)
+    for path in [*store.iterdir(), tmp_path / "run" / "best.pt", tmp_path / "run" / "checkpoints" / LATEST]:
+        if path.name.startswith(".colab_kit"):
+            continue
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, (path, oct(path.stat().st_mode))

@@ -190,3 +190,22 @@ def test_cpu_calibration_measures_the_step_never_warns_with_room_and_estimates_t
         fit(store, make_plan(detect(), "debug", converter="radius", epochs=2, workers=0), tmp_path, progress=False)
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("estimate: 2 epochs of")]
     assert said and "on this machine (from the calibration steps)" in said[0], said
+
+
+def test_a_diverging_run_stops_in_one_line_and_keeps_its_last_good_checkpoint(radius_store: Path,
+                                                                              tmp_path: Path) -> None:
+    """--set lr=1e6: the loss turns infinite; training stops with one line (no TypeError at the end), the best
+    weights and checkpoints on disk are from before it, and no NaN model is ever written as best."""
+    args = ["train", "--store", str(radius_store), "--converter", "radius", "--set", "epochs=4", "--set", "lr=1e6",
+            "--set", "batch_size=16", "--set", "batch_atoms=4000", "--set", "batch_edges=60000",
+            "--out", str(tmp_path)]
+    res = run_cli(*args)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    line = next(ln for ln in res.stderr.splitlines() if ln.startswith("error:"))
+    assert "training diverged: the loss is" in line and "--fresh --set lr=100000" in line
+    if (tmp_path / "best.pt").exists():
+        best = torch.load(tmp_path / "best.pt", weights_only=True)
+        assert all(torch.isfinite(v).all() for v in best.values() if v.is_floating_point())
+    state = load_checkpoint(tmp_path / "checkpoints")
+    if state is not None:
+        assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())

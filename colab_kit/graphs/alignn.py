@@ -34,6 +34,7 @@ from colab_kit.graphs.common import (
     IsolatedPolicy,
     base_arrays,
     check_isolated,
+    check_overlap,
     check_policy,
     neighbor_cap,
     positive_cutoff,
@@ -75,7 +76,8 @@ def convert(structure: Structure, cutoff: float = CUTOFF, max_neighbors: int | N
 
     del three_body_cutoff
     tgb = _builder()
-    arrays = base_arrays(structure)
+    arrays = base_arrays(structure, float(cutoff))
+    check_overlap(structure)  # its own neighbour search does not report distances
     atoms = pmg_to_atoms(structure)
     dtype = torch.get_default_dtype()
     positions = torch.as_tensor(np.asarray(atoms.cart_coords), dtype=dtype)

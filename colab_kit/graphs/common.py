@@ -29,8 +29,70 @@ class ConverterError(ColabKitError, ValueError):
     """A converter name or parameter that is not allowed; the message names the value and the choices."""
 
 
-def base_arrays(structure: Structure) -> dict[str, np.ndarray]:
+#: grid cells a periodic neighbour search may use (pymatgen's cell list allocates per cell): a 1,300 Å cube at 6 Å
+MAX_SEARCH_CELLS = 20_000_000
+#: directed edges a graph may have: ~100 neighbours for each of 1,000,000 atoms
+MAX_EDGES = 100_000_000
+
+
+def check_search(structure: Structure, cutoff: float) -> None:
+    """Refuse a structure whose neighbour search at ``cutoff`` (Å) cannot fit in memory, before it is made.
+
+    pymatgen's search grids the cell's periodic box into cubes of the cutoff's side: a 100,000 Å cell at 6 Å asked
+    for 1.96 TB ("Memory allocation of 1955000600064 bytes failed") and took the whole conversion down. The grid
+    and the edge count are estimated from the lattice's plane spacings and the atom density.
+
+    Raises:
+        BadStructure: naming the cell's size, the estimate and what to check.
+    """
+    lattice = structure.lattice
+    volume = abs(float(lattice.volume))
+    if not volume > 1e-3:
+        raise BadStructure(f"the lattice has zero volume ({volume:.3g} Å³): its vectors are (nearly) parallel; fix the "
+                           "lattice or drop this structure")
+    matrix = lattice.matrix
+    cross = [np.linalg.norm(np.cross(matrix[(i + 1) % 3], matrix[(i + 2) % 3])) for i in range(3)]
+    widths = [volume / c for c in cross]  # the distances between opposite faces
+    cells = float(np.prod([np.ceil((w + 2 * cutoff) / cutoff) for w in widths]))
+    n = len(structure)
+    edges = n * n * (4.0 / 3.0 * np.pi * cutoff**3) / volume
+    if cells > MAX_SEARCH_CELLS or edges > MAX_EDGES:
+        what = (f"{cells:.3g} grid cells" if cells > MAX_SEARCH_CELLS else f"~{edges:.3g} edges")
+        raise BadStructure(f"a neighbour search at {cutoff:g} Å in this cell ({' x '.join(f'{w:.4g}' for w in widths)} "
+                           f"Å between faces, {n} atoms) needs {what}: far beyond any crystal's graph; check the "
+                           "lattice's units (Å) or the cutoff")
+
+
+#: two atoms closer than this overlap: no crystal or MD frame has them (H2's bond is 0.74 Å), a file that does is
+#: damaged or a relaxation's first, unphysical step (CHGNet's NbOC test run: 0.11 Å, +19,858 eV)
+MIN_DISTANCE = 0.5
+
+
+def check_overlap(structure: Structure) -> None:
+    """Refuse a structure with two atoms closer than :data:`MIN_DISTANCE` (Å), naming them and their distance."""
+    try:
+        check_search(structure, 2 * MIN_DISTANCE)
+    except BadStructure:
+        return  # too large a cell for a fine search: the graph's own search refuses it, or finds what it finds
+    center, neighbor, _, distance = structure.get_neighbor_list(r=MIN_DISTANCE, sites=structure.sites,
+                                                                numerical_tol=1e-8)
+    if len(distance):
+        _overlapping(structure, center, neighbor, distance)
+
+
+def _overlapping(structure: Structure, center: np.ndarray, neighbor: np.ndarray, distance: np.ndarray) -> None:
+    k = int(np.argmin(distance))
+    raise BadStructure(f"atoms {int(center[k])} ({structure[int(center[k])].specie}) and {int(neighbor[k])} "
+                       f"({structure[int(neighbor[k])].specie}) are {float(distance[k]):.3f} Å apart (overlapping: less "
+                       f"than {MIN_DISTANCE} Å); fix the structure or drop it")
+
+
+def base_arrays(structure: Structure, cutoff: float | None = None) -> dict[str, np.ndarray]:
     """Compact structure arrays kept with every graph, enough to rebuild it with other settings.
+
+    Args:
+        cutoff: the neighbour cutoff the graph will use, Å: a structure whose search cannot fit is refused first
+            (:func:`check_search`).
 
     Returns:
         ``z [A] uint8``, ``frac [A, 3] float32`` (what CHGNet feeds its model), ``lattice [3, 3] float64``.
@@ -39,6 +101,8 @@ def base_arrays(structure: Structure) -> dict[str, np.ndarray]:
         raise BadStructure("structure is disordered (partial occupancies); order it first, e.g. with OrderDisorderedStructureTransformation")
     if len(structure) == 0:
         raise BadStructure("structure has no sites")
+    if cutoff is not None:
+        check_search(structure, cutoff)
     z = np.fromiter((site.specie.Z for site in structure), dtype=np.int64, count=len(structure))
     return {
         "z": z.astype(np.uint8),
@@ -53,9 +117,12 @@ def neighbor_list(structure: Structure, cutoff: float) -> tuple[np.ndarray, np.n
     Returns:
         center ``[E] int64``, neighbor ``[E] int64``, image ``[E, 3] int64``, distance ``[E] float64`` (Å).
     """
+    check_search(structure, cutoff)
     center, neighbor, image, distance = structure.get_neighbor_list(
         r=cutoff, sites=structure.sites, numerical_tol=1e-8
     )
+    if len(distance) and float(distance.min()) < MIN_DISTANCE:  # free here: the search found every pair anyway
+        _overlapping(structure, center, neighbor, distance)
     return (
         np.asarray(center, dtype=np.int64),
         np.asarray(neighbor, dtype=np.int64),

@@ -27,6 +27,7 @@ from colab_kit.graphs.common import (
     IsolatedPolicy,
     base_arrays,
     check_isolated,
+    check_overlap,
     check_policy,
     positive_cutoff,
 )
@@ -77,7 +78,8 @@ def convert(structure: Structure, cutoff: float = CUTOFF, on_isolated_atoms: Iso
     Raises:
         BadStructure: an element matgl has no node type for, or an isolated atom in ``"error"`` mode.
     """
-    arrays = base_arrays(structure)
+    arrays = base_arrays(structure, float(cutoff))
+    check_overlap(structure)  # its own neighbour search does not report distances
     unknown = sorted({el.symbol for el in structure.composition.elements} - set(element_types()))
     if unknown:
         raise BadStructure(f"element(s) {unknown} are not among matgl's {len(element_types())} element types "

@@ -12,6 +12,20 @@ from colab_kit.sources.records import RawItem, SourceError, _to_target
 from colab_kit.sources.streams import _DAMAGED, _failure, _open
 
 _EXTXYZ_RESERVED = frozenset({"Lattice", "Properties", "pbc"})
+#: an extended XYZ line longer than this is refused: the longest real comment line (many info keys, a 3x3 stress) is
+#: a few kB, and a file that is one endless line would otherwise be read into memory whole
+MAX_LINE_CHARS = 1 << 20
+
+
+def _bounded_lines(f: io.TextIOBase, path: str) -> Iterator[str]:
+    """The lines of ``f``, refusing one longer than :data:`MAX_LINE_CHARS` before it is read whole."""
+    number = 0
+    while line := f.readline(MAX_LINE_CHARS + 1):
+        number += 1
+        if len(line) > MAX_LINE_CHARS:
+            raise SourceError(f"{path} line {number}: longer than {MAX_LINE_CHARS >> 20} M characters; no extended XYZ "
+                              "line is: the file is damaged or not extended XYZ")
+        yield line
 
 
 class _Extxyz(Source):
@@ -29,7 +43,8 @@ class _Extxyz(Source):
         before ``start`` are only counted through, line by line."""
         index = line_no = 0
         try:
-            with io.TextIOWrapper(_open(self.path), encoding="utf-8", errors="replace") as f:
+            with io.TextIOWrapper(_open(self.path), encoding="utf-8", errors="replace") as raw:
+                f = _bounded_lines(raw, self.path)
                 for line in f:
                     line_no += 1
                     if not line.strip():

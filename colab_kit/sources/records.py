@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -86,11 +87,13 @@ def parse_structure(item: RawItem) -> Structure:
         raise SourceError(f"item {item.id!r}: {item.error}")
     try:
         structure = _build(item.kind, item.payload)
+    except SourceError as exc:
+        raise SourceError(f"item {item.id!r} ({item.kind}): {exc}") from None
     except Exception as exc:  # any parser failure is this item's failure, reported with its id
         if item.kind in ("pmg_dict", "pmg_json", "jarvis") and (bare := _bare_in(item.payload)) is not None:
             raise SourceError(f"item {item.id!r} ({item.kind}): the structure has a bare {bare[1][1:]} at {bare[0]} "
                               "(JSON has no NaN/Infinity; Python's json.dump writes them); fix that value or drop this record") from exc
-        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        reason = _scrub(" ".join(f"{type(exc).__name__}: {exc}".split()), item.payload)[:300]
         raise SourceError(f"item {item.id!r} ({item.kind}): cannot build a structure: {reason}; fix or drop this record") from exc
     import numpy as np
 
@@ -98,6 +101,48 @@ def parse_structure(item: RawItem) -> Structure:
         raise SourceError(f"item {item.id!r} ({item.kind}): the lattice or the coordinates hold NaN or infinite values; "
                           "fix or drop this record")
     return structure
+
+
+#: the only code a structure dict may name (``"@module"``) for monty to import while decoding it
+DECODABLE = ("pymatgen.", "numpy")
+
+
+def refuse_foreign_code(obj: Any) -> None:
+    """Raise when a structure dict names a module other than pymatgen's (or numpy's, for arrays) under ``@module``.
+
+    ``Structure.from_dict`` decodes site properties with monty's ``MontyDecoder``, which imports whatever module a
+    dict names and calls into it: a dataset could make the converter run any installed code. Such a record is
+    refused (and recorded) before pymatgen sees it.
+    """
+    stack, seen = [(obj, "")], 0
+    while stack:
+        node, where = stack.pop()
+        seen += 1
+        if isinstance(node, dict):
+            module = node.get("@module")
+            if module is not None and not (isinstance(module, str) and (module.startswith(DECODABLE[0]) or
+                                                                          module == DECODABLE[1])):
+                raise SourceError(f"the structure names the module {str(module)[:60]!r} (\"@module\" at "
+                                  f"{where or 'the top'}): only pymatgen objects are decoded; this record is refused")
+            stack.extend((v, f"{where}.{k}".lstrip(".")) for k, v in node.items() if isinstance(v, (dict, list)))
+        elif isinstance(node, list):
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(node) if isinstance(v, (dict, list)))
+
+
+def _scrub(message: str, payload: Any) -> str:
+    """A parser's message without text of the file it parsed (a reason is written to skipped.csv and the log: what
+    a file holds, e.g. a file that was never a structure, must not leak through it)."""
+    if not isinstance(payload, str) or not payload:
+        return message
+
+    def quoted(m: re.Match[str]) -> str:
+        return f"{m.group(1)}...{m.group(1)}" if len(m.group(2)) >= 3 and m.group(2) in payload else m.group(0)
+
+    out = re.sub(r"(['\"])(.*?)\1", quoted, message)
+    for line in {ln.strip() for ln in payload.splitlines()}:
+        if len(line) >= 12 and line in out:
+            out = out.replace(line, "...")
+    return out
 
 
 def _build(kind: str, payload: Any) -> Structure:
@@ -111,6 +156,7 @@ def _build(kind: str, payload: Any) -> Structure:
         missing = [k for k in ("lattice", "sites") if k not in payload] if isinstance(payload, dict) else ["a mapping"]
         if missing:
             raise ValueError(f"structure dict lacks {missing}; expected Structure.as_dict()")
+        refuse_foreign_code(payload)
         return Structure.from_dict(payload)
     if kind in ("cif", "poscar"):
         return Structure.from_str(payload, fmt=kind)

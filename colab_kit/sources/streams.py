@@ -149,6 +149,73 @@ class _BareConstants:
         return self.f.tell() - len(self._carry)
 
 
+#: JSON nested deeper than this is refused while it streams: a structure record is ~10 levels deep, and ijson builds
+#: every level (a 400 KB file nested 200,000 deep reached 22 GB)
+MAX_DEPTH = 64
+#: one string: no structure record holds a long one, and ijson's cost grows with the square of a string's length
+#: (8 MB: 0.5 s, 64 MB: 21 s; a 2 GB string in 1.9 MB of gzip ran for 27 min); and one record
+MAX_STRING_BYTES = 8 << 20
+MAX_ITEM_BYTES = 256 << 20
+
+
+class _Guard:
+    """File-like filter in front of ijson: refuses JSON that is too deeply nested, a string or a record too large,
+    as the bytes arrive (a SourceError naming the byte), before ijson builds what they describe.
+
+    The scan is :mod:`.seek`'s: bytes reduced to quotes, brackets and commas (numpy), the exact position-keeping
+    scan only for chunks with escapes or brackets inside strings. A record is a container nested deeper than
+    ``item_depth`` (2 for matbench's ``data`` rows, 1 for a JSON list's records); its size is counted per chunk.
+    """
+
+    def __init__(self, f: IO[bytes], path: str, item_depth: int) -> None:
+        self.f, self.path, self.item_depth = f, path, item_depth
+        self.depth, self.in_string, self.escaped = 0, False, False
+        self.string_run = self.item_run = self.offset = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.f.read(size)
+        if data:
+            self._check(data)
+        return data
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+    def _check(self, chunk: bytes) -> None:
+        from colab_kit.sources.seek import _exact, _reduce, _tables
+
+        np, _, step = _tables()
+        reduced = None if self.escaped else _reduce(chunk, self.in_string)
+        if reduced is not None:
+            text, in_string_end = reduced
+            level = self.depth + np.cumsum(step[np.frombuffer(text, np.uint8)], dtype=np.int64)
+            escaped_end = False
+        else:
+            _, _, level, _, in_string_end, escaped_end = _exact(chunk, self.depth, self.in_string, self.escaped)
+        top, low, end = ((int(level.max()), int(level.min()), int(level[-1])) if len(level)
+                         else (self.depth, self.depth, self.depth))
+        at = self.offset + len(chunk)
+        if top > MAX_DEPTH:
+            raise SourceError(f"{self.path}: JSON nested more than {MAX_DEPTH} levels deep (before byte {at:,}); no "
+                              "structure record is: the file is damaged or not a dataset")
+        if in_string_end:
+            last = chunk.rfind(b'"')
+            self.string_run = self.string_run + len(chunk) if last < 0 else len(chunk) - 1 - last
+            if self.string_run > MAX_STRING_BYTES:
+                raise SourceError(f"{self.path}: a string longer than {MAX_STRING_BYTES >> 20} MB (before byte {at:,}); "
+                                  "no structure record holds one: the file is damaged or not a dataset")
+        else:
+            self.string_run = 0
+        if min(low, self.depth) > self.item_depth:  # one record all through this chunk
+            self.item_run += len(chunk)
+        else:
+            self.item_run = len(chunk) if end > self.item_depth else 0
+        if self.item_run > MAX_ITEM_BYTES:
+            raise SourceError(f"{self.path}: a record larger than {MAX_ITEM_BYTES >> 20} MB (before byte {at:,}); no "
+                              "structure record is that large: the file is damaged or not a dataset")
+        self.depth, self.in_string, self.escaped, self.offset = end, in_string_end, escaped_end, at
+
+
 def _json(path: str, fn: str, *prefix: str, what: str = "items", stream: IO[bytes] | None = None, first: int = 0,
           bare: bool | None = None) -> Iterator[Any]:
     """ijson ``items``/``parse`` over a (gzip) file; a decoding failure becomes a SourceError saying how far it got.
@@ -163,7 +230,9 @@ def _json(path: str, fn: str, *prefix: str, what: str = "items", stream: IO[byte
 
     n = first
     with stream if stream is not None else _open(path) as f:
-        src = _BareConstants(f) if bare else f
+        # a stream that starts after a seek starts inside the array: its records are one level up
+        guarded = _Guard(f, path, max(1, prefix[0].count(".") + 1 if prefix else 1) - (stream is not None))
+        src = _BareConstants(guarded) if bare else guarded
         try:
             for obj in getattr(_ijson(), fn)(src, *prefix, use_float=True):
                 yield obj
