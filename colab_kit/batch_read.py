@@ -10,6 +10,7 @@ handful of vectorised operations (offsets from cumulative sums). Same batches, s
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -61,9 +62,9 @@ class StoreIndex:
 
     @classmethod
     def of(cls, store: GraphStore) -> StoreIndex:
-        cached = store.__dict__.get("_batch_index")
+        cached = _INDEXES.get(store)
         if cached is None:
-            shards = [store._shard(k) for k in range(len(store.shards))]
+            shards = [store.shard(k) for k in range(len(store.shards))]
             pointers = sorted(shards[0].ptr) if shards else []
             first = {p: np.concatenate([s.ptr[p][:-1] for s in shards]) for p in pointers}
             length = {p: np.concatenate([np.diff(s.ptr[p]) for s in shards]) for p in pointers}
@@ -72,8 +73,12 @@ class StoreIndex:
             ids = [i for s in shards for i in s.ids]
             present = [name for name in RAGGED if shards and name in shards[0].arrays]
             names = {p: [name for name in present if RAGGED[name] == p] for p in pointers}
-            cached = store.__dict__["_batch_index"] = cls(first, length, lattice, store.targets(), shard, ids, names)
+            cached = _INDEXES[store] = cls(first, length, lattice, store.targets(), shard, ids, names)
         return cached
+
+
+#: each open store's index, made once per process (a store pickled to a DataLoader worker makes its own)
+_INDEXES: weakref.WeakKeyDictionary[GraphStore, StoreIndex] = weakref.WeakKeyDictionary()
 
 
 def gather(store: GraphStore, indices: Sequence[int], targets: np.ndarray | None = None) -> Gathered:
@@ -93,7 +98,7 @@ def gather(store: GraphStore, indices: Sequence[int], targets: np.ndarray | None
     order = np.argsort(shard_of, kind="stable")  # batch positions, grouped by shard
     grouped, sorted_shards = idx[order], shard_of[order]
     bounds = np.concatenate(([0], np.flatnonzero(np.diff(sorted_shards)) + 1, [n]))
-    shards = [store._shard(k) for k in sorted_shards[bounds[:-1]].tolist()]
+    shards = [store.shard(k) for k in sorted_shards[bounds[:-1]].tolist()]
     inverse = np.empty(n, dtype=np.int64)  # grouped position of each batch position
     inverse[order] = np.arange(n)
     in_order = bool((np.diff(order) > 0).all())  # already grouped (one shard, or shards in ascending order)

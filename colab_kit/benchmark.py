@@ -27,6 +27,7 @@ import numpy as np
 
 from colab_kit.fsutil import atomic_write_bytes, atomic_write_json
 from colab_kit.matbench import MATBENCH_TASKS, N_FOLDS, MatbenchError, matbench_folds, matbench_ids, write_results
+from colab_kit.run_folder import RunFolder
 from colab_kit.store import GraphStore
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def store_rows(store: GraphStore) -> tuple[np.ndarray, int]:
     """
     ids = store.ids()
     failed = [i for i, _ in store.failures()]
-    n_rows = int(store.manifest.get("n_items", len(ids) + len(failed)))
+    n_rows = store.manifest.n_items or len(ids) + len(failed)
     if ids and all(_MB_ID.match(i) for i in ids):
         return np.array([int(_MB_ID.match(i).group(1)) - 1 for i in ids], dtype=np.int64), n_rows
     every = ids + failed
@@ -71,7 +72,7 @@ def matbench_store_split(store: GraphStore, fold: int, seed: int = 0, val_fracti
         if sum(len(v) for v in splits.values()) == len(store):
             return splits
     rows, n_rows = store_rows(store)
-    if store.manifest.get("limit") is not None:
+    if store.manifest.limit is not None:
         log.warning("matbench folds over the first %d rows only (n_samples caps the data): matbench's official folds "
                     "need the whole task; use --mode full or --set n_samples=null", n_rows)
     fold_of_row = np.empty(n_rows, dtype=np.int64)
@@ -94,14 +95,16 @@ def bench_dir(plan: Any, task: str) -> Path:
     return Path(plan.work_dir) / "benchmark" / name.replace("-fold0", "")
 
 
-def _seed_store(root: Path, run_dir: Path, folder: str = "store") -> None:
+def _seed_store(root: Path, folder: RunFolder) -> None:
     """Give a fold's run the store another fold converted (the same data and graphs: folds only split it), by hard
-    links where the file system has them, so five folds convert once. ``folder``: the run's store folder
-    (:func:`colab_kit.runner.store_folder`)."""
-    dst = run_dir / folder
+    links where the file system has them, so five folds convert once."""
+    from colab_kit.store import read_manifest
+
+    dst = folder.store
     if (dst / "manifest.json").exists():
         return
-    done = [m.parent for m in root.glob(f"*/{folder}/manifest.json") if '"complete": true' in m.read_text()]
+    name = dst.name
+    done = [m.parent for m in root.glob(f"*/{name}/manifest.json") if getattr(read_manifest(m), "complete", False)]
     if not done:
         return
     dst.mkdir(parents=True, exist_ok=True)
@@ -121,7 +124,7 @@ def run_benchmark(task: str, make: Callable[[int], Any], *, folds: list[int] | N
     """
     from colab_kit.evaluate import evaluate_weights
     from colab_kit.persist import Mirror, restore
-    from colab_kit.runner import run, run_name, store_folder
+    from colab_kit.runner import run, run_folder
 
     if task not in MATBENCH_TASKS:
         raise MatbenchError(f"unknown matbench task {task!r}; choose one of {sorted(MATBENCH_TASKS)}")
@@ -130,23 +133,24 @@ def run_benchmark(task: str, make: Callable[[int], Any], *, folds: list[int] | N
     first = make(0)
     root = bench_dir(first, task)
     root.mkdir(parents=True, exist_ok=True)
-    persist = Path(first.persist_dir) / "benchmark" / root.name if first.persist_dir else None
-    restore(persist, root)
-    mirror = Mirror(root, persist)
+    persist = RunFolder(Path(first.persist_dir) / "benchmark" / root.name) if first.persist_dir else None
+    restore(persist, RunFolder(root))
+    mirror = Mirror(RunFolder(root), persist)
     scores = _read_scores(root)
     for k in folds if folds is not None else range(N_FOLDS):
         if k in scores and (root / f"fold-{k}.csv").exists():
             log.info("fold %d of %s is done (MAE %.4g): not redone", k, task, scores[k]["mae"])
             continue
         plan = make(k).replace("benchmark", work_dir=str(root),
-                               persist_dir=str(persist / "runs") if persist is not None else None)
-        _seed_store(root, root / run_name(plan), store_folder(plan))
+                               persist_dir=str(persist.root / "runs") if persist is not None else None)
+        _seed_store(root, run_folder(plan))
         t0 = time.perf_counter()
         res = run(plan, progress=progress, should_stop=should_stop, log_to_file=True)
         if res.metrics.get("status") == "stopped":
             return {"dir": root, "status": "stopped", "folds": [scores[f] for f in sorted(scores)]}
-        store = GraphStore(res.run_dir / store_folder(plan))
-        test = evaluate_weights(store, plan, res.run_dir / "best.pt")
+        folder = run_folder(plan)
+        store = GraphStore(folder.store)
+        test = evaluate_weights(store, plan, folder.best)
         _write_fold(root, k, store, plan, test)
         scores[k] = {"fold": k, "n_test": int(len(test["target"])), "mae": test["mae"], "rmse": test["rmse"],
                      "seconds": round(res.metrics.get("time", {}).get("compute_seconds", time.perf_counter() - t0), 1)}

@@ -22,10 +22,11 @@ import torch
 
 from colab_kit.errors import ColabKitError
 from colab_kit.fsutil import is_intact, write_checked
+from colab_kit.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
-LATEST = "latest.pt"
-PREVIOUS = "previous.pt"
+LATEST = RunFolder(Path()).latest.name
+PREVIOUS = RunFolder(Path()).previous.name
 
 
 class CheckpointError(ColabKitError, RuntimeError):
@@ -80,14 +81,11 @@ def save_checkpoint(directory: str | Path, state: dict[str, Any]) -> Path:
     return latest
 
 
-BEST = "best.pt"
-
-
 def save_best(out: str | Path, weights: dict[str, Any]) -> None:
-    """Write the best weights (a state dict) as ``<out>/best.pt``, its sha256 recorded."""
+    """Write the best weights (a state dict) as the run folder ``out``'s ``best.pt``, its sha256 recorded."""
     buf = io.BytesIO()
     torch.save(weights, buf)
-    write_checked(Path(out) / BEST, buf.getvalue())
+    write_checked(RunFolder(Path(out)).best, buf.getvalue())
 
 
 def best_is_intact(path: str | Path) -> bool:
@@ -97,25 +95,25 @@ def best_is_intact(path: str | Path) -> bool:
 
 
 def recover_best(out: str | Path) -> bool:
-    """Rebuild a missing or damaged ``<out>/best.pt`` from the newest sound checkpoint in ``<out>/checkpoints``.
+    """Rebuild a missing or damaged ``best.pt`` of the run folder ``out`` from its newest sound checkpoint.
 
     A checkpoint holds the best weights (``best_model``); one written before it did holds only the latest weights,
     which are then used, with a warning that says so. Returns whether ``best.pt`` is sound afterwards.
     """
-    path = Path(out) / BEST
-    if best_is_intact(path):
+    folder = RunFolder(Path(out))
+    if best_is_intact(folder.best):
         return True
     try:
-        saved = load_checkpoint(Path(out) / "checkpoints")
+        saved = load_checkpoint(folder.checkpoints)
     except CheckpointError:
         saved = None
     if saved is None:
         return False
     best = saved.get("best_model") or {}
     what = f"epoch {saved.get('best', {}).get('epoch')}, the best" if best else f"epoch {saved.get('epoch')}, the latest"
-    log.warning("%s is %s: rebuilt from the checkpoint's weights (%s)", path, "damaged" if path.exists() else "missing",
-                what)
-    save_best(out, dict(best or saved["model"]))
+    log.warning("%s is %s: rebuilt from the checkpoint's weights (%s)", folder.best,
+                "damaged" if folder.best.exists() else "missing", what)
+    save_best(folder.root, dict(best or saved["model"]))
     return True
 
 

@@ -213,7 +213,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     with (hold(out, "training folder") if plan.rank == 0 else contextlib.nullcontext()), stop_on_signals() as stop:
         if args.fresh and plan.rank == 0:
             clear(out)
-        res = fit(store, plan, out, resume=True, should_stop=stop)
+        targets = None
+        if plan.teacher and plan.rank == 0:  # the teacher's column first: training never loads a trained model
+            from colab_kit.distill import distill_targets
+
+            targets = distill_targets(store, plan)
+        res = fit(store, plan, out, resume=True, should_stop=stop, train_targets=targets)
     if plan.rank != 0:  # rank 0 speaks for the launch
         return _stopped_code(stop.signal) if res.status == "stopped" else 0
     if res.status == "stopped":

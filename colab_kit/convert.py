@@ -27,16 +27,11 @@ import numpy as np
 from colab_kit.errors import ColabKitError
 from colab_kit.fsutil import has_sha256, remove_stale_temporaries
 from colab_kit.graphs import BadStructure, Converter
+from colab_kit.manifest import NAME as MANIFEST
+from colab_kit.manifest import PART_GLOB, Manifest, ManifestError, ShardEntry, part_name
 from colab_kit.shard_build import build_split_shard
 from colab_kit.sources import RawItem, Source, SourceError, check_target, open_source, parse_structure
-from colab_kit.store import (
-    FORMAT_VERSION,
-    MANIFEST,
-    StoreError,
-    atomic_write_json,
-    fingerprint,
-    write_shard,
-)
+from colab_kit.store import StoreError, fingerprint, write_shard
 from colab_kit.worker_pool import calm_gc, make_pool, restore_gc
 
 log = logging.getLogger(__name__)
@@ -106,12 +101,12 @@ def _warning_text(w: warnings.WarningMessage) -> str:
 
 
 def _build_shard(root: str, index: int, first_item: int, items: list[RawItem], converter: Converter,
-                 policy: str, fp: str, labels: str = "required") -> dict[str, Any]:
+                 policy: str, fp: str, labels: str = "required") -> tuple[ShardEntry, list[tuple[str, str]]]:
+    """Convert and write one shard; (its manifest entry, the first failures: for the main process's log only, the
+    shard holds them all)."""
     graphs, ids, targets, failures, warned = convert_items(items, converter, policy, labels)
     entry = write_shard(root, index, graphs, ids, targets, failures, fp, first_item, len(items), warned)
-    # for the main process's log only; not stored in the manifest (the shard holds them all)
-    entry["failures"] = failures[:50]
-    return entry
+    return entry, failures[:50]
 
 
 def _chunks(it: Iterable[RawItem], size: int) -> Iterator[list[RawItem]]:
@@ -120,20 +115,16 @@ def _chunks(it: Iterable[RawItem], size: int) -> Iterator[list[RawItem]]:
         yield chunk
 
 
-def _manifest_path(root: Path, part: tuple[int, int]) -> Path:
-    return root / (MANIFEST if part[1] == 1 else f"manifest.part-{part[0]}-of-{part[1]}.json")
-
-
-def _usable_entries(root: Path, manifest: dict[str, Any], fp: str) -> dict[int, dict[str, Any]]:
+def _usable_entries(root: Path, manifest: Manifest | None, fp: str) -> dict[int, ShardEntry]:
     """Shards a manifest lists whose files are present with the recorded size and sha256 (a damaged one is rebuilt;
     the sha256 checked here is not checked again when this process maps the shard)."""
-    if manifest.get("fingerprint") != fp:
+    if manifest is None or manifest.fingerprint != fp:
         return {}
     ok = {}
-    for e in manifest.get("shards", []):
-        p = root / e["file"]
-        if p.exists() and p.stat().st_size == e["bytes"] and has_sha256(p, e["sha256"]):
-            ok[e["index"]] = e
+    for e in manifest.shards:
+        p = root / e.file
+        if p.exists() and p.stat().st_size == e.bytes and has_sha256(p, e.sha256):
+            ok[e.index] = e
         else:
             log.warning("shard %s is %s; it will be rebuilt", p, "damaged (its sha256 is not the manifest's)"
                         if p.exists() else "missing")
@@ -153,7 +144,7 @@ def build_store(
     fmt: str | None = None,
     target: str | None = None,
     progress: bool = True,
-    on_shard: Callable[[dict[str, Any]], None] | None = None,
+    on_shard: Callable[[ShardEntry | None], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     labels: str = "required",
 ) -> ConvertResult:
@@ -169,7 +160,7 @@ def build_store(
         on_bad_structure: skip (record), warn (record + log) or error (stop).
         part: (i, n): build only shards with index % n == i (several hosts, one store).
         on_shard: called with each shard's manifest entry once it is committed (the runner mirrors
-            it to Google Drive), and with ``{"manifest": path}`` when the store completes.
+            it to Google Drive), and with None when the store completes.
         should_stop: polled before each chunk; True commits the shards in flight and returns an
             incomplete result (``complete=False``) that a later call resumes.
         labels: "required" skips (and records) items without a usable label; "optional" keeps them with a NaN
@@ -194,33 +185,31 @@ def build_store(
     root.mkdir(parents=True, exist_ok=True)
     if n_stale := remove_stale_temporaries(root):
         log.info("removed %d temporary file(s) left in %s by a conversion that was killed", n_stale, root)
-    mpath = _manifest_path(root, part)
-    manifest = _load_manifest(root / MANIFEST) or {}
-    if manifest and manifest.get("fingerprint") != fp:
+    mpath = root / part_name(i_part, n_parts)
+    whole = _load_manifest(root / MANIFEST)
+    if whole is not None and whole.fingerprint != fp:
         raise StoreError(
-            f"{root} holds a store built with other data or settings (converter {manifest.get('converter')}, "
-            f"params {manifest.get('params')}, source {manifest.get('source', {}).get('target_name')!r} of "
-            f"{manifest.get('source', {}).get('format')}, fingerprint {manifest.get('fingerprint')}; this one needs {fp}). "
+            f"{root} holds a store built with other data or settings (converter {whole.converter}, "
+            f"params {whole.params}, source {whole.target_name!r} of {whole.source.get('format')}, fingerprint "
+            f"{whole.fingerprint}; this one needs {fp}). "
             "For `run`: --fresh rebuilds it, or --work-dir DIR keeps both; for `convert`: another --out"
         )
-    if manifest.get("complete"):
-        lost = len(manifest["shards"]) - len(_usable_entries(root, manifest, fp))
+    if whole is not None and whole.complete:
+        lost = len(whole.shards) - len(_usable_entries(root, whole, fp))
         if not lost:
-            log.info("store %s is complete (%d graphs): nothing to convert", root, manifest["n_graphs"])
-            return _result(root, manifest, len(manifest["shards"]), t0)
+            log.info("store %s is complete (%d graphs): nothing to convert", root, whole.n_graphs)
+            return _result(root, whole, len(whole.shards), t0)
         log.warning("%d shard(s) of the complete store %s are missing or damaged: rebuilding them", lost, root)
-    own = _load_manifest(mpath) or {}
-    done = _usable_entries(root, own, fp) if own else {}
+    own = _load_manifest(mpath) if mpath != root / MANIFEST else whole
+    done = _usable_entries(root, own, fp)
     if n_parts == 1:  # adopt shards that parallel parts built into this directory
-        for p in sorted(root.glob("manifest.part-*-of-*.json")):
-            done.update(_usable_entries(root, _load_manifest(p) or {}, fp))
-    manifest = {
-        "format_version": FORMAT_VERSION, "fingerprint": fp, "converter": converter.name,
-        "params": converter.params, "source": identity, "limit": limit, "shard_size": shard_size,
-        "part": [i_part, n_parts], "complete": False, "shards": sorted(done.values(), key=lambda e: e["index"]),
-    }
-    if own.get("shard_size", shard_size) != shard_size and done:
-        raise StoreError(f"{root} was started with shard_size={own['shard_size']}; resume with the same shard size")
+        for p in sorted(root.glob(PART_GLOB)):
+            done.update(_usable_entries(root, _load_manifest(p), fp))
+    manifest = Manifest(fingerprint=fp, converter=converter.name, params=converter.params, source=identity,
+                        limit=limit, shard_size=shard_size, part=(i_part, n_parts),
+                        shards=sorted(done.values(), key=lambda e: e.index))
+    if own is not None and own.shard_size != shard_size and done:
+        raise StoreError(f"{root} was started with shard_size={own.shard_size}; resume with the same shard size")
     reused = len(done)
     if reused:
         log.info("resuming %s: %d shards already done, redoing the rest", root, reused)
@@ -279,50 +268,39 @@ def build_store(
             pool.shutdown(wait=True, cancel_futures=True)
         restore_gc(gc_state)
     if stopped:
-        log.info("conversion stopped with %d shards done; run again to resume", len(manifest["shards"]))
+        log.info("conversion stopped with %d shards done; run again to resume", len(manifest.shards))
         return _result(root, manifest, reused, t0)
 
-    complete_manifest(manifest)
-    if n_parts == 1 and manifest["n_items"] == 0:
+    manifest.finish()
+    if n_parts == 1 and manifest.n_items == 0:
         raise ConversionError(f"source {src.path or src.format} has no structures; check the file or --format")
-    if n_parts == 1 and manifest["n_graphs"] == 0:
+    if n_parts == 1 and manifest.n_graphs == 0:
         raise ConversionError(
-            f"none of the {manifest['n_items']} structures could be converted; see the warnings above "
+            f"none of the {manifest.n_items} structures could be converted; see the warnings above "
             "(e.g. isolated atoms: try a larger --set cutoff=...)"
         )
-    atomic_write_json(mpath, manifest)
+    manifest.write(mpath)
     if n_parts == 1:
-        for p in root.glob("manifest.part-*-of-*.json"):
+        for p in root.glob(PART_GLOB):
             p.unlink()
     if on_shard is not None:
-        on_shard({"manifest": str(mpath)})
-    log.info("store %s: %d graphs, %d skipped, %d shards (%d reused) in %.1f s", root, manifest["n_graphs"],
-             manifest["n_failed"], len(manifest["shards"]), reused, time.perf_counter() - t0)
-    if manifest["n_warned"]:
+        on_shard(None)
+    log.info("store %s: %d graphs, %d skipped, %d shards (%d reused) in %.1f s", root, manifest.n_graphs,
+             manifest.n_failed, len(manifest.shards), reused, time.perf_counter() - t0)
+    if manifest.n_warned:
         log.info("%d structures converted although their parser warned (e.g. %s); each is listed with its warning "
-                 "by GraphStore(%r).warnings()", manifest["n_warned"], _first_warning(root), str(root))
+                 "by GraphStore(%r).warnings()", manifest.n_warned, _first_warning(root), str(root))
     return _result(root, manifest, reused, t0)
 
 
-def complete_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
-    """Mark ``manifest`` complete with its totals (a finished conversion, or a merge of parts)."""
-    manifest["complete"] = True
-    manifest["n_graphs"] = sum(e["n_graphs"] for e in manifest["shards"])
-    manifest["n_failed"] = sum(e["n_failed"] for e in manifest["shards"])
-    manifest["n_items"] = sum(e["n_items"] for e in manifest["shards"])
-    manifest["n_warned"] = sum(e.get("n_warned", 0) for e in manifest["shards"])
-    return manifest
-
-
-def _commit(mpath: Path, manifest: dict[str, Any], entry: dict[str, Any], policy: str, warned: int, bar: Any,
-            on_shard: Callable[[dict[str, Any]], None] | None = None) -> int:
-    failures = entry.pop("failures")
-    manifest["shards"].append(entry)
-    manifest["shards"].sort(key=lambda e: e["index"])
-    atomic_write_json(mpath, manifest)
+def _commit(mpath: Path, manifest: Manifest, built: tuple[ShardEntry, list[tuple[str, str]]], policy: str,
+            warned: int, bar: Any, on_shard: Callable[[ShardEntry | None], None] | None = None) -> int:
+    entry, failures = built
+    manifest.add(entry)
+    manifest.write(mpath)
     if on_shard is not None:
         on_shard(entry)
-    bar.update(entry["n_items"])
+    bar.update(entry.n_items)
     for item_id, reason in failures:
         if policy == "warn" and warned < 20:
             log.warning("skipped structure %s: %s", item_id, reason)
@@ -334,8 +312,8 @@ def _commit(mpath: Path, manifest: dict[str, Any], entry: dict[str, Any], policy
     return warned
 
 
-def _drain(pending: dict[Future, int], mpath: Path, manifest: dict[str, Any], policy: str, warned: int, bar: Any,
-           on_shard: Callable[[dict[str, Any]], None] | None = None) -> int:
+def _drain(pending: dict[Future, int], mpath: Path, manifest: Manifest, policy: str, warned: int, bar: Any,
+           on_shard: Callable[[ShardEntry | None], None] | None = None) -> int:
     finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
     for fut in finished:
         pending.pop(fut)
@@ -347,11 +325,10 @@ def _first_warning(root: Path) -> str:
     """One warning from the store, quoted, for the summary line."""
     from colab_kit.store import GraphStore
 
-    store = GraphStore(root)
-    for k in range(len(store.shards)):
-        if store._shard(k).warnings:
-            item, text = store._shard(k).warnings[0]
-            return f"{item}: {text[:120]!r}"
+    warned = GraphStore(root).warnings()
+    if warned:
+        item, text = warned[0]
+        return f"{item}: {text[:120]!r}"
     return "-"
 
 
@@ -361,29 +338,20 @@ def _bar(total: int | None, enabled: bool) -> Any:
     return tqdm(total=total, unit="struct", desc="convert", disable=not enabled, smoothing=0.1, dynamic_ncols=True)
 
 
-def _load_manifest(path: Path) -> dict[str, Any] | None:
+def _load_manifest(path: Path) -> Manifest | None:
     """The manifest at ``path``; None when there is none, or when it is damaged (it is moved aside to
     ``<name>.damaged`` and the store is rebuilt: without a readable commit record no shard can be trusted)."""
-    import json
-
-    if not path.exists():
-        return None
     try:
-        manifest = json.loads(path.read_text())
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("shards", []), list):
-            raise ValueError("not a manifest object")
-        return manifest
-    except (ValueError, UnicodeDecodeError) as exc:
+        return Manifest.read(path)
+    except ManifestError as exc:
         aside = path.with_name(path.name + ".damaged")
         os.replace(path, aside)
-        log.warning("%s is damaged (%s); moved to %s, the store is rebuilt", path, " ".join(str(exc).split())[:120],
-                    aside.name)
+        log.warning("%s; moved to %s, the store is rebuilt", exc, aside.name)
         return None
 
 
-def _result(root: Path, manifest: dict[str, Any], reused: int, t0: float) -> ConvertResult:
+def _result(root: Path, manifest: Manifest, reused: int, t0: float) -> ConvertResult:
     return ConvertResult(
-        path=root, n_graphs=int(manifest.get("n_graphs", 0)), n_failed=int(manifest.get("n_failed", 0)),
-        n_shards=len(manifest.get("shards", [])), shards_reused=reused, seconds=time.perf_counter() - t0,
-        complete=bool(manifest.get("complete")),
+        path=root, n_graphs=manifest.n_graphs, n_failed=manifest.n_failed, n_shards=len(manifest.shards),
+        shards_reused=reused, seconds=time.perf_counter() - t0, complete=manifest.complete,
     )

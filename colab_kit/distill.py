@@ -88,8 +88,8 @@ def teacher_column(store: GraphStore, plan: Any, source: str | Path | None = Non
             f"{store.converter_name} graphs; use `python -m colab_kit run --data SOURCE --set teacher=...`, which "
             "converts the data for the teacher too")
     else:
-        _, own = predictor.prediction_store(source, target=store.manifest["source"].get("target_name") or None,
-                                            limit=store.manifest.get("limit"), progress=progress, should_stop=should_stop)
+        _, own = predictor.prediction_store(source, target=store.manifest.target_name, limit=store.manifest.limit,
+                                            progress=progress, should_stop=should_stop)
         if own is None:
             return None
     done = predictor.predict_store(own, progress=progress, should_stop=should_stop)

@@ -10,11 +10,12 @@ from typing import Any
 import torch
 
 from colab_kit import distributed
-from colab_kit.checkpoint import BEST, recover_best
+from colab_kit.checkpoint import recover_best
 from colab_kit.errors import ColabKitError
 from colab_kit.loader import make_loaders, splits_for
 from colab_kit.models import build_model
 from colab_kit.oom import memory_fix, retry_on_oom
+from colab_kit.run_folder import RunFolder
 from colab_kit.store import GraphStore
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ def trained_model_settings(weights: str | Path) -> dict[str, Any]:
     from colab_kit.checkpoint import CheckpointError, load_checkpoint
 
     try:
-        saved = load_checkpoint(Path(weights).parent / "checkpoints")
+        saved = load_checkpoint(RunFolder(Path(weights).parent).checkpoints)
     except CheckpointError:
         return {}
     plan = (saved or {}).get("plan") or {}
@@ -104,7 +105,7 @@ def trained_model_settings(weights: str | Path) -> dict[str, Any]:
 def load_weights(store: GraphStore, plan: Any, weights: str | Path) -> Any:
     """The model of ``plan.model`` for ``store`` with saved weights (``best.pt``, weights-only) loaded."""
     path = Path(weights)
-    if path.name == BEST and not recover_best(path.parent):  # a damaged or lost best.pt: rebuilt from a checkpoint
+    if path.name == RunFolder(path.parent).best.name and not recover_best(path.parent):  # a damaged or lost best.pt: rebuilt from a checkpoint
         raise EvaluationError(f"no model weights at {path}, and no checkpoint in {path.parent / 'checkpoints'} to "
                               "rebuild them from; train (or run) that model first, or pass the best.pt of a run")
     if not path.is_file():

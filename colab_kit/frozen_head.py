@@ -162,7 +162,7 @@ def run_head(plan: Any, progress: bool = True, should_stop: Any = None) -> dict[
     atomic_write_bytes(root / f"head{tag}.pt", buf.getvalue())
     atomic_write_json(root / f"head{tag}.json", {"features": "chgnet crystal_fea", "pretrained": plan.model_options.get("pretrained"),
                                            "n_features": int(x.shape[1]), "hidden": head.mlp[0].out_features,
-                                           "target": store.manifest["source"].get("target_name")})
+                                           "target": store.manifest.target_name})
     atomic_write_json(root / f"metrics{tag}.json", metrics)
     log.info("frozen CHGNet + head: test MAE %.4g (mean predictor %.4g); features %.1f s once, head %.1f s",
              metrics["test_mae"], metrics["mean_predictor_test_mae"], feature_s, info["seconds"])

@@ -9,7 +9,6 @@ few failures in a row mirroring stops for the run, said once. A restore copies b
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -18,53 +17,46 @@ from pathlib import Path
 from typing import Any
 
 from colab_kit.fsutil import CHECKSUMS
+from colab_kit.manifest import Manifest, ManifestError
+from colab_kit.run_folder import STORES, RunFolder
 
 log = logging.getLogger(__name__)
 
-# what is worth keeping, relative to the run directory
-STORE_DIRS = ("store", "store-structures")  # a run's graph store; its structure-only store (graph_edges=device)
-PATTERNS = ("plan.json",
-            *(f"{d}/{f}" for d in STORE_DIRS for f in ("manifest*.json", "shard-*.safetensors", "splits-*.npz",
-                                                        "teacher-*.npz")),
-            "checkpoints/*.pt", "checkpoints/checksums.json", "best.pt", "checksums.json", "metrics.jsonl", "metrics.csv", "timing.json", "report/*",
-            "fold-*.csv", "folds.csv", "results.json.gz")  # the last three: a benchmark's directory
-
-
 class Mirror:
-    """Copies completed files of ``run_dir`` to ``persist_dir`` (same relative layout).
+    """Copies completed files of a run folder to its persisted copy (same layout).
 
     A copy that fails is retried (``retries`` tries, ``wait`` s apart, growing); after ``give_up`` files in a row
     failed (a read-only or full Drive) mirroring stops for this run, said once: the run goes on locally and the
     same command, run again once the persist dir is fixed, mirrors what is done."""
 
-    def __init__(self, run_dir: str | Path, persist_dir: str | Path | None, retries: int = 3, wait: float = 0.5,
+    def __init__(self, folder: RunFolder, persist: RunFolder | None, retries: int = 3, wait: float = 0.5,
                  give_up: int = 3) -> None:
-        self.run_dir = Path(run_dir)
-        self.persist_dir = Path(persist_dir) if persist_dir else None
+        self.folder = folder
+        self.persist = persist
         self.retries, self.wait, self.give_up = retries, wait, give_up
         self.failures: list[str] = []
         self._in_a_row = 0
 
     @property
     def enabled(self) -> bool:
-        return self.persist_dir is not None
+        return self.persist is not None
 
-    def push(self, *relative: str | Path) -> bool:
-        """Copy these files (relative to the run dir) if they changed; False if any copy failed."""
-        if self.persist_dir is None:
-            return True
+    def push(self, *files: str | Path) -> bool:
+        """Copy these files (paths in the run folder, or relative to it) if they changed; False if any copy failed.
+        A file that is not there is skipped (the mirror copies what exists)."""
         ok = True
-        for rel in relative:
-            src = self.run_dir / rel
-            if src.is_file() and self.persist_dir is not None:
-                ok &= self._copy(src, self.persist_dir / rel)
+        for f in files:
+            rel = Path(f).relative_to(self.folder.root) if Path(f).is_absolute() else Path(f)
+            src = self.folder.root / rel
+            if src.is_file() and self.persist is not None:
+                ok &= self._copy(src, self.persist.root / rel)
         return ok
 
     def push_all(self) -> bool:
-        if self.persist_dir is None:
+        if self.persist is None:
             return True
-        rels = sorted({p.relative_to(self.run_dir) for pat in PATTERNS for p in self.run_dir.glob(pat) if p.is_file()},
-                      key=_record_first)
+        rels = sorted({p.relative_to(self.folder.root) for pat in self.folder.kept() for p in self.folder.root.glob(pat)
+                       if p.is_file()}, key=_record_first)
         return self.push(*rels)
 
     def _copy(self, src: Path, dst: Path) -> bool:
@@ -97,8 +89,8 @@ class Mirror:
         if self._in_a_row >= self.give_up:
             log.warning("mirroring to %s stops for this run: %d copies in a row failed (%s); the run goes on locally "
                         "only; fix the persist dir (or pass another --persist-dir) and run the same command again to "
-                        "mirror what is done", self.persist_dir, self._in_a_row, last)
-            self.persist_dir = None
+                        "mirror what is done", self.persist.root if self.persist else None, self._in_a_row, last)
+            self.persist = None
         return False
 
 
@@ -107,35 +99,35 @@ def _record_first(rel: Path) -> tuple[int, str]:
     return (0 if rel.name == CHECKSUMS else 1, str(rel))
 
 
-def restore(persist_dir: str | Path | None, run_dir: str | Path) -> list[str]:
-    """Copy a persisted run back into ``run_dir`` before any work, restoring only what passes its check.
+def restore(persist: RunFolder | None, folder: RunFolder) -> list[str]:
+    """Copy a persisted run back into ``folder`` before any work, restoring only what passes its check.
 
     Store shards must match the sha256 in their persisted manifest (a store whose persisted manifest is damaged is
     not restored at all: the converter rebuilds it); checkpoints and best weights must match the sha256 recorded
     beside them (:data:`colab_kit.fsutil.CHECKSUMS`, merged into the local record). A local file is kept when it
     has the persisted one's size and passes its own check. Returns what was restored.
     """
-    if persist_dir is None:
+    if persist is None or not persist.root.is_dir():
         return []
-    src_root, dst_root = Path(persist_dir), Path(run_dir)
-    if not src_root.is_dir():
-        return []
+    src_root, dst_root = persist.root, folder.root
     from colab_kit.fsutil import is_intact, merge_checksums
 
     checksums: dict[tuple[str, str], tuple[int, str]] = {}  # (store dir, shard) -> size, sha256
     untrusted: set[str] = set()  # store dirs whose persisted manifest is damaged
-    for mpath in (m for d in STORE_DIRS for m in (src_root / d).glob("manifest*.json")):
+    for mpath in (m for d in STORES for m in (src_root / d).glob("manifest*.json")):
         try:
-            for e in json.loads(mpath.read_text()).get("shards", []):
-                checksums[(mpath.parent.name, e["file"])] = (int(e["bytes"]), str(e["sha256"]))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            log.warning("persisted manifest %s is damaged (%s): its store is not restored; this run rebuilds it and "
-                        "mirrors the new one", mpath, " ".join(str(exc).split())[:100])
+            manifest = Manifest.read(mpath)
+        except ManifestError as exc:
+            log.warning("persisted manifest %s: its store is not restored; this run rebuilds it and mirrors the new one",
+                        exc)
             untrusted.add(mpath.parent.name)
+            continue
+        for e in manifest.shards if manifest is not None else []:
+            checksums[(mpath.parent.name, e.file)] = (e.bytes, e.sha256)
     for rec in sorted(src_root.rglob(CHECKSUMS)):
         merge_checksums(rec.parent, dst_root / rec.parent.relative_to(src_root))
     restored = []
-    for pat in PATTERNS:
+    for pat in persist.kept():
         for src in sorted(src_root.glob(pat)):
             if not src.is_file() or src.name == CHECKSUMS:
                 continue

@@ -145,7 +145,7 @@ def _shard_outputs(store: GraphStore, model: Any, shards: list[int], limits: lis
     plan: list[tuple[int, int]] = []  # (shard, batches of it)
     batches: list[list[int]] = []
     for k in shards:
-        a, b = int(store._starts[k]), int(store._starts[k + 1])
+        a, b = int(store.starts[k]), int(store.starts[k + 1])
         own = pack(np.arange(a, b), atoms, edges, limits[0], limits[1], limits[2])
         plan.append((k, len(own)))
         batches += own
@@ -190,7 +190,7 @@ def write_csv(store: GraphStore, key: str, path: str | Path, with_target: bool) 
             w = csv.writer(f)
             w.writerow(["id", "prediction", "target"] if with_target else ["id", "prediction"])
             for k in range(len(store.shards)):
-                sh = store._shard(k)
+                sh = store.shard(k)
                 pred = np.load(out / m["parts"][str(k)]["file"], allow_pickle=False)
                 for j, gid in enumerate(sh.ids):
                     row = [gid, f"{float(pred[j]):.9g}"]

@@ -155,7 +155,7 @@ class Predictor:
         done = self.predict_store(store, progress=progress, should_stop=should_stop)
         if not done.complete:
             return PredictResult(out, 0, 0, root, False)
-        with_target = bool(store.manifest["source"].get("target_name")) and bool(np.isfinite(store.targets()).any())
+        with_target = bool(store.manifest.target_name) and bool(np.isfinite(store.targets()).any())
         rows = write_csv(store, self.trained.weights_sha256, out, with_target)
         skipped = store.failures()
         buf = io.StringIO()

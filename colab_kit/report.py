@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from colab_kit.logs import format_duration
+from colab_kit.run_folder import RunFolder
 from colab_kit.store import atomic_write_bytes
 from colab_kit.units import target_label, target_name_for_axis, target_quantity, target_unit, with_unit
 
@@ -55,7 +56,7 @@ def mean_predictor_mae(targets: np.ndarray, train_idx: np.ndarray, eval_idx: np.
 
 def store_target_name(store: Any) -> str | None:
     """The label's column name that the store's source recorded (``"e_form"``; ``"target"`` for id_prop.csv)."""
-    return store.manifest.get("source", {}).get("target_name")
+    return store.manifest.target_name
 
 
 def format_timing(timing: dict[str, Any]) -> str:
@@ -204,13 +205,13 @@ def _finite(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
-def write_report(out: str | Path, *, plan: Any, store: Any, result: Any, test: dict[str, Any],
+def write_report(folder: RunFolder, *, plan: Any, store: Any, result: Any, test: dict[str, Any],
                  baseline_mae: float, timing: dict[str, Any], data_name: str,
                  target_name: str | None = None) -> dict[str, Any]:
-    """Write report/ files and return the metrics dict (also saved as metrics.json).
+    """Write the report files and return the metrics dict (also saved as metrics.json).
 
     Args:
-        out: the report folder.
+        folder: the run folder; the report goes into its report/ (RunFolder.report_file names the files).
         plan: the Plan the run used (``mode``, ``model``, ``device``, ``amp``, ``epochs``).
         store: the GraphStore trained on.
         result: the TrainResult (``status``, ``epochs_done``, ``best_epoch``, ``best_val_mae``, ``history``,
@@ -224,8 +225,8 @@ def write_report(out: str | Path, *, plan: Any, store: Any, result: Any, test: d
     Returns:
         metrics.json's content plus ``"files"`` (name -> path of each file written).
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    folder.report.mkdir(parents=True, exist_ok=True)
+    out = folder.report_file
     if target_name is None:
         target_name = getattr(plan, "target", None) or store_target_name(store)
     given = getattr(plan, "unit", None)
@@ -240,7 +241,7 @@ def write_report(out: str | Path, *, plan: Any, store: Any, result: Any, test: d
         "target_label": target_label(target_name, data_name, given),
         "unit": unit,
         "n_graphs": len(store),
-        "n_skipped": int(store.manifest.get("n_failed", 0)),
+        "n_skipped": store.manifest.n_failed,
         "converter": store.converter_name,
         "model": plan.model,
         "status": result.status,
@@ -255,17 +256,17 @@ def write_report(out: str | Path, *, plan: Any, store: Any, result: Any, test: d
         "time": time_,
         "history": result.history,
     }
-    atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False).encode())
-    files = {"metrics": str(out / "metrics.json")}
+    atomic_write_bytes(out("metrics.json"), json.dumps(metrics, indent=2, ensure_ascii=False).encode())
+    files = {"metrics": str(out("metrics.json"))}
     if result.history:
         title = (f"{plan.model} on {_short(data_name)}: {target_name_for_axis(target_name, data_name, given)}\n"
                  f"{result.status} after {result.epochs_done} of {plan.epochs} epochs")
         fig = loss_curve_figure(result.history, unit, result.best_epoch, title=title)
-        files["loss_curve"] = str(save_png(fig, out / "loss_curve.png"))
+        files["loss_curve"] = str(save_png(fig, out("loss_curve.png")))
     if n_test:
         fig = parity_figure(test["pred"], test["target"], mae=test["mae"], baseline_mae=baseline_mae,
                             target_name=target_name, data_name=data_name, unit=given)
-        files["parity"] = str(save_png(fig, out / "parity.png"))
+        files["parity"] = str(save_png(fig, out("parity.png")))
     b = metrics["budget"]
     summary = [
         f"data: {data_name} -> {len(store)} graphs ({store.converter_name}), {metrics['n_skipped']} skipped",
@@ -279,7 +280,7 @@ def write_report(out: str | Path, *, plan: Any, store: Any, result: Any, test: d
         format_scores("test", n_test, test["mae"], test["rmse"], baseline_mae, unit),
         f"time: {format_timing(time_)}; training {format_duration(time_['train_seconds'])} of it",
     ]
-    atomic_write_bytes(out / "summary.txt", ("\n".join(summary) + "\n").encode())
-    files["summary"] = str(out / "summary.txt")
+    atomic_write_bytes(out("summary.txt"), ("\n".join(summary) + "\n").encode())
+    files["summary"] = str(out("summary.txt"))
     metrics["files"] = files
     return metrics

@@ -4,15 +4,8 @@ detect → plan (done by the caller) → get data → restore from the persist d
 → train (resuming) → evaluate → report, each stage logging what it did and what it skipped because
 an earlier run had already done it. Running it again after a disconnect continues where it stopped.
 
-Run directory (``<work_dir>/<run name>/``, mirrored to ``<persist_dir>/<run name>/``)::
-
-    plan.json        the Plan this run used
-    run.log          everything logged, across resumes
-    store/           graph shards, manifest.json, splits-seed<N>.npz
-    checkpoints/     latest.pt, previous.pt
-    best.pt          model weights of the best validation epoch
-    metrics.jsonl/.csv  per-epoch metrics
-    report/          metrics.json, loss_curve.png, parity.png, summary.txt
+The run folder (``<work_dir>/<run name>/``, mirrored to ``<persist_dir>/<run name>/``) and every path in it are
+:class:`colab_kit.run_folder.RunFolder`'s.
 """
 
 from __future__ import annotations
@@ -29,8 +22,10 @@ from typing import Any, Callable
 
 from colab_kit import registry
 from colab_kit.errors import ColabKitError
+from colab_kit.fsutil import atomic_write_bytes, atomic_write_json
+from colab_kit.manifest import ShardEntry
 from colab_kit.plan import Plan
-from colab_kit.store import atomic_write_bytes
+from colab_kit.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +50,9 @@ def run_name(plan: Plan) -> str:
     return name
 
 
-def store_folder(plan: Plan) -> str:
-    """The run's store folder: ``store``, or ``store-structures`` for a structure-only store (graph_edges=device).
-    Both give the same graphs, so a run switched between them resumes from its checkpoint."""
-    from colab_kit.persist import STORE_DIRS
-
-    return STORE_DIRS[1] if getattr(plan, "graph_edges", "stored") == "device" else STORE_DIRS[0]
+def run_folder(plan: Plan, base: str | Path | None = None) -> RunFolder:
+    """The run folder of ``plan`` under ``base`` (default: its work dir; the persist dir for the mirror)."""
+    return RunFolder(Path(base if base is not None else plan.work_dir) / run_name(plan), plan.graph_edges == "device")
 
 
 def variant_suffix(plan: Plan) -> str:
@@ -70,9 +62,9 @@ def variant_suffix(plan: Plan) -> str:
     out = "".join(f"-{k}={v}" for k, v in plan.model_options.items() if k in spec.options and v != spec.options[k].default)
     if plan.target and not Path(plan.data).expanduser().is_dir():  # it picks the data's column: other labels
         out += f"-target={plan.target}"  # (a folder's id_prop.csv has one: there it is only the label's name)
-    if getattr(plan, "split", "random") == "matbench":
+    if plan.split == "matbench":
         out += f"-fold{plan.fold or 0}"
-    if getattr(plan, "teacher", None):
+    if plan.teacher:
         out += f"-teacher{hashlib.sha256(str(Path(plan.teacher).resolve()).encode()).hexdigest()[:8]}-a{plan.distill_alpha:g}"
     return out
 
@@ -84,8 +76,8 @@ class Timing:
     killed call loses only the time of the work it lost; ``last_call_seconds`` is the latest call's wall time.
     """
 
-    def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / "timing.json"
+    def __init__(self, folder: RunFolder) -> None:
+        self.path = folder.timing
         try:
             self.data: dict[str, Any] = json.loads(self.path.read_text())
         except (OSError, ValueError):
@@ -161,9 +153,8 @@ def _run(plan: Plan, fresh: bool, progress: bool, callbacks: list[Callable[[dict
     from colab_kit.sources import open_source
 
     t0 = time.perf_counter()
-    name = run_name(plan)
-    run_dir = Path(plan.work_dir) / name
-    persist = Path(plan.persist_dir) / name if plan.persist_dir else None
+    folder = run_folder(plan)
+    persist = run_folder(plan, plan.persist_dir) if plan.persist_dir else None
 
     def stage(name_: str, msg: str) -> None:
         log.info("== %s: %s", name_, msg)
@@ -173,69 +164,64 @@ def _run(plan: Plan, fresh: bool, progress: bool, callbacks: list[Callable[[dict
     if plan.world_size > 1:
         from colab_kit.distributed import refuse_fresh
 
-        refuse_fresh(fresh, plan.world_size, run_dir)
+        refuse_fresh(fresh, plan.world_size, folder.root)
         if plan.rank != 0:
-            return _follow(plan, run_dir, should_stop)
+            return _follow(plan, folder, should_stop)
     from colab_kit.folder_lock import clear, ensure_dir, hold
 
     ensure_dir(plan.work_dir, "the work dir", "pass --work-dir on a writable disk (on Colab, /content/...)")
     if plan.persist_dir:
         ensure_dir(plan.persist_dir, "the persist dir", "pass a writable --persist-dir (Drive mounted read-write), "
                    "or --set persist_dir=null to run without mirroring")
-    created = not run_dir.exists() and not (persist is not None and persist.exists())
-    with hold(run_dir, "run folder"):  # one writer per run folder: a second command stops here, in one line
+    created = not folder.root.exists() and not (persist is not None and persist.root.exists())
+    with hold(folder.root, "run folder"):  # one writer per run folder: a second command stops here, in one line
         if fresh:
-            for d in (run_dir, persist):
-                if d is not None and d.exists():
-                    log.info("--fresh: deleting %s", d)
-                    clear(d)
+            for d in (folder, persist):
+                if d is not None and d.root.exists():
+                    log.info("--fresh: deleting %s", d.root)
+                    clear(d.root)
         elif not created:
-            _announce_earlier_run(run_dir, persist, callbacks)
+            _announce_earlier_run(folder, persist, callbacks)
         try:
             # the data first: a misspelled name or a missing file must not leave an empty run folder behind
             stage("data", f"resolving {plan.data}")
             data_path = resolve(plan.data, Path(plan.work_dir) / "downloads", progress=progress, sha256=plan.data_sha256)
             open_source(data_path, target=plan.target)  # reads headers only: a wrong format fails here
-            return _pipeline(plan, run_dir, persist, data_path, progress, callbacks, should_stop, log_to_file, stage,
+            return _pipeline(plan, folder, persist, data_path, progress, callbacks, should_stop, log_to_file, stage,
                              t0)
         except ColabKitError:
-            if created and not _holds_work(run_dir):
-                shutil.rmtree(run_dir, ignore_errors=True)
+            if created and not folder.holds_work():
+                shutil.rmtree(folder.root, ignore_errors=True)
             raise
 
 
-def _announce_earlier_run(run_dir: Path, persist: Path | None,
+def _announce_earlier_run(folder: RunFolder, persist: RunFolder | None,
                           callbacks: list[Callable[[dict[str, Any]], None]]) -> None:
     """Say which earlier run this command continues (its folder and age) and how to start fresh instead: the default
     work dir is shared by every checkout and environment of this user."""
     from colab_kit.logs import format_duration
 
-    where = next((d for d in (run_dir, persist) if d is not None and (d / "timing.json").is_file()), None)
+    where = next((d for d in (folder, persist) if d is not None and d.timing.is_file()), None)
     if where is None:  # nothing ran here yet (a folder an earlier, failed start left)
         return
     try:
-        started = json.loads((where / "timing.json").read_text()).get("started")
+        started = json.loads(where.timing.read_text()).get("started")
     except (OSError, ValueError, AttributeError):
         started = None
     try:
-        last = max(p.stat().st_mtime for p in where.iterdir())
+        last = max(p.stat().st_mtime for p in where.root.iterdir())
     except (OSError, ValueError):
         return
     now = time.time()
     age = f"started {format_duration(now - started)} ago, " if isinstance(started, (int, float)) else ""
-    msg = (f"continuing the earlier run in {where} ({age}last written {format_duration(max(now - last, 0))} ago); "
+    msg = (f"continuing the earlier run in {where.root} ({age}last written {format_duration(max(now - last, 0))} ago); "
            "--fresh starts it over, --work-dir DIR keeps a separate one")
     log.info(msg)
     for cb in callbacks:
         cb({"event": "resume", "message": msg})
 
 
-def _holds_work(run_dir: Path) -> bool:
-    """Whether a run folder holds anything worth keeping: a store shard or a checkpoint."""
-    return any(run_dir.glob("store/shard-*")) or any(run_dir.glob("checkpoints/*.pt"))
-
-
-def _pipeline(plan: Plan, run_dir: Path, persist: Path | None, data_path: Path, progress: bool,
+def _pipeline(plan: Plan, folder: RunFolder, persist: RunFolder | None, data_path: Path, progress: bool,
               callbacks: list[Callable[[dict[str, Any]], None]], should_stop: Callable[[], bool],
               log_to_file: bool, stage: Callable[[str, str], None], t0: float) -> RunResult:
     from colab_kit.convert import build_store
@@ -247,33 +233,31 @@ def _pipeline(plan: Plan, run_dir: Path, persist: Path | None, data_path: Path, 
     from colab_kit.train import fit
 
     if log_to_file:
-        setup_logging(logging.getLogger("colab_kit").getEffectiveLevel() or logging.INFO, run_dir / "run.log")
-    mirror = Mirror(run_dir, persist)
+        setup_logging(logging.getLogger("colab_kit").getEffectiveLevel() or logging.INFO, folder.log)
+    mirror = Mirror(folder, persist)
     resumed: list[str] = []
     if persist is not None:
-        stage("restore", f"restoring earlier work from {persist}")
-        restored = restore(persist, run_dir)
+        stage("restore", f"restoring earlier work from {persist.root}")
+        restored = restore(persist, folder)
         if restored:
-            resumed.append(f"restored {len(restored)} files from {persist}")
-    for d in (run_dir, run_dir / "report"):
+            resumed.append(f"restored {len(restored)} files from {persist.root}")
+    for d in (folder.root, folder.report):
         remove_stale_temporaries(d)
-    timing = Timing(run_dir)
-    atomic_write_bytes(run_dir / "plan.json", plan.to_json().encode())
-    mirror.push("plan.json")
+    timing = Timing(folder)
+    atomic_write_bytes(folder.plan, plan.to_json().encode())
+    mirror.push(folder.plan)
 
-    store_dir = run_dir / store_folder(plan)
+    store_dir = folder.store
     converter = get_converter(plan.converter, cutoff=plan.cutoff, bond_cutoff=plan.bond_cutoff,
                               max_neighbors=plan.max_neighbors, on_isolated_atoms=plan.on_isolated_atoms,
                               edges=plan.graph_edges)
     if (store_dir / "manifest.json").exists():
         resumed.append("graph store found: converting only what is missing")
 
-    def on_shard(entry: dict[str, Any]) -> None:
+    def on_shard(entry: ShardEntry | None) -> None:  # each shard reaches the persist dir as soon as it is committed
         timing.add("convert_seconds")
-        if "file" in entry:
-            mirror.push(f"store/{entry['file']}", "store/manifest.json", "timing.json")
-        else:
-            mirror.push("store/manifest.json", "timing.json")
+        shard = [store_dir / entry.file] if entry is not None else []
+        mirror.push(*shard, store_dir / "manifest.json", folder.timing)
 
     stage("convert", f"{data_path} -> {store_dir} ({plan.converter} graphs, {plan.convert_workers} workers)")
     conv = build_store(data_path, store_dir, converter, workers=plan.convert_workers, shard_size=plan.shard_size,
@@ -281,13 +265,13 @@ def _pipeline(plan: Plan, run_dir: Path, persist: Path | None, data_path: Path, 
                        progress=progress, on_shard=on_shard, should_stop=should_stop)
     if not conv.complete:
         mirror.push_all()
-        return RunResult(run_dir, {"status": "stopped"}, {}, resumed, mirror.failures)
+        return RunResult(folder.root, {"status": "stopped"}, {}, resumed, mirror.failures)
     if conv.shards_reused:
         resumed.append(f"conversion reused {conv.shards_reused} of {conv.n_shards} shards")
     store = GraphStore(store_dir)
     mirror.push_all()
 
-    if (run_dir / "checkpoints" / "latest.pt").exists():
+    if folder.latest.exists():
         resumed.append("checkpoint found: training resumes from it")
     for msg in resumed:
         log.info("resume: %s", msg)
@@ -296,35 +280,33 @@ def _pipeline(plan: Plan, run_dir: Path, persist: Path | None, data_path: Path, 
 
     def on_train_event(ev: dict[str, Any]) -> None:
         if ev["event"] == "checkpoint":  # each folder's checksum record travels before the files it lists
-            mirror.push("checkpoints/checksums.json", "checkpoints/latest.pt", "checkpoints/previous.pt",
-                        "metrics.jsonl", "metrics.csv")
+            mirror.push(folder.checkpoints / "checksums.json", folder.latest, folder.previous, folder.metrics_jsonl,
+                        folder.metrics_csv)
         elif ev["event"] == "best":
-            mirror.push("checksums.json", "best.pt")
+            mirror.push(folder.root / "checksums.json", folder.best)
 
-    if plan.teacher:
-        from colab_kit.distill import teacher_column
+    train_targets = None
+    if plan.teacher:  # the teacher's column, computed (or read) here: training never loads a trained model itself
+        from colab_kit.distill import blended_targets, teacher_column
 
         stage("teacher", f"outputs of {plan.teacher} over the {len(store)} graphs (computed once, then cached)")
-        if teacher_column(store, plan, data_path, progress=progress, should_stop=should_stop) is None:
+        column = teacher_column(store, plan, data_path, progress=progress, should_stop=should_stop)
+        if column is None:
             mirror.push_all()
-            return RunResult(run_dir, {"status": "stopped"}, {}, resumed, mirror.failures)
+            return RunResult(folder.root, {"status": "stopped"}, {}, resumed, mirror.failures)
+        train_targets = blended_targets(store.targets(), column, plan.distill_alpha)
     if plan.world_size > 1:  # the other ranks have waited for this
-        from colab_kit.fsutil import atomic_write_json
-
-        atomic_write_json(run_dir / PREPARED, _prepared_key(plan))
+        atomic_write_json(folder.prepared, _prepared_key(plan))
     ranks = f" x {plan.world_size} ranks" if plan.world_size > 1 else ""
     stage("train", f"{plan.model} on {len(store)} graphs, {plan.epochs} epochs, device {plan.device}{ranks}")
-    result = fit(store, plan, run_dir, progress=progress, callbacks=[on_train_event, *callbacks],
-                 should_stop=should_stop)
+    result = fit(store, plan, folder.root, progress=progress, callbacks=[on_train_event, *callbacks],
+                 should_stop=should_stop, train_targets=train_targets)
     timing.set_train(result.train_seconds)
-    mirror.push("timing.json")
+    mirror.push(folder.timing)
     if result.status == "stopped":
         mirror.push_all()
-        return RunResult(run_dir, {"status": "stopped"}, {}, resumed, mirror.failures)
-    return _finish(plan, run_dir, store, result, timing, mirror, resumed, stage, t0)
-
-
-PREPARED = "prepared.json"  # rank 0 of a torchrun launch: the store (and teacher outputs) are ready
+        return RunResult(folder.root, {"status": "stopped"}, {}, resumed, mirror.failures)
+    return _finish(plan, folder, store, result, timing, mirror, resumed, stage, t0)
 
 
 def _prepared_key(plan: Plan) -> dict[str, Any]:
@@ -332,35 +314,35 @@ def _prepared_key(plan: Plan) -> dict[str, Any]:
             "distill_alpha": plan.distill_alpha, "world_size": plan.world_size}
 
 
-def _follow(plan: Plan, run_dir: Path, should_stop: Callable[[], bool]) -> RunResult:
+def _follow(plan: Plan, folder: RunFolder, should_stop: Callable[[], bool]) -> RunResult:
     """A rank other than 0 of a torchrun launch: wait until rank 0 has the data, store and teacher outputs ready
     (its ``prepared.json`` names this run and the store is complete), then train and evaluate its share. Rank 0
-    writes every file and the report; a stale marker of an earlier launch of the same run is safe to follow, because
-    what it marks is complete and rank 0 only reuses it."""
+    writes every file and the report, and hands every rank the teacher's targets; a stale marker of an earlier
+    launch of the same run is safe to follow, because what it marks is complete and rank 0 only reuses it."""
     from colab_kit.evaluate import evaluate_weights
     from colab_kit.store import GraphStore, StoreError
     from colab_kit.train import fit
 
     want = _prepared_key(plan)
-    log.info("rank %d: waiting for rank 0 to prepare %s", plan.rank, run_dir / store_folder(plan))
+    log.info("rank %d: waiting for rank 0 to prepare %s", plan.rank, folder.store)
     while True:
         if should_stop():
-            return RunResult(run_dir, {"status": "stopped"}, {})
+            return RunResult(folder.root, {"status": "stopped"}, {})
         try:
-            if json.loads((run_dir / PREPARED).read_text()) == want:
-                store = GraphStore(run_dir / store_folder(plan))
+            if json.loads(folder.prepared.read_text()) == want:
+                store = GraphStore(folder.store)
                 break
         except (OSError, ValueError, StoreError):
             pass
         time.sleep(0.5)
-    result = fit(store, plan, run_dir, progress=False, should_stop=should_stop)
+    result = fit(store, plan, folder.root, progress=False, should_stop=should_stop)
     if result.status == "stopped":
-        return RunResult(run_dir, {"status": "stopped"}, {})
-    test = evaluate_weights(store, plan, run_dir / "best.pt")  # gathered: rank 0 has every graph's prediction
-    return RunResult(run_dir, {"status": result.status, "rank": plan.rank, "test_mae": test["mae"]}, {})
+        return RunResult(folder.root, {"status": "stopped"}, {})
+    test = evaluate_weights(store, plan, folder.best)  # gathered: rank 0 has every graph's prediction
+    return RunResult(folder.root, {"status": result.status, "rank": plan.rank, "test_mae": test["mae"]}, {})
 
 
-def _finish(plan: Plan, run_dir: Path, store: Any, result: Any, timing: Timing, mirror: Any, resumed: list[str],
+def _finish(plan: Plan, folder: RunFolder, store: Any, result: Any, timing: Timing, mirror: Any, resumed: list[str],
             stage: Callable[[str, str], None], t0: float) -> RunResult:
     """Test-set evaluation with the best weights, the mean-predictor baseline, and the report."""
 
@@ -369,36 +351,35 @@ def _finish(plan: Plan, run_dir: Path, store: Any, result: Any, timing: Timing, 
     from colab_kit.report import mean_predictor_mae, write_report
 
     stage("evaluate", "test set with the best validation weights")
-    test = evaluate_weights(store, plan, run_dir / "best.pt")
+    test = evaluate_weights(store, plan, folder.best)
     splits = splits_for(store, plan)
     baseline = mean_predictor_mae(store.targets(), splits["train"], splits["test"])
-    stage("report", str(run_dir / "report"))
-    _write_item_records(run_dir / "report", store)
+    stage("report", str(folder.report))
+    _write_item_records(folder, store)
     timing.add("evaluate_seconds")
-    metrics = write_report(run_dir / "report", plan=plan, store=store, result=result, test=test,
-                           baseline_mae=baseline, timing=timing.summary(time.perf_counter() - t0),
-                           data_name=plan.data)
+    metrics = write_report(folder, plan=plan, store=store, result=result, test=test, baseline_mae=baseline,
+                           timing=timing.summary(time.perf_counter() - t0), data_name=plan.data)
     files = dict(metrics.pop("files"))
-    files["model"] = str(run_dir / "best.pt")
-    files["run_dir"] = str(run_dir)
+    files["model"] = str(folder.best)
+    files["run_dir"] = str(folder.root)
     mirror.push_all()
     if mirror.failures:
         log.warning("%d copies to the persist dir failed; see the warnings above", len(mirror.failures))
-    atomic_write_bytes(run_dir / "report" / "files.json", json.dumps(files, indent=2).encode())
-    return RunResult(run_dir, metrics, files, resumed, mirror.failures)
+    atomic_write_bytes(folder.report_file("files.json"), json.dumps(files, indent=2).encode())
+    return RunResult(folder.root, metrics, files, resumed, mirror.failures)
 
 
-def _write_item_records(report_dir: Path, store: Any) -> None:
+def _write_item_records(folder: RunFolder, store: Any) -> None:
     """report/skipped.csv (id, reason) and report/warnings.csv (id, warning): the structures conversion
     dropped, and those it kept although their parser warned."""
     import csv
     import io
 
-    report_dir.mkdir(parents=True, exist_ok=True)
+    folder.report.mkdir(parents=True, exist_ok=True)
     for name, rows, header in (("skipped.csv", store.failures(), ("id", "reason")),
                                ("warnings.csv", store.warnings(), ("id", "warning"))):
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(header)
         w.writerows(rows)
-        atomic_write_bytes(report_dir / name, buf.getvalue().encode())
+        atomic_write_bytes(folder.report_file(name), buf.getvalue().encode())

@@ -12,9 +12,10 @@ ids, targets, failures and warnings come in source order, so the bytes are those
 from __future__ import annotations
 
 from concurrent.futures import Executor, wait
-from typing import Any, Callable
+from typing import Callable
 
 from colab_kit.graphs import Converter
+from colab_kit.manifest import ShardEntry
 from colab_kit.sources import RawItem
 from colab_kit.store import write_shard
 
@@ -29,8 +30,10 @@ def slice_bounds(n: int, parts: int) -> list[tuple[int, int]]:
 
 
 def build_split_shard(pool: Executor, convert: ConvertFn, root: str, index: int, first_item: int,
-                      items: list[RawItem], converter: Converter, policy: str, fp: str, parts: int) -> dict[str, Any]:
-    """Convert ``items`` in ``parts`` slices on ``pool`` and write them as shard ``index``; returns its entry.
+                      items: list[RawItem], converter: Converter, policy: str, fp: str,
+                      parts: int) -> tuple[ShardEntry, list[tuple[str, str]]]:
+    """Convert ``items`` in ``parts`` slices on ``pool`` and write them as shard ``index``; returns its entry and its
+    first failures (for the main process's log), as a whole-shard build does.
 
     Args:
         pool: an idle pool of ``parts`` workers (an idle one, or the slices queue behind other work).
@@ -64,5 +67,4 @@ def build_split_shard(pool: Executor, convert: ConvertFn, root: str, index: int,
         failures += f
         warned += w
     entry = write_shard(root, index, graphs, ids, targets, failures, fp, first_item, len(items), warned)
-    entry["failures"] = failures[:50]  # for the main process's log only, as a whole-shard build returns it
-    return entry
+    return entry, failures[:50]

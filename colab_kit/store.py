@@ -35,9 +35,9 @@ from colab_kit.fsutil import (  # noqa: F401 - the store's API too
     has_sha256,
     sha256_file,
 )
+from colab_kit.manifest import FORMAT_VERSION, Manifest, ManifestError, ShardEntry
+from colab_kit.manifest import NAME as MANIFEST
 
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 SHARD_SUFFIX = ".safetensors"
 
 # per-graph ragged arrays: (name, pointer it is sliced by)
@@ -145,30 +145,24 @@ def pack_shard(graphs: list[dict[str, np.ndarray]], ids: list[str], targets: lis
 
 def write_shard(root: str | Path, index: int, graphs: list[dict[str, np.ndarray]], ids: list[str],
                 targets: list[float], failures: list[tuple[str, str]], fp: str,
-                first_item: int, n_items: int, warned: list[tuple[str, str]] = ()) -> dict[str, Any]:
+                first_item: int, n_items: int, warned: list[tuple[str, str]] = ()) -> ShardEntry:
     """Write one shard atomically; returns its manifest entry."""
     blob = pack_shard(graphs, ids, targets, failures, fp, warned)
     path = Path(root) / shard_name(index)
     atomic_write_bytes(path, blob)
-    return {
-        "index": index,
-        "file": path.name,
-        "first_item": first_item,
-        "n_items": n_items,
-        "n_graphs": len(graphs),
-        "n_failed": len(failures),
-        "n_warned": len({w[0] for w in warned}),
-        "n_atoms": int(sum(len(g["z"]) for g in graphs)),
+    return ShardEntry(
+        index=index, file=path.name, first_item=first_item, n_items=n_items, n_graphs=len(graphs),
+        n_failed=len(failures), n_warned=len({w[0] for w in warned}),
+        n_atoms=int(sum(len(g["z"]) for g in graphs)),
         # a structure-only store (edges built on the device) counts the edges its atoms will have
-        "n_edges": int(sum(len(g["nbr"]) if "nbr" in g else int(g["nbr_count"].sum()) for g in graphs)),
-        "bytes": len(blob),
-        "sha256": hashlib.sha256(blob).hexdigest(),
-    }
+        n_edges=int(sum(len(g["nbr"]) if "nbr" in g else int(g["nbr_count"].sum()) for g in graphs)),
+        bytes=len(blob), sha256=hashlib.sha256(blob).hexdigest(),
+    )
 
 
 # ---------------------------------------------------------------- reading
 
-class _Shard:
+class Shard:
     """One mmap'd shard file: arrays are plain ndarray views into the map (nothing copied until sliced).
 
     The header is read with ``read()`` before mapping (a page fault on a cold map pulls in a whole
@@ -250,33 +244,33 @@ class GraphStore:
     def __init__(self, root: str | Path, allow_partial: bool = False) -> None:
         self.root = Path(root)
         path = self.root / MANIFEST
-        if not path.exists():
-            raise StoreError(f"no graph store at {self.root} ({MANIFEST} missing); build one with `python -m colab_kit convert SOURCE --out {self.root}`")
         try:
-            self.manifest: dict[str, Any] = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise StoreError(f"{path} is damaged (not valid JSON: {' '.join(str(exc).split())[:80]}); {REBUILD}") from None
-        if self.manifest.get("format_version") != FORMAT_VERSION:
+            manifest = Manifest.read(path)
+        except ManifestError as exc:
+            raise StoreError(f"{exc}; {REBUILD}") from None
+        if manifest is None:
+            raise StoreError(f"no graph store at {self.root} ({MANIFEST} missing); build one with `python -m colab_kit convert SOURCE --out {self.root}`")
+        if manifest.format_version != FORMAT_VERSION:
             raise StoreError(
-                f"store {self.root} has format version {self.manifest.get('format_version')}, this colab_kit reads "
+                f"store {self.root} has format version {manifest.format_version}, this colab_kit reads "
                 f"{FORMAT_VERSION}; convert the data again into a new directory"
             )
-        if not self.manifest.get("complete") and not allow_partial:
-            done = len(self.manifest.get("shards", []))
-            raise StoreError(f"store {self.root} is incomplete ({done} shards done); run `python -m colab_kit convert` again to finish it")
-        self.shards = sorted(self.manifest.get("shards", []), key=lambda s: s["index"])
-        counts = np.array([s["n_graphs"] for s in self.shards], dtype=np.int64)
-        self._starts = np.concatenate(([0], np.cumsum(counts)))
-        self._n = int(self._starts[-1])
-        self.converter_name: str = self.manifest["converter"]
-        self.params: dict[str, Any] = self.manifest["params"]
-        self.fingerprint: str = self.manifest["fingerprint"]
-        self._open: dict[int, _Shard] = {}
+        if not manifest.complete and not allow_partial:
+            raise StoreError(f"store {self.root} is incomplete ({len(manifest.shards)} shards done); run `python -m colab_kit convert` again to finish it")
+        self.manifest: Manifest = manifest
+        self.shards: list[ShardEntry] = sorted(manifest.shards, key=lambda s: s.index)
+        counts = np.array([s.n_graphs for s in self.shards], dtype=np.int64)
+        self.starts = np.concatenate(([0], np.cumsum(counts)))  # the first graph of each shard, and the total
+        self._n = int(self.starts[-1])
+        self.converter_name: str = manifest.converter
+        self.params: dict[str, Any] = manifest.params
+        self.fingerprint: str = manifest.fingerprint
+        self._open: dict[int, Shard] = {}
         self._pid = os.getpid()
         self._converter: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"root": str(self.root), "allow_partial": not self.manifest.get("complete")}
+        return {"root": str(self.root), "allow_partial": not self.manifest.complete}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["root"], allow_partial=state["allow_partial"])  # type: ignore[misc]
@@ -284,13 +278,14 @@ class GraphStore:
     def __len__(self) -> int:
         return self._n
 
-    def _shard(self, k: int) -> _Shard:
+    def shard(self, k: int) -> Shard:
+        """Shard ``k``, mapped in this process on first use (and its sha256 checked then)."""
         if self._pid != os.getpid():  # forked: maps from the parent are not ours to reuse
             self._open, self._pid = {}, os.getpid()
         sh = self._open.get(k)
         if sh is None:
             meta = self.shards[k]
-            sh = self._open[k] = _Shard(self.root / meta["file"], self.fingerprint, meta["bytes"], meta.get("sha256"))
+            sh = self._open[k] = Shard(self.root / meta.file, self.fingerprint, meta.bytes, meta.sha256 or None)
         return sh
 
     def release(self, k: int) -> None:
@@ -301,21 +296,21 @@ class GraphStore:
     def locate(self, i: int) -> tuple[int, int]:
         if not 0 <= i < self._n:
             raise IndexError(f"graph index {i} out of range for a store of {self._n} graphs")
-        k = int(np.searchsorted(self._starts, i, side="right") - 1)
-        return k, i - int(self._starts[k])
+        k = int(np.searchsorted(self.starts, i, side="right") - 1)
+        return k, i - int(self.starts[k])
 
     def arrays(self, i: int) -> dict[str, np.ndarray]:
         """The compact arrays of graph ``i`` (views into the map)."""
         k, j = self.locate(i)
-        return self._shard(k).graph(j)
+        return self.shard(k).graph(j)
 
     def graph_id(self, i: int) -> str:
         k, j = self.locate(i)
-        return self._shard(k).ids[j]
+        return self.shard(k).ids[j]
 
     def target(self, i: int) -> float:
         k, j = self.locate(i)
-        return float(self._shard(k).target[j])
+        return float(self.shard(k).target[j])
 
     @property
     def converter(self) -> Any:
@@ -333,12 +328,12 @@ class GraphStore:
         """(graph ``i`` as :meth:`get` returns it, its target), with one index lookup; ``target`` replaces the
         stored one (a distillation target)."""
         k, j = self.locate(i)
-        sh = self._shard(k)
+        sh = self.shard(k)
         t = float(sh.target[j]) if target is None else float(target)
         return self.converter.to_graph(sh.graph(j), target=t, graph_id=sh.ids[j]), t
 
     def _per_graph(self, fn: Any) -> np.ndarray:
-        parts = [fn(self._shard(k)) for k in range(len(self.shards))]
+        parts = [fn(self.shard(k)) for k in range(len(self.shards))]
         return np.concatenate(parts) if parts else np.zeros(0)
 
     def sizes(self) -> tuple[np.ndarray, np.ndarray]:
@@ -351,30 +346,30 @@ class GraphStore:
         return self._per_graph(lambda s: s.target)
 
     def ids(self) -> list[str]:
-        return [i for k in range(len(self.shards)) for i in self._shard(k).ids]
+        return [i for k in range(len(self.shards)) for i in self.shard(k).ids]
 
     def failures(self) -> list[tuple[str, str]]:
         """(id, reason) of every structure that was skipped during conversion."""
-        return [f for k in range(len(self.shards)) for f in self._shard(k).failures]
+        return [f for k in range(len(self.shards)) for f in self.shard(k).failures]
 
     def warnings(self) -> list[tuple[str, str]]:
         """(id, warning) of every structure that converted although its parser warned (e.g. pymatgen
         rounding a CIF's coordinates)."""
-        return [w for k in range(len(self.shards)) for w in self._shard(k).warnings]
+        return [w for k in range(len(self.shards)) for w in self.shard(k).warnings]
 
     def verify(self) -> list[str]:
         """Check every shard's checksum; returns the problems found (empty when the store is sound)."""
         problems = []
         for meta in self.shards:
-            p = self.root / meta["file"]
+            p = self.root / meta.file
             if not p.exists():
                 problems.append(f"{p}: missing")
-            elif p.stat().st_size != meta["bytes"] or sha256_file(p) != meta["sha256"]:  # hashed again: verify is explicit
+            elif p.stat().st_size != meta.bytes or sha256_file(p) != meta.sha256:  # hashed again: verify is explicit
                 problems.append(f"{p}: checksum mismatch (damaged or modified)")
         return problems
 
 
-def _edge_counts(s: _Shard) -> np.ndarray:
+def _edge_counts(s: Shard) -> np.ndarray:
     """Directed edges per graph of a shard: from its edge pointer, or (a structure-only store, whose edges are built
     on the device) from the per-atom edge counts."""
     if not len(s):
@@ -382,3 +377,11 @@ def _edge_counts(s: _Shard) -> np.ndarray:
     if "edge_ptr" in s.ptr:
         return np.diff(s.ptr["edge_ptr"])
     return np.add.reduceat(s.arrays["nbr_count"].astype(np.int64), s.ptr["atom_ptr"][:-1])
+
+
+def read_manifest(path: str | Path) -> Manifest | None:
+    """The manifest at ``path`` (None when there is none or it is damaged): for code that only looks."""
+    try:
+        return Manifest.read(path)
+    except ManifestError:
+        return None

@@ -29,24 +29,18 @@ import torch
 
 from colab_kit import device_feed, distributed, registry
 from colab_kit.checkpoint import load_checkpoint, recover_best, restore_rank_rng, rng_state, save_best, save_checkpoint
-from colab_kit.distill import distill_targets
 from colab_kit.evaluate import amp_dtype_for, evaluate_with_backoff
-from colab_kit.fsutil import remove_stale_temporaries
+from colab_kit.fsutil import atomic_write_bytes, remove_stale_temporaries
 from colab_kit.loader import make_loaders, splits_for
 from colab_kit.memory import Budget, static_budget
 from colab_kit.models import build_model
-from colab_kit.oom import retry_on_oom
+from colab_kit.oom import memory_fix, retry_on_oom
+from colab_kit.plan import Plan
 from colab_kit.reproducible import reproducible_on_cpu, seed_everything, use_threads
+from colab_kit.run_folder import RunFolder
 from colab_kit.schedule import lr_factor, make_scheduler  # noqa: F401 - the trainer's API too
-from colab_kit.store import GraphStore, atomic_write_bytes
-from colab_kit.train_budget import (  # noqa: F401 - TrainingError: the trainer's API too
-    OOM_HINT,
-    TrainingError,
-    agreed,
-    initial_budget,
-    read_oom_hint,
-    shrink_budget,
-)
+from colab_kit.store import GraphStore
+from colab_kit.train_budget import TrainingError, agreed, initial_budget, read_oom_hint, write_oom_hint
 from colab_kit.train_state import TrainState, check_resume
 
 log = logging.getLogger(__name__)
@@ -65,23 +59,23 @@ class TrainResult:
     train_seconds: float = 0.0
 
 
-def write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
+def write_metrics(folder: RunFolder, history: list[dict[str, Any]]) -> None:
     """Per-epoch metrics as metrics.jsonl and metrics.csv, each replaced atomically."""
-    atomic_write_bytes(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history).encode())
+    atomic_write_bytes(folder.metrics_jsonl, "".join(json.dumps(h) + "\n" for h in history).encode())
     if history:
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=list(history[0]))
         w.writeheader()
         w.writerows(history)
-        atomic_write_bytes(out / "metrics.csv", buf.getvalue().encode())
+        atomic_write_bytes(folder.metrics_csv, buf.getvalue().encode())
 
 
 @dataclass
-class _Loop:
+class TrainLoop:
     """What the epoch functions share: set up once by :func:`fit`."""
 
-    plan: Any
-    out: Path
+    plan: Plan
+    folder: RunFolder
     state: TrainState
     model: Any
     optimizer: Any
@@ -116,9 +110,23 @@ class _Loop:
                 cb(event)
 
 
+@dataclass
+class FitOptions:
+    """How :func:`fit` runs, beside the store, the Plan and the folder (see its arguments)."""
+
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    resume: bool = True
+    progress: bool = True
+    callbacks: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
+    should_stop: Callable[[], bool] = lambda: False
+    calibrate: bool = True
+    step_hook: Callable[[Any], None] | None = None
+    train_targets: np.ndarray | None = None
+
+
 def fit(
     store: GraphStore,
-    plan: Any,
+    plan: Plan,
     out_dir: str | Path,
     *,
     model_kwargs: dict[str, Any] | None = None,
@@ -128,36 +136,38 @@ def fit(
     should_stop: Callable[[], bool] | None = None,
     calibrate_budget: bool | None = None,
     step_hook: Callable[[Any], None] | None = None,
+    train_targets: np.ndarray | None = None,
 ) -> TrainResult:
-    """Train ``plan.model`` on ``store``; writes checkpoints/, best.pt, metrics.jsonl/csv under ``out_dir``.
+    """Train ``plan.model`` on ``store``; writes checkpoints/, best.pt, metrics.jsonl/csv under ``out_dir``
+    (a :class:`~colab_kit.run_folder.RunFolder`'s training part).
 
     Args:
         callbacks: called with {"event": "step"|"epoch"|"checkpoint"|"best", ...} (the notebook's live plot).
         should_stop: polled before every step; True checkpoints at the current step and returns "stopped".
         calibrate_budget: overrides ``plan.calibrate`` (measure the batch budget with real steps).
         step_hook: called with each batch before its forward pass (tests use it to inject failures).
+        train_targets: ``[N]`` targets that replace the stored labels in the training split (a teacher's blend,
+            :func:`colab_kit.distill.distill_targets`); validation and test see the labels. Under torchrun rank 0's
+            are used on every rank.
 
     Under torchrun (``plan.world_size`` > 1) every rank calls this with the same arguments: each trains on its
     share of every epoch's batches in DistributedDataParallel, and rank 0 writes the files (:mod:`colab_kit.distributed`).
 
     Raises:
         PlanError: the checkpoint in ``out_dir`` was made with other shape-fixing settings.
-        TrainingError: out of memory even for a single graph.
+        TrainingError: out of memory even for a single graph, or the loss diverged.
     """
+    options = FitOptions(dict(model_kwargs or {}), resume, progress, list(callbacks or []),
+                         should_stop or (lambda: False), plan.calibrate if calibrate_budget is None else calibrate_budget,
+                         step_hook, train_targets)
     distributed.start(distributed.plan_world(plan), plan.device)
     use_threads(plan.threads)
     with reproducible_on_cpu(torch.device(plan.device), getattr(registry.model(plan.model), "deterministic", False)):
-        return _fit(store, plan, out_dir, model_kwargs, resume, progress, callbacks, should_stop, calibrate_budget,
-                    step_hook)
+        return _fit(store, plan, RunFolder(Path(out_dir)), options)
 
 
-def _fit(store: GraphStore, plan: Any, out_dir: str | Path, model_kwargs: dict[str, Any] | None, resume: bool,
-         progress: bool, callbacks: list[Callable[[dict[str, Any]], None]] | None,
-         should_stop: Callable[[], bool] | None, calibrate_budget: bool | None,
-         step_hook: Callable[[Any], None] | None) -> TrainResult:
-    loop = _setup(store, plan, Path(out_dir), model_kwargs or {}, resume, progress, list(callbacks or []),
-                  should_stop or (lambda: False), step_hook,
-                  plan.calibrate if calibrate_budget is None else calibrate_budget)
+def _fit(store: GraphStore, plan: Plan, folder: RunFolder, options: FitOptions) -> TrainResult:
+    loop = _setup(store, plan, folder, options)
     st = loop.state
     resumed_from = None
     if st.step or st.history or st.sampler.get("offset"):
@@ -177,35 +187,32 @@ def _fit(store: GraphStore, plan: Any, out_dir: str | Path, model_kwargs: dict[s
         st.status = "finished"
         checkpoint(loop)
     status = "stopped" if stopped else st.status
-    return TrainResult(loop.out, status, len(st.history), st.best["epoch"], st.best["val_mae"], st.history,
+    return TrainResult(folder.root, status, len(st.history), st.best["epoch"], st.best["val_mae"], st.history,
                        loop.budget, resumed_from, st.train_seconds)
 
 
-def _setup(store: GraphStore, plan: Any, out: Path, model_kwargs: dict[str, Any], resume: bool, progress: bool,
-           callbacks: list[Callable[[dict[str, Any]], None]], should_stop: Callable[[], bool],
-           step_hook: Callable[[Any], None] | None, calibrate_budget: bool) -> _Loop:
+def _setup(store: GraphStore, plan: Plan, folder: RunFolder, options: FitOptions) -> TrainLoop:
     main = distributed.rank() == 0
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = out / "checkpoints"
+    folder.checkpoints.mkdir(parents=True, exist_ok=True)
     if main:
-        for d in (out, ckpt_dir):  # temporaries of a run that was killed mid-write
+        for d in (folder.root, folder.checkpoints):  # temporaries of a run that was killed mid-write
             remove_stale_temporaries(d)
     device = torch.device(plan.device)
     amp_dtype, use_scaler = amp_dtype_for(plan, device)
     seed_everything(plan.seed)
-    # rank 0 reads (or makes) the split, the teacher's targets and the checkpoint; the others receive them
+    # rank 0 reads (or makes) the split and the checkpoint, and has the targets; the others receive them
     splits = distributed.broadcast(splits_for(store, plan) if main else None)
-    # before the student is built: a teacher computed here is freed
-    train_targets = distributed.broadcast(distill_targets(store, plan) if main else None)
+    train_targets = distributed.broadcast(options.train_targets if main else None)
     train_y = store.targets()[splits["train"]]
     mean, std = float(np.mean(train_y)), float(np.std(train_y) or 1.0)
     model = build_model(plan.model, target_mean=mean, target_std=std, graph_params=store.params,
-                        options={**plan.model_options, **model_kwargs}).to(device)
+                        options={**plan.model_options, **options.model_kwargs}).to(device)
     step_time = None
-    saved, hint = distributed.broadcast((load_checkpoint(ckpt_dir) if resume else None, read_oom_hint(ckpt_dir))
+    saved, hint = distributed.broadcast((load_checkpoint(folder.checkpoints) if options.resume else None,
+                                         read_oom_hint(folder))
                                         if main else None)
     if saved is not None:
-        check_resume(saved.get("plan", {}), plan, str(ckpt_dir))
+        check_resume(saved.get("plan", {}), plan, str(folder.checkpoints))
         state = TrainState.from_dict(saved)
         budget = Budget(**state.budget)
         if state.world_size != distributed.size():
@@ -214,7 +221,7 @@ def _setup(store: GraphStore, plan: Any, out: Path, model_kwargs: dict[str, Any]
                      state.sampler["offset"], distributed.size())
     else:
         state = TrainState(plan=plan.to_dict())
-        budget, step_time = (initial_budget(model, store, splits, plan, device, amp_dtype) if calibrate_budget
+        budget, step_time = (initial_budget(model, store, splits, plan, device, amp_dtype) if options.calibrate
                              else (static_budget(plan), None))
         budget = agreed(budget)
         seed_everything(plan.seed)  # calibration must not change the run's random stream
@@ -231,8 +238,9 @@ def _setup(store: GraphStore, plan: Any, out: Path, model_kwargs: dict[str, Any]
     optimizer = torch.optim.AdamW(params, lr=plan.lr, weight_decay=plan.weight_decay)
     scheduler = make_scheduler(optimizer, plan)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    loop = _Loop(plan, out, state, model, optimizer, scheduler, scaler, loaders, budget, device, amp_dtype, std,
-                 progress and main, callbacks, should_stop, step_hook, world=distributed.size(), main=main)
+    loop = TrainLoop(plan, folder, state, model, optimizer, scheduler, scaler, loaders, budget, device, amp_dtype, std,
+                     options.progress and main, options.callbacks, options.should_stop, options.step_hook,
+                     world=distributed.size(), main=main)
     if saved is not None:
         model.load_state_dict(state.model)
         optimizer.load_state_dict(state.optimizer)
@@ -245,7 +253,7 @@ def _setup(store: GraphStore, plan: Any, out: Path, model_kwargs: dict[str, Any]
         loop.sampler.set_budget(budget.max_atoms, budget.max_edges)
         restore_rank_rng(state.rng_ranks or [state.rng], distributed.rank(), distributed.size(), plan.seed, state.step)
         if main and state.history and state.best.get("epoch", -1) > 0:
-            recover_best(out)  # a damaged or lost best.pt comes back from the checkpoint before it is needed
+            recover_best(folder.root)  # a damaged or lost best.pt comes back from the checkpoint before it is needed
     elif hasattr(model, "init_output"):  # an output head fitted to the targets before the first step
         head = [model.to_device(b, device) for b in itertools.islice(iter(loaders["train"]), 16)]
         model.init_output(head)
@@ -278,7 +286,7 @@ def _say_how_long(plan: Any, state: TrainState, loaders: dict[str, Any], step_ti
              format_duration(per_epoch * plan.epochs))
 
 
-def train_epoch(loop: _Loop) -> bool:
+def train_epoch(loop: TrainLoop) -> bool:
     """Train the rest of the current epoch; False when a stop was requested (a checkpoint is saved)."""
     st, sampler, plan = loop.state, loop.sampler, loop.plan
     from tqdm.auto import tqdm
@@ -324,7 +332,35 @@ def train_epoch(loop: _Loop) -> bool:
     return done
 
 
-def _sync(loop: _Loop, stop: bool, due: bool) -> tuple[bool, bool]:
+MAX_OOM_RETRIES = 8
+
+
+def shrink_budget(loop: TrainLoop, exc: BaseException) -> None:
+    """After an out-of-memory step: halve the budget (the rest of the epoch is re-packed), or give up."""
+    loop.optimizer.zero_grad(set_to_none=True)
+    loop.ooms += 1
+    n, b = loop.last_graphs, loop.budget
+    if loop.world > 1:  # the other ranks wait in a gradient all-reduce: this launch cannot go on
+        half = b.shrink(0.5)
+        write_oom_hint(loop.folder, half)
+        raise TrainingError(
+            f"out of memory on rank {distributed.rank()} on a batch of {n} graph(s) with budget {b.max_atoms} atoms / "
+            f"{b.max_edges} edges; run the same command again: it resumes from the last checkpoint with the budget "
+            f"halved ({half.max_atoms} atoms / {half.max_edges} edges)"
+        ) from exc
+    if loop.ooms > MAX_OOM_RETRIES or n <= 1:
+        raise TrainingError(
+            f"out of memory {loop.ooms} times in a row, the last on a batch of {n} graph(s) with budget "
+            f"{b.max_atoms} atoms / {b.max_edges} edges; {memory_fix(loop.device)}"
+        ) from exc
+    loop.budget = b.shrink(0.5)
+    loop.sampler.set_budget(loop.budget.max_atoms, loop.budget.max_edges)
+    loop.state.budget = dataclasses.asdict(loop.budget)
+    log.warning("out of memory on a batch of %d graphs: budget shrunk to %d atoms / %d edges; retrying",
+                n, loop.budget.max_atoms, loop.budget.max_edges)
+
+
+def _sync(loop: TrainLoop, stop: bool, due: bool) -> tuple[bool, bool]:
     """Add the last step's loss of every rank to the state; (stop, checkpoint due) true on any rank."""
     st = loop.state
     flag_stop, flag_due, loss_sum, graphs = distributed.all_sum(float(stop), float(due), *loop.pending) \
@@ -337,7 +373,7 @@ def _sync(loop: _Loop, stop: bool, due: bool) -> tuple[bool, bool]:
     return bool(flag_stop), bool(flag_due)
 
 
-def train_step(loop: _Loop, batch: Any, n: int | None = None, n_step: int | None = None, moved: Any = None) -> float:
+def train_step(loop: TrainLoop, batch: Any, n: int | None = None, n_step: int | None = None, moved: Any = None) -> float:
     """One optimiser step on ``batch``; returns the sum over its ``n`` counted graphs of the squared error in units
     of the target's std² (the loss is its mean).
 
@@ -379,7 +415,7 @@ def train_step(loop: _Loop, batch: Any, n: int | None = None, n_step: int | None
 MAX_BAD_STEPS = 3
 
 
-def _diverged(loop: _Loop, value: float) -> TrainingError:
+def _diverged(loop: TrainLoop, value: float) -> TrainingError:
     st, plan = loop.state, loop.plan
     last = st.history[-1]["epoch"] if st.history else 0
     return TrainingError(
@@ -388,12 +424,12 @@ def _diverged(loop: _Loop, value: float) -> TrainingError:
         f"(last finished epoch: {last}); start over with a smaller learning rate: --fresh --set lr={plan.lr / 10:g}")
 
 
-def validate(loop: _Loop) -> dict[str, Any]:
+def validate(loop: TrainLoop) -> dict[str, Any]:
     """MAE / RMSE on the validation split (eval batches shrink on out-of-memory)."""
     return evaluate_with_backoff(loop.model, loop.loaders["val"], loop.device, loop.amp_dtype)
 
 
-def end_epoch(loop: _Loop) -> None:
+def end_epoch(loop: TrainLoop) -> None:
     """Validate, step the schedule, record the epoch, keep the best weights, decide on early stopping."""
     st, sampler, plan = loop.state, loop.sampler, loop.plan
     val = validate(loop)
@@ -412,12 +448,12 @@ def end_epoch(loop: _Loop) -> None:
         # kept in every checkpoint too: a damaged or lost best.pt is rebuilt from one (checkpoint.recover_best)
         st.best_model = {k: v.detach().to("cpu", copy=True) for k, v in loop.model.state_dict().items()}
         if loop.main:
-            save_best(loop.out, st.best_model)
+            save_best(loop.folder.root, st.best_model)
         loop.emit({"event": "best", "epoch": epoch + 1})
     else:
         st.bad_epochs += 1
     if loop.main:
-        write_metrics(loop.out, st.history)
+        write_metrics(loop.folder, st.history)
     log.info("epoch %d: train loss %.4f, val MAE %.4f, RMSE %.4f", epoch + 1, row["train_loss"], val["mae"], val["rmse"])
     loop.emit({"event": "epoch", **row})
     if st.bad_epochs >= plan.patience and sampler.epoch < plan.epochs:
@@ -426,7 +462,7 @@ def end_epoch(loop: _Loop) -> None:
     checkpoint(loop)
 
 
-def _tick(loop: _Loop) -> None:
+def _tick(loop: TrainLoop) -> None:
     """Add the compute time since the last tick to the state (so it survives a resume)."""
     now = time.perf_counter()
     loop.state.epoch_seconds += now - loop.mark
@@ -434,7 +470,7 @@ def _tick(loop: _Loop) -> None:
     loop.mark = now
 
 
-def checkpoint(loop: _Loop) -> None:
+def checkpoint(loop: TrainLoop) -> None:
     """Save the whole :class:`TrainState` atomically (the previous checkpoint is kept); with several ranks, rank 0
     saves it with every rank's random streams."""
     _tick(loop)
@@ -445,8 +481,8 @@ def checkpoint(loop: _Loop) -> None:
         st.scheduler, st.scaler = loop.scheduler.state_dict(), loop.scaler.state_dict()
         st.sampler, st.epoch, st.rng = loop.sampler.state_dict(), loop.sampler.epoch, streams[0]
         st.rng_ranks, st.world_size = (streams if loop.world > 1 else []), loop.world
-        save_checkpoint(loop.out / "checkpoints", st.to_dict())
+        save_checkpoint(loop.folder.checkpoints, st.to_dict())
         st.model = st.optimizer = st.scheduler = st.scaler = {}  # saved: hold no references to them
-        (loop.out / "checkpoints" / OOM_HINT).unlink(missing_ok=True)  # its budget is in the checkpoint now
+        loop.folder.oom_hint.unlink(missing_ok=True)  # its budget is in the checkpoint now
     loop.last_ckpt = time.monotonic()
     loop.emit({"event": "checkpoint", "epoch": loop.sampler.epoch, "step": st.step})

@@ -3,7 +3,7 @@ a torchrun launch (the smallest wins: every rank must plan the same batches), ha
 
 In one process the epoch is re-packed under the halved budget and training goes on; in a distributed launch the
 other ranks wait in a gradient all-reduce, so the rank saves the halved budget beside the checkpoints
-(:data:`OOM_HINT`) and stops the launch: the same command resumes with it.
+(:func:`write_oom_hint`) and stops the launch: the same command resumes with it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import copy
 import dataclasses
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,28 +19,31 @@ import torch
 
 from colab_kit import distributed
 from colab_kit.errors import ColabKitError
+from colab_kit.fsutil import atomic_write_bytes
 from colab_kit.loader import dataset_and_collate
 from colab_kit.memory import Budget, StepTime, calibrate, static_budget
-from colab_kit.oom import memory_fix
-from colab_kit.store import GraphStore, atomic_write_bytes
+from colab_kit.run_folder import RunFolder
+from colab_kit.store import GraphStore
 
 log = logging.getLogger(__name__)
-MAX_OOM_RETRIES = 8
 
 
 class TrainingError(ColabKitError, RuntimeError):
     """Training cannot go on; the message says what to change."""
 
 
-OOM_HINT = "oom-budget.json"
-
-
-def read_oom_hint(ckpt_dir: Path) -> Budget | None:
+def read_oom_hint(folder: RunFolder) -> Budget | None:
     """The halved budget a rank saved when it ran out of memory in a distributed launch (None when there is none)."""
     try:
-        return Budget(**json.loads((ckpt_dir / OOM_HINT).read_text()))
+        return Budget(**json.loads(folder.oom_hint.read_text()))
     except (OSError, ValueError, TypeError):
         return None
+
+
+def write_oom_hint(folder: RunFolder, budget: Budget) -> None:
+    """Leave ``budget`` for the next launch of this run (a distributed launch cannot shrink its budget and go on)."""
+    folder.checkpoints.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(folder.oom_hint, json.dumps(dataclasses.asdict(budget)).encode())
 
 
 def initial_budget(model: Any, store: GraphStore, splits: dict[str, np.ndarray], plan: Any, device: torch.device,
@@ -76,28 +78,3 @@ def agreed(budget: Budget) -> Budget:
         return budget
     max_atoms, max_edges = distributed.all_min(budget.max_atoms, budget.max_edges)
     return Budget(max_atoms, max_edges, f"{budget.how}; the smallest over {distributed.size()} ranks")
-
-
-def shrink_budget(loop: Any, exc: BaseException) -> None:
-    """After an out-of-memory step: halve the budget (the rest of the epoch is re-packed), or give up."""
-    loop.optimizer.zero_grad(set_to_none=True)
-    loop.ooms += 1
-    n, b = loop.last_graphs, loop.budget
-    if loop.world > 1:  # the other ranks wait in a gradient all-reduce: this launch cannot go on
-        half = b.shrink(0.5)
-        atomic_write_bytes(loop.out / "checkpoints" / OOM_HINT, json.dumps(dataclasses.asdict(half)).encode())
-        raise TrainingError(
-            f"out of memory on rank {distributed.rank()} on a batch of {n} graph(s) with budget {b.max_atoms} atoms / "
-            f"{b.max_edges} edges; run the same command again: it resumes from the last checkpoint with the budget "
-            f"halved ({half.max_atoms} atoms / {half.max_edges} edges)"
-        ) from exc
-    if loop.ooms > MAX_OOM_RETRIES or n <= 1:
-        raise TrainingError(
-            f"out of memory {loop.ooms} times in a row, the last on a batch of {n} graph(s) with budget "
-            f"{b.max_atoms} atoms / {b.max_edges} edges; {memory_fix(loop.device)}"
-        ) from exc
-    loop.budget = b.shrink(0.5)
-    loop.sampler.set_budget(loop.budget.max_atoms, loop.budget.max_edges)
-    loop.state.budget = dataclasses.asdict(loop.budget)
-    log.warning("out of memory on a batch of %d graphs: budget shrunk to %d atoms / %d edges; retrying",
-                n, loop.budget.max_atoms, loop.budget.max_edges)

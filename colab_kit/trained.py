@@ -20,6 +20,7 @@ import torch
 
 from colab_kit.errors import ColabKitError
 from colab_kit.fsutil import atomic_write_bytes, atomic_write_json, sha256_file
+from colab_kit.run_folder import RunFolder
 
 SPEC_FILE = "model.json"
 WEIGHTS_FILE = "weights.pt"
@@ -62,7 +63,7 @@ class TrainedModel:
         from colab_kit.models import build_model
 
         module = build_model(self.model, graph_params=self.graph_params, options=self.options)
-        if self.weights.name == "best.pt":
+        if self.weights == RunFolder(self.weights.parent).best:
             from colab_kit.checkpoint import recover_best
 
             recover_best(self.weights.parent)  # damaged since it was found: rebuilt from a checkpoint
@@ -100,10 +101,11 @@ def load_trained(path: str | Path) -> TrainedModel:
         raise TrainedModelError(
             f"{path} holds no {SPEC_FILE}, plan.json or checkpoint: colab_kit cannot tell which model these weights "
             "are; pass the run directory that trained them, or export one with `python -m colab_kit export`")
-    weights = weights or root / "best.pt"
+    folder = RunFolder(root)
+    weights = weights or folder.best
     from colab_kit.checkpoint import recover_best
 
-    if weights.name == "best.pt" and not recover_best(weights.parent):
+    if weights == RunFolder(weights.parent).best and not recover_best(weights.parent):
         raise TrainedModelError(f"{root} has no best.pt yet, and no checkpoint to rebuild it from: training has not "
                                 "finished a validation epoch; run the same training command again to continue it")
     from colab_kit.graphs import get_converter
@@ -130,25 +132,25 @@ def _from_spec(root: Path, weights: Path | None) -> TrainedModel:
 
 def _saved_plan(root: Path) -> dict[str, Any] | None:
     """The Plan a run directory (plan.json) or a training directory (its checkpoint) trained with."""
-    if (root / "plan.json").exists():
-        return json.loads((root / "plan.json").read_text())
+    folder = RunFolder(root)
+    if folder.plan.exists():
+        return json.loads(folder.plan.read_text())
     from colab_kit.checkpoint import CheckpointError, load_checkpoint
 
     try:
-        saved = load_checkpoint(root / "checkpoints")
+        saved = load_checkpoint(folder.checkpoints)
     except CheckpointError:
         return None
     return (saved or {}).get("plan") or None
 
 
 def _store_target(root: Path) -> str | None:
-    from colab_kit.persist import STORE_DIRS
+    from colab_kit.store import read_manifest
 
-    for folder in STORE_DIRS:  # colab_kit.runner.store_folder
-        try:
-            return json.loads((root / folder / "manifest.json").read_text()).get("source", {}).get("target_name") or None
-        except (OSError, ValueError):
-            continue
+    for store in RunFolder(root).stores:
+        manifest = read_manifest(store / "manifest.json")
+        if manifest is not None:
+            return manifest.target_name
     return None
 
 

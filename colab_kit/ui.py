@@ -31,6 +31,7 @@ from colab_kit.errors import ColabKitError
 from colab_kit.notebook_output import _into_panel, render_loss_plot
 from colab_kit.panel_text import _esc, _files_html, _machine_line, _plan_html
 from colab_kit.plan import MODES, Plan, PlanError, make_plan
+from colab_kit.run_folder import RunFolder
 
 if TYPE_CHECKING:
     from colab_kit.detect import Machine
@@ -308,10 +309,10 @@ class ControlPanel:
         return self.result
 
     def _work(self, plan: Plan, fresh: bool) -> None:
-        from colab_kit.runner import run, run_name
+        from colab_kit.runner import run, run_folder
 
         t0 = time.perf_counter()
-        with _into_panel(self.output, Path(plan.work_dir) / run_name(plan) / "run.log"):
+        with _into_panel(self.output, run_folder(plan).log):
             try:
                 self.result = run(plan, fresh=fresh, progress=self.progress, callbacks=[self._on_event],
                                   should_stop=self._stop.is_set, log_to_file=False)
@@ -374,7 +375,7 @@ class ControlPanel:
             if budget.get(key) and name not in self._user_set:  # the box shows the static estimate
                 self.reasons[name].value = (f"<span style='color:#555;font-size:90%'>static estimate; this run "
                                             f"measured and used <b>{budget[key]}</b></span>")
-        summary = Path(result.files.get("summary", result.run_dir / "report" / "summary.txt"))
+        summary = Path(result.files.get("summary", RunFolder(result.run_dir).report_file("summary.txt")))
         text = summary.read_text() if summary.is_file() else ""
         self.report.value = (f"<b>Report</b><pre style='white-space:pre-wrap;margin:2px 0;line-height:1.35'>{_esc(text)}</pre>"
                              f"{_files_html(result.run_dir, result.files)}")
@@ -391,14 +392,13 @@ class ControlPanel:
 
 
 def earlier_work(plan: Plan) -> list[str]:
-    """What a run of ``plan`` would pick up: its store, checkpoint and report, locally or in the persist dir."""
-    from colab_kit.runner import run_name
+    """What a run of ``plan`` would pick up: its store (either kind), checkpoint and report, locally or in the persist
+    dir."""
+    from colab_kit.runner import run_folder
 
     found = []
     for root in [plan.work_dir] + ([plan.persist_dir] if plan.persist_dir else []):
-        d = Path(root) / run_name(plan)
-        parts = [what for rel, what in (("store/manifest.json", "graph store"), ("checkpoints/latest.pt", "checkpoint"),
-                                        ("report/metrics.json", "report")) if (d / rel).is_file()]
-        if parts:
-            found.append(f"{', '.join(parts)} in {d}")
+        folder = run_folder(plan, root)
+        if parts := folder.found():
+            found.append(f"{', '.join(parts)} in {folder.root}")
     return found

@@ -94,8 +94,7 @@ def target_quantity(target_name: str | None, data_name: str | None = None, unit:
     """The quantity a target column holds, or ``None`` when it is not known.
 
     Args:
-        target_name: the label's column or key name as the store records it (``store.manifest["source"]
-            ["target_name"]``), or as the user named it (``--set target=...``); ``"target"``, ``""`` or ``None``
+        target_name: the label's column or key name as the store records it (``store.manifest.target_name``), or as the user named it (``--set target=...``); ``"target"``, ``""`` or ``None``
             when nothing names it.
         data_name: what the user passed as ``--data`` (a known dataset name, a path or a URL); consulted
             only when the column name is generic, because a named column says more than a file name.

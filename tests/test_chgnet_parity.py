@@ -175,7 +175,7 @@ def test_warn_mode_in_a_conversion_is_recorded_with_the_item(tmp_path: Path, cap
     res = build_store(structures_source(structures), tmp_path / "s",
                       get_converter("chgnet", cutoff=5, on_isolated_atoms="warn"), progress=False)
     store = GraphStore(res.path)
-    assert len(store) == 3 and store.manifest["n_warned"] == 1
+    assert len(store) == 3 and store.manifest.n_warned == 1
     ((item, text),) = store.warnings()
     assert item == "nacl-strained" and "structure nacl-strained has 2 isolated atom(s)" in text
     assert "isolated" not in capfd.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import math
 import shutil
@@ -146,6 +147,10 @@ def test_damaged_and_foreign_shards(tmp_path: Path) -> None:
     m = json.loads((tmp_path / "s" / "manifest.json").read_text())
     m["shards"][2]["bytes"] = (tmp_path / "s" / "shard-000002.safetensors").stat().st_size
     (tmp_path / "s" / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(StoreError, match=r"shard-000002.safetensors is damaged: its sha256 is not the manifest's"):
+        GraphStore(tmp_path / "s").get(45)
+    m["shards"][2]["sha256"] = hashlib.sha256((tmp_path / "s" / "shard-000002.safetensors").read_bytes()).hexdigest()
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps(m))  # its checksum recorded too: still not this store's
     with pytest.raises(StoreError, match=r"shard-000002.safetensors does not belong to this store"):
         GraphStore(tmp_path / "s").get(45)
     # converting again rebuilds the damaged shard and leaves the store as it was
@@ -251,8 +256,8 @@ def test_resume_with_split_first_shard_gives_identical_shards(tmp_path: Path, mo
     res = build_store(src, tmp_path / "s", conv, shard_size=32, workers=2, progress=False, on_bad_structure="skip",
                       on_shard=committed.append)
     assert res.complete and res.shards_reused == 2 and split == [0, 2]
-    assert [e["index"] for e in committed[:3]] == [0, 1, 2] and "manifest" in committed[-1]  # the split first
-    assert sorted(e["index"] for e in committed[3:-1]) == [3, 4]  # whole shards commit as their workers finish
+    assert [e.index for e in committed[:3]] == [0, 1, 2] and committed[-1] is None  # the split first; None: complete
+    assert sorted(e.index for e in committed[3:-1]) == [3, 4]  # whole shards commit as their workers finish
     assert _digest(tmp_path / "s") == _digest(tmp_path / "ref")
     store = GraphStore(tmp_path / "s")
     assert len(store.failures()) == 4 and {i for i, _ in store.warnings()} == {ids[i] for i in (5, 25, 66, 81)}

@@ -180,6 +180,7 @@ def test_a_read_only_persist_dir_stops_mirroring_once_and_the_run_goes_on(read_o
     import time
 
     from colab_kit.persist import Mirror
+    from colab_kit.run_folder import RunFolder
 
     persist = tmp_path / "drive"
     persist.mkdir()
@@ -187,10 +188,10 @@ def test_a_read_only_persist_dir_stops_mirroring_once_and_the_run_goes_on(read_o
     (run_dir / "store").mkdir(parents=True)
     for i in range(6):
         (run_dir / "store" / f"shard-{i:06d}.safetensors").write_bytes(b"x" * 100)
-    mirror = Mirror(run_dir, read_only_dir / "p")
+    mirror = Mirror(RunFolder(run_dir), RunFolder(read_only_dir / "p"))
     t0 = time.monotonic()
     mirror.push_all()
-    assert time.monotonic() - t0 < 10 and mirror.persist_dir is None and len(mirror.failures) == 3
+    assert time.monotonic() - t0 < 10 and mirror.persist is None and len(mirror.failures) == 3
     assert mirror.push("store/shard-000005.safetensors")  # stopped: nothing more is tried
 
 

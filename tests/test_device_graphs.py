@@ -47,7 +47,7 @@ def test_structure_store_keeps_structures_and_edge_counts(stores: tuple[GraphSto
     stored, device = stores
     assert device.params["edges"] == "device" and stored.params["edges"] == "stored"
     assert stored.fingerprint != device.fingerprint
-    shard = device._shard(0)
+    shard = device.shard(0)
     assert "nbr" not in shard.arrays and "image" not in shard.arrays and "nbr_count" in shard.arrays
     assert [a.tolist() for a in device.sizes()] == [a.tolist() for a in stored.sizes()]  # budgets see the same sizes
     size = {s: sum(p.stat().st_size for p in st.root.glob("shard-*")) for s, st in (("stored", stored), ("device", device))}

@@ -22,6 +22,7 @@ from colab_kit.report import (
     store_target_name,
     write_report,
 )
+from colab_kit.run_folder import RunFolder
 from colab_kit.sources import open_source
 from colab_kit.store import GraphStore
 from colab_kit.units import target_label, target_unit
@@ -207,7 +208,7 @@ def _report(tmp_path: Path, source: Path, data_name: str, limit: int) -> tuple[d
     result = SimpleNamespace(status="finished", epochs_done=3, best_epoch=3, best_val_mae=history[-1]["val_mae"],
                              history=history, budget=Budget(5000, 60000, "calibrated"), train_seconds=250.0)
     out = tmp_path / "report"
-    metrics = write_report(out, plan=PLAN, store=store, result=result, test=test,
+    metrics = write_report(RunFolder(tmp_path), plan=PLAN, store=store, result=result, test=test,
                            baseline_mae=mean_predictor_mae(y, train_idx, test_idx),
                            timing={"compute_seconds": 312.4, "calls": 3, "last_call_seconds": 14.2},
                            data_name=data_name)
@@ -254,5 +255,5 @@ def test_write_report_unknown_target_has_no_unit(tmp_path: Path, fixture_data: P
 
 def test_write_report_refuses_incomplete_timing(tmp_path: Path, shipped_data: Path) -> None:
     with pytest.raises(ValueError, match="last_call_seconds"):
-        write_report(tmp_path, plan=PLAN, store=None, result=None, test={}, baseline_mae=1.0,
+        write_report(RunFolder(tmp_path), plan=PLAN, store=None, result=None, test={}, baseline_mae=1.0,
                      timing={"compute_seconds": 1.0, "calls": 1}, data_name="x", target_name="e_form")

@@ -186,7 +186,7 @@ def test_parser_warnings_are_counted_not_printed(tmp_path: Path, capfd: pytest.C
     store = GraphStore(res.path)
     warned = store.warnings()
     assert warned and all(isinstance(i, str) and "Warning" in w for i, w in warned)
-    assert store.manifest["n_warned"] == len({i for i, _ in warned})
+    assert store.manifest.n_warned == len({i for i, _ in warned})
     assert "UserWarning" not in capfd.readouterr().err
 
 

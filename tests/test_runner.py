@@ -11,8 +11,10 @@ import torch
 from helpers import kill_when, run_cli, shard_count
 
 from colab_kit.detect import GIB, Gpu, detect
+from colab_kit.manifest import Manifest, ShardEntry
 from colab_kit.persist import Mirror, restore
 from colab_kit.plan import make_plan
+from colab_kit.run_folder import RunFolder
 
 
 def test_run_debug_end_to_end(tmp_path: Path) -> None:
@@ -85,15 +87,15 @@ def test_persist_failure_is_not_fatal_and_damaged_shards_not_restored(tmp_path: 
     (run_dir / "plan.json").write_text("{}")
     blocker = tmp_path / "file-not-dir"
     blocker.write_text("x")
-    m = Mirror(run_dir, blocker / "sub", retries=2, wait=0.01)  # cannot create a dir under a file
+    m = Mirror(RunFolder(run_dir), RunFolder(blocker / "sub"), retries=2, wait=0.01)  # no dir under a file
     assert m.push("plan.json") is False and "could not copy" in m.failures[0]
     # a persisted shard whose checksum does not match its manifest is not restored
     p = tmp_path / "drive"
     (p / "store").mkdir(parents=True)
     (p / "store" / "shard-000000.safetensors").write_bytes(b"corrupted")
-    (p / "store" / "manifest.json").write_text(json.dumps(
-        {"shards": [{"file": "shard-000000.safetensors", "bytes": 9, "sha256": "0" * 64}]}))
-    got = restore(p, tmp_path / "fresh")
+    Manifest(fingerprint="f", converter="radius", params={}, source={}, limit=None, shard_size=10, shards=[
+        ShardEntry(0, "shard-000000.safetensors", 0, 10, 10, 0, 100, 1000, 9, "0" * 64)]).write(p / "store" / "manifest.json")
+    got = restore(RunFolder(p), RunFolder(tmp_path / "fresh"))
     assert got == ["store/manifest.json"]
 
 
@@ -120,3 +122,24 @@ def test_stop_during_conversion_returns_stopped_with_shards_kept(tmp_path: Path)
     res = run(plan, progress=False, log_to_file=False, should_stop=lambda: polls.append(1) or len(polls) > 3)
     assert res.metrics["status"] == "stopped"
     assert shard_count(res.run_dir / "store") == 3 and not (res.run_dir / "checkpoints").exists()
+
+
+def test_a_structure_only_store_reaches_the_persist_dir_shard_by_shard(tmp_path: Path) -> None:
+    """graph_edges=device keeps its store in store-structures/: each committed shard is mirrored at once (before,
+    only store/ was, so a disconnect during conversion lost every shard), and a new runtime restores them."""
+    work, persist = tmp_path / "work", tmp_path / "drive"
+    args = ["run", "--mode", "debug", "--converter", "radius", "--set", "graph_edges=device", "--set", "n_samples=600",
+            "--set", "shard_size=20", "--set", "convert_workers=1", "--set", "epochs=1",
+            "--work-dir", str(work), "--persist-dir", str(persist)]
+    name = "mp_eform_cgcnn_3000-radius-cgcnn-debug"
+    local, mirrored = work / name / "store-structures", persist / name / "store-structures"
+    assert kill_when(args, lambda: shard_count(mirrored) >= 5)  # mid-conversion: a runtime disconnect
+    n = shard_count(mirrored)
+    assert 5 <= n < 30 and not (persist / name / "store").exists()
+    kept = {p.name: p.read_bytes() for p in mirrored.glob("shard-*")}
+    shutil.rmtree(work)  # a new runtime: /content is empty
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resuming {local}: {n} shards already done" in again.stderr  # restored, not rebuilt
+    for f, data in kept.items():
+        assert (local / f).read_bytes() == data

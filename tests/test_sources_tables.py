@@ -119,5 +119,5 @@ def test_csv_converts_into_a_store(tmp_path: Path) -> None:
                       progress=False, on_bad_structure="skip")
     store = GraphStore(res.path)
     assert res.complete and res.n_graphs + res.n_failed == 10 and res.n_graphs >= 8
-    assert store.manifest["source"]["format"] == "csv"
-    assert store.manifest["source"]["target_name"] == "formation_energy_per_atom"
+    assert store.manifest.source["format"] == "csv"
+    assert store.manifest.target_name == "formation_energy_per_atom"
