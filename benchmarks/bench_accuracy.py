@@ -45,7 +45,7 @@ the peak summed RSS of the tree):
 Design decisions (and why):
 
 * **Seeds vary the split and the initialisation.** colab_kit ties both to ``--set seed=s``
-  (``loader.load_or_make_splits(store, s)`` writes ``splits-seed<s>.npz`` next to the store); that split is THE split
+  (``splits.load_or_make_splits(store, s)`` writes ``splits-seed<s>.npz`` next to the store); that split is THE split
   of every contender at seed s (the reference codes get the same ids), and each contender seeds its own RNGs with s.
   The spread over seeds therefore includes the split; the comparison is paired per seed (the ratio column).
 * **Same budget = same split and same number of epochs**; everything else is each code's own default (batch size,
@@ -236,7 +236,7 @@ def ensure_store(ds: str, kind: str, limit: int | None, out: Path, src: Path) ->
 
 def split_ids(store: Path, seed: int) -> dict[str, Any]:
     """colab_kit's split of ``store`` for ``seed`` as ids (made and saved next to the store if new), + targets."""
-    from colab_kit.loader import load_or_make_splits
+    from colab_kit.splits import load_or_make_splits
     from colab_kit.store import GraphStore
 
     gs = GraphStore(store)

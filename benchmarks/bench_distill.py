@@ -143,7 +143,7 @@ def stage_times(run_log: Path, since: float) -> dict[str, float]:
 
 def run_dir_of(work_dir: Path, data: Path, model: str, sets: list[str], src: Path) -> Path:
     """The run directory ``python -m colab_kit run --mode quick --model M --data D --set ...`` uses (its name)."""
-    code = ("import sys, json; from colab_kit.cli import parse_override; from colab_kit.detect import detect; "
+    code = ("import sys, json; from colab_kit.cli_common import parse_override; from colab_kit.detect import detect; "
             "from colab_kit.plan import make_plan; from colab_kit.runner import run_name; "
             "a = json.loads(sys.argv[1]); "
             "print(run_name(make_plan(detect(gpu=lambda: None), 'quick', model=a['model'], data=a['data'], "

@@ -133,8 +133,8 @@ def _child_colab_kit(cfg: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from colab_kit.detect import detect
-    from colab_kit.loader import load_or_make_splits
     from colab_kit.models import build_model
+    from colab_kit.splits import load_or_make_splits
     from colab_kit.store import GraphStore
     from colab_kit.train import fit, seed_everything
 
@@ -330,7 +330,8 @@ def ensure_store(path: str | None, model: str, source: str, n: int, workdir: Pat
 def plan_batches(store_path: str, model: str, batch_size: int, total: int) -> dict[str, Any]:
     """The first ``max(total, 16)`` training batches ``fit`` will draw (store indices), from colab_kit's own sampler."""
     from colab_kit.detect import detect
-    from colab_kit.loader import load_or_make_splits, make_loaders
+    from colab_kit.loader import make_loaders
+    from colab_kit.splits import load_or_make_splits
     from colab_kit.store import GraphStore
 
     store = GraphStore(store_path)

@@ -26,66 +26,13 @@ from typing import Any, Callable
 import numpy as np
 
 from colab_kit.fsutil import atomic_write_bytes, atomic_write_json
-from colab_kit.matbench import MATBENCH_TASKS, N_FOLDS, MatbenchError, matbench_folds, matbench_ids, write_results
+from colab_kit.matbench import MATBENCH_TASKS, matbench_ids, write_results
 from colab_kit.run_folder import RunFolder
+from colab_kit.splits import N_FOLDS, MatbenchError, splits_for, store_rows
 from colab_kit.store import GraphStore
 
 log = logging.getLogger(__name__)
 _MB_ID = re.compile(r"^mb-[a-z0-9-]+-(\d+)$")
-
-
-def store_rows(store: GraphStore) -> tuple[np.ndarray, int]:
-    """(the source row of each graph ``[N]``, the source's row count): matbench folds are made over source rows,
-    and a structure that conversion skipped still holds its row.
-
-    Rows come from matbench ids (``mb-phonons-0001`` is row 0), from ids that are the row numbers themselves, or,
-    when nothing was skipped, from the store's order (which is the source's).
-
-    Raises:
-        MatbenchError: structures were skipped and the ids do not say which rows the others are.
-    """
-    ids = store.ids()
-    failed = [i for i, _ in store.failures()]
-    n_rows = store.manifest.n_items or len(ids) + len(failed)
-    if ids and all(_MB_ID.match(i) for i in ids):
-        return np.array([int(_MB_ID.match(i).group(1)) - 1 for i in ids], dtype=np.int64), n_rows
-    every = ids + failed
-    if every and all(i.isdigit() for i in every) and sorted(int(i) for i in every) == list(range(n_rows)):
-        return np.array([int(i) for i in ids], dtype=np.int64), n_rows
-    if not failed:
-        return np.arange(len(ids), dtype=np.int64), n_rows
-    raise MatbenchError(
-        f"store {store.root}: {len(failed)} structures were skipped and its ids ({ids[0]!r}, ...) are neither matbench "
-        "ids nor row numbers, so the other graphs cannot be placed in matbench's rows; use the task's own file")
-
-
-def matbench_store_split(store: GraphStore, fold: int, seed: int = 0, val_fraction: float = 0.1) -> dict[str, np.ndarray]:
-    """Train/val/test graph indices of ``store`` for matbench fold ``fold``: test = the graphs in the fold's official
-    test rows; val = a seeded ``val_fraction`` of the others (matbench leaves validation to the user). Saved beside
-    the store (``splits-matbench-fold<k>-seed<s>.npz``) as the random split is."""
-    if not (isinstance(fold, int) and 0 <= fold < N_FOLDS):
-        raise MatbenchError(f"matbench fold {fold!r} does not exist; choose 0..{N_FOLDS - 1}")
-    path = store.root / f"splits-matbench-fold{fold}-seed{seed}.npz"
-    if path.exists():
-        with np.load(path, allow_pickle=False) as z:
-            splits = {k: z[k] for k in ("train", "val", "test")}
-        if sum(len(v) for v in splits.values()) == len(store):
-            return splits
-    rows, n_rows = store_rows(store)
-    if store.manifest.limit is not None:
-        log.warning("matbench folds over the first %d rows only (n_samples caps the data): matbench's official folds "
-                    "need the whole task; use --mode full or --set n_samples=null", n_rows)
-    fold_of_row = np.empty(n_rows, dtype=np.int64)
-    for k, test_rows in enumerate(matbench_folds(n_rows)):
-        fold_of_row[test_rows] = k
-    in_test = fold_of_row[rows] == fold
-    test, rest = np.flatnonzero(in_test), np.flatnonzero(~in_test)
-    val = np.sort(np.random.default_rng(seed).choice(rest, size=round(val_fraction * len(rest)), replace=False))
-    splits = {"train": np.setdiff1d(rest, val), "val": val.astype(np.int64), "test": test.astype(np.int64)}
-    buf = io.BytesIO()
-    np.savez(buf, **splits)
-    atomic_write_bytes(path, buf.getvalue())
-    return splits
 
 
 def bench_dir(plan: Any, task: str) -> Path:
@@ -168,8 +115,6 @@ def run_benchmark(task: str, make: Callable[[int], Any], *, folds: list[int] | N
 
 
 def _write_fold(root: Path, k: int, store: GraphStore, plan: Any, test: dict[str, Any]) -> None:
-    from colab_kit.loader import splits_for
-
     rows, _ = store_rows(store)
     idx = splits_for(store, plan)["test"]
     ids = store.ids()

@@ -11,8 +11,17 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from colab_kit import registry
+from colab_kit.cli_common import (
+    add_plan_args,
+    format_table,
+    one_line,
+    overrides_from_args,
+    plan_from_args,
+    stopped_code,
+    store_graph_settings,
+)
 from colab_kit.errors import ColabKitError
-from colab_kit.plan import MODES, OVERRIDABLE, PlanError, make_plan
+from colab_kit.plan import PlanError, make_plan
 
 log = logging.getLogger(__name__)
 
@@ -64,58 +73,6 @@ long it will take on this machine before its first step.
 }
 
 
-def format_table(rows: Sequence[Sequence[str]], header: Sequence[str] | None = None) -> str:
-    """A plain-text table with aligned columns (no dependency; also readable in Colab output)."""
-    all_rows = [list(header)] if header else []
-    all_rows += [list(r) for r in rows]
-    widths = [max(len(r[i]) for r in all_rows) for i in range(len(all_rows[0]))]
-    lines = []
-    for n, r in enumerate(all_rows):
-        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-        if header and n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """``key=value`` with the value read as JSON when it parses (numbers, null, true) else a string."""
-    if "=" not in text:
-        raise PlanError(f"plan override {text!r} must look like key=value, e.g. batch_edges=20000")
-    key, raw = text.split("=", 1)
-    key = key.strip().replace("-", "_")
-    if raw.lower() in ("none", "null"):
-        return key, None
-    try:
-        return key, json.loads(raw)
-    except json.JSONDecodeError:
-        return key, raw
-
-
-def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    out = dict(parse_override(t) for t in getattr(args, "set", None) or [])
-    for name in ("converter", "model", "workers", "work_dir", "persist_dir", "seed"):
-        value = getattr(args, name, None)
-        if value is not None:
-            out[name] = value
-    return out
-
-
-def add_plan_args(p: argparse.ArgumentParser, with_mode: bool = True) -> None:
-    if with_mode:
-        p.add_argument("--mode", choices=tuple(MODES), default="debug", help="run size preset (default: debug)")
-    p.add_argument("--converter", choices=registry.graph_kinds(), help="graph kind (default: the model's)")
-    p.add_argument("--model", choices=registry.models(),
-                   help=f"model (default: {registry.models()[0]}, or the first that trains on --converter)")
-    p.add_argument("--work-dir", help="local directory for the store, checkpoints and report")
-    p.add_argument(
-        "--set",
-        action="append",
-        metavar="KEY=VALUE",
-        help=f"override a plan setting (repeatable); keys: {', '.join(sorted(OVERRIDABLE))}, and the model's "
-             "options (`detect --model M` lists them)",
-    )
-
-
 def cmd_detect(args: argparse.Namespace) -> int:
     from colab_kit.detect import detect
 
@@ -148,15 +105,6 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plan(args: argparse.Namespace, probe_gpu: bool = True, **extra: Any) -> Any:
-    from colab_kit.detect import detect, query_gpu
-
-    work = getattr(args, "work_dir", None)
-    # probing the GPU imports torch and initialises CUDA (~1.5 s): a command that never trains skips it
-    machine = detect(extra_dirs=tuple(d for d in [work] if d), gpu=query_gpu if probe_gpu else (lambda: None))
-    return make_plan(machine, getattr(args, "mode", "debug"), **{**overrides_from_args(args), **extra})
-
-
 def _parse_part(text: str | None) -> tuple[int, int]:
     if not text:
         return (0, 1)
@@ -175,7 +123,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     extra = {k: v for k, v in (("convert_workers", args.workers), ("shard_size", args.shard_size),
                                 ("on_bad_structure", args.on_bad)) if v is not None}
-    plan = _plan(args, probe_gpu=False, **extra)
+    plan = plan_from_args(args, probe_gpu=False, **extra)
     out = args.out or str(Path(plan.work_dir) / "stores" / f"{Path(args.source).name.split('.')[0]}-{plan.converter}")
     conv = get_converter(plan.converter, cutoff=plan.cutoff, bond_cutoff=plan.bond_cutoff,
                          max_neighbors=plan.max_neighbors, on_isolated_atoms=plan.on_isolated_atoms,
@@ -190,7 +138,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if not res.complete:
         print(f"{stop.signal or 'stop'} received: {res.n_shards} shards of {res.path} are saved; "
               "run the same command again to resume", file=sys.stderr)
-        return _stopped_code(stop.signal)
+        return stopped_code(stop.signal)
     print(f"store {res.path}: {res.n_graphs} graphs, {res.n_failed} skipped, {res.n_shards} shards "
           f"({res.shards_reused} reused), {res.seconds:.1f} s")
     return 0
@@ -202,7 +150,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from colab_kit.train import fit
 
     store = GraphStore(args.store)
-    plan = _plan(args, converter=store.converter_name, **_store_graph_settings(store))
+    plan = plan_from_args(args, converter=store.converter_name, **store_graph_settings(store))
     out = Path(args.out or Path(args.store).parent / f"train-{plan.model}-{plan.mode}")
     from colab_kit.distributed import refuse_fresh
 
@@ -220,25 +168,20 @@ def cmd_train(args: argparse.Namespace) -> int:
             targets = distill_targets(store, plan)
         res = fit(store, plan, out, resume=True, should_stop=stop, train_targets=targets)
     if plan.rank != 0:  # rank 0 speaks for the launch
-        return _stopped_code(stop.signal) if res.status == "stopped" else 0
+        return stopped_code(stop.signal) if res.status == "stopped" else 0
     if res.status == "stopped":
         print(f"{stop.signal or 'stop'} received: checkpoint saved in {out / 'checkpoints'}; "
               "run the same command again to resume", file=sys.stderr)
-        return _stopped_code(stop.signal)
+        return stopped_code(stop.signal)
     print(f"training {res.status}: {res.epochs_done} epochs, best epoch {res.best_epoch} "
           f"(validation MAE {res.best_val_mae:.4f}); weights: {out / 'best.pt'}")
     return 0
 
 
-def _store_graph_settings(store: Any) -> dict[str, Any]:
-    """The Plan's graph settings as the store was built (a Plan must describe the graphs it trains on)."""
-    return registry.graph_kind(store.converter_name).settings(store.params)
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from colab_kit.evaluate import evaluate_weights, trained_model_settings
-    from colab_kit.loader import splits_for
     from colab_kit.report import format_scores, mean_predictor_mae, store_target_name
+    from colab_kit.splits import splits_for
     from colab_kit.store import GraphStore
     from colab_kit.units import target_unit
 
@@ -247,7 +190,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.model and trained.get("model") != args.model:
         trained = {}
     given = overrides_from_args(args)
-    plan = _plan(args, converter=store.converter_name, **_store_graph_settings(store),
+    plan = plan_from_args(args, converter=store.converter_name, **store_graph_settings(store),
                  **{k: v for k, v in trained.items() if k not in given})
     res = evaluate_weights(store, plan, args.weights, split=args.split)
     splits = splits_for(store, plan)
@@ -262,11 +205,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stopped_code(signal_name: str | None) -> int:
-    """The shell's convention for a run ended by a signal: 128 + its number."""
-    return {"SIGINT": 130, "SIGTERM": 143}.get(signal_name or "", 0)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from colab_kit.runner import run
 
@@ -275,7 +213,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         extra["data"] = args.data
     if args.persist_dir:
         extra["persist_dir"] = args.persist_dir
-    plan = _plan(args, **extra)
+    plan = plan_from_args(args, **extra)
     if plan.rank == 0:  # rank 0 speaks for a torchrun launch
         print(f"Plan for --mode {plan.mode}")
         print(format_table(plan.rows(), header=("setting", "value", "why")))
@@ -285,7 +223,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if res.metrics.get("status") == "stopped":
         if plan.rank == 0:
             print(f"stopped; work so far is saved in {res.run_dir}: run the same command again to resume", file=sys.stderr)
-        return _stopped_code(res.metrics.get("signal"))
+        return stopped_code(res.metrics.get("signal"))
     if plan.rank != 0:
         return 0
     print()
@@ -399,11 +337,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except ColabKitError as exc:
         log.debug("details", exc_info=True)
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 1
     except MemoryError as exc:
         log.debug("details", exc_info=True)
-        print(f"error: out of memory ({_one_line(exc) or 'MemoryError'}); free RAM or use a smaller --mode / "
+        print(f"error: out of memory ({one_line(exc) or 'MemoryError'}); free RAM or use a smaller --mode / "
               "--set n_samples=...; work already saved is kept and a rerun resumes", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -416,7 +354,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 #: commands that train with several ranks under torchrun (``detect`` shows each rank's plan)
 DISTRIBUTED_COMMANDS = ("run", "train", "detect")
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())

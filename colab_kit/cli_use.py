@@ -31,7 +31,7 @@ The features are computed once (resumable) and cached beside the store; the head
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from colab_kit.cli import _stopped_code, parse_override
+    from colab_kit.cli_common import parse_override, stopped_code
     from colab_kit.interrupt import stop_on_signals
     from colab_kit.predictor import Predictor, plan_for
     from colab_kit.trained import load_trained
@@ -55,7 +55,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not res.complete:
         print(f"{stop.signal or 'stop'} received: converted and predicted shards are kept in {res.store}; "
               "run the same command again to resume", file=sys.stderr)
-        return _stopped_code(stop.signal)
+        return stopped_code(stop.signal)
     print(f"{res.path}: {res.rows} predictions ({trained.unit or 'target units'}); {res.skipped} structures skipped, "
           f"listed in {res.path.with_name(res.path.stem + '.skipped.csv')}; graphs kept in {res.store}")
     return 0
@@ -72,9 +72,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from colab_kit.benchmark import run_benchmark
-    from colab_kit.cli import _plan, _stopped_code, format_table
+    from colab_kit.cli_common import format_table, plan_from_args, stopped_code
     from colab_kit.interrupt import stop_on_signals
-    from colab_kit.matbench import N_FOLDS
+    from colab_kit.splits import N_FOLDS
 
     extra: dict[str, Any] = {"data": args.data or args.task, "split": "matbench"}
     if args.persist_dir:
@@ -84,31 +84,31 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         extra["n_samples"] = None  # matbench's folds are over the whole task, whatever the mode's sample cap
     folds = sorted({int(f) for f in args.folds.split(",")}) if args.folds else list(range(N_FOLDS))
     with stop_on_signals() as stop:
-        res = run_benchmark(args.task, lambda k: _plan(args, **extra, fold=k), folds=folds, should_stop=stop)
+        res = run_benchmark(args.task, lambda k: plan_from_args(args, **extra, fold=k), folds=folds, should_stop=stop)
     rows = [(str(f["fold"]), str(f["n_test"]), f"{f['mae']:.4g}", f"{f['rmse']:.4g}", f"{f['seconds']:g}")
             for f in res["folds"]]
     print(format_table(rows, header=("fold", "n_test", "MAE", "RMSE", "seconds")))
     if res["status"] == "stopped":
         print(f"stopped; folds done are kept in {res['dir']}: run the same command again to go on", file=sys.stderr)
-        return _stopped_code(stop.signal)
+        return stopped_code(stop.signal)
     print(f"MAE over {len(res['folds'])} folds: {res['mae_mean']:.4g} ± {res['mae_std']:.4g}; "
           f"{res['dir'] / 'folds.csv'}" + (f"; matbench results: {res['results']}" if res["results"] else ""))
     return 0
 
 
 def cmd_head(args: argparse.Namespace) -> int:
-    from colab_kit.cli import _plan, _stopped_code
+    from colab_kit.cli_common import plan_from_args, stopped_code
     from colab_kit.frozen_head import run_head
     from colab_kit.interrupt import stop_on_signals
     from colab_kit.report import format_scores
     from colab_kit.units import target_unit
 
-    plan = _plan(args, model="chgnet", **({"data": args.data} if args.data else {}))
+    plan = plan_from_args(args, model="chgnet", **({"data": args.data} if args.data else {}))
     with stop_on_signals() as stop:
         res = run_head(plan, should_stop=stop)
     if res["status"] == "stopped":
         print(f"stopped; work so far is kept in {res['dir']}: run the same command again to go on", file=sys.stderr)
-        return _stopped_code(stop.signal)
+        return stopped_code(stop.signal)
     unit = target_unit(plan.target, plan.data, plan.unit)
     print(format_scores("test", res["test_n"], res["test_mae"], res["test_rmse"], res["mean_predictor_test_mae"], unit))
     print(f"features {res['features_seconds']} s (once, cached), head {res['head_seconds']} s; {res['files']['head']}")
@@ -137,7 +137,7 @@ def add_commands(sub: Any, make: Any) -> None:
     p.add_argument("--out", required=True, help="directory to write")
     p.set_defaults(func=cmd_export)
 
-    from colab_kit.cli import add_plan_args
+    from colab_kit.cli_common import add_plan_args
 
     p = make(sub, "benchmark", "matbench's protocol: train and score the task's 5 official folds (resumes)",
              EXAMPLES["benchmark"])

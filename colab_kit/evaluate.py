@@ -12,10 +12,11 @@ import torch
 from colab_kit import distributed
 from colab_kit.checkpoint import recover_best
 from colab_kit.errors import ColabKitError
-from colab_kit.loader import make_loaders, splits_for
+from colab_kit.loader import make_loaders
 from colab_kit.models import build_model
 from colab_kit.oom import memory_fix, retry_on_oom
 from colab_kit.run_folder import RunFolder
+from colab_kit.splits import splits_for
 from colab_kit.store import GraphStore
 
 log = logging.getLogger(__name__)

@@ -125,9 +125,9 @@ def run_head(plan: Any, progress: bool = True, should_stop: Any = None) -> dict[
     from colab_kit.datasets import resolve
     from colab_kit.fsutil import atomic_write_bytes, atomic_write_json
     from colab_kit.graphs import get_converter
-    from colab_kit.loader import splits_for
     from colab_kit.report import mean_predictor_mae
     from colab_kit.runner import run_name
+    from colab_kit.splits import splits_for
 
     data = resolve(plan.data, Path(plan.work_dir) / "downloads", progress=progress, sha256=plan.data_sha256)
     # one store and one feature cache for every fold and seed; the head's files name them

@@ -149,12 +149,18 @@ def _fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
+def hash_file(path: str | Path, h: Any = None, chunk: int = 1 << 22) -> Any:
+    """``h`` (a new sha256 by default) updated with the bytes of ``path``, read in chunks."""
+    h = hashlib.sha256() if h is None else h
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
-    return h.hexdigest()
+    return h
+
+
+def sha256_file(path: str | Path) -> str:
+    """The sha256 of a file's content, hex: the one way every module hashes a file."""
+    return hash_file(path).hexdigest()
 
 
 # (path, device, inode, size, mtime, ctime) of files whose sha256 this process has checked, with that sha256: a

@@ -1,6 +1,7 @@
 """Google Drive: file ids from share links, and downloads through ``gdown`` (which knows Drive's confirmation pages).
 
-Re-exported by :mod:`colab_kit.datasets`, whose retry, checksum and error helpers :func:`download_drive` uses.
+:mod:`colab_kit.datasets` resolves Drive links with it; the retry, checksum and error helpers are
+:mod:`colab_kit.download`'s.
 """
 
 from __future__ import annotations
@@ -10,11 +11,22 @@ import re
 import urllib.parse
 from pathlib import Path
 
+from colab_kit.download import (
+    MANUAL_FIX,
+    QUOTA_FIX,
+    TIMEOUT_S,
+    DownloadError,
+    Transient,
+    bad_checksum,
+    complete_download,
+    is_quota,
+    is_unreachable,
+    status_error,
+)
+from colab_kit.fsutil import sha256_file
+
 _DRIVE_HOSTS = frozenset({"drive.google.com", "docs.google.com", "drive.usercontent.google.com"})
 _DRIVE_ID = re.compile(r"[A-Za-z0-9_-]{25,45}")
-_QUOTA_PHRASES = ("too many users have viewed or downloaded", "quota exceeded", "download quota")
-_QUOTA_FIX = ("wait up to 24 h and run the same command again, or add the file to your own Drive "
-              "(right click > Make a copy), mount Drive and pass the copy's path with --data")
 
 
 def parse_drive_id(text: str) -> str | None:
@@ -49,53 +61,37 @@ def download_drive(file_id: str, download_dir: str | Path, *, sha256: str | None
     import requests
     from gdown.exceptions import FileURLRetrievalError
 
-    from colab_kit.datasets import (
-        _MANUAL_FIX,
-        _TIMEOUT_S,
-        DownloadError,
-        _bad_checksum,
-        _complete,
-        _is_unreachable,
-        _sha256,
-        _status_error,
-        _Transient,
-    )
-
     folder = Path(download_dir).expanduser() / f"gdrive_{file_id}"
     done = sorted(p for p in folder.glob("*") if p.is_file() and p.suffix not in (".part", ".bad"))
-    if done and (path := _complete(done[0], sha256)):
+    if done and (path := complete_download(done[0], sha256)):
         return path
     what = f"Google Drive file {file_id}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         # use_cookies=False: gdown would otherwise write ~/.cache/gdown/cookies.txt, outside download_dir.
         out = gdown.download(id=file_id, output=f"{folder}{os.sep}", quiet=not progress, resume=True,
-                             retries=retries, timeout=_TIMEOUT_S, use_cookies=False)
+                             retries=retries, timeout=TIMEOUT_S, use_cookies=False)
     except FileURLRetrievalError as exc:
-        if _is_quota(str(exc)):
-            raise DownloadError(f"{what}: Google Drive download quota exceeded; {_QUOTA_FIX}") from exc
+        if is_quota(str(exc)):
+            raise DownloadError(f"{what}: Google Drive download quota exceeded; {QUOTA_FIX}") from exc
         raise DownloadError(f"{what}: permission denied or not found; check the link's sharing is 'Anyone with "
                             f"the link' and the id is right; if it is, the file may have been downloaded too often: "
-                            f"{_QUOTA_FIX} (gdown said: {' '.join(str(exc).split())})") from exc
+                            f"{QUOTA_FIX} (gdown said: {' '.join(str(exc).split())})") from exc
     except requests.HTTPError as exc:
-        error = _status_error(exc.response.status_code, what)
-        if isinstance(error, _Transient):
+        error = status_error(exc.response.status_code, what)
+        if isinstance(error, Transient):
             error = DownloadError(f"download of {what} stopped ({error}); run the same command again to resume")
         raise error from exc
     except (gdown.exceptions.DownloadError, requests.RequestException) as exc:
-        if _is_unreachable(exc):
-            raise DownloadError(f"{what}: no network (cannot reach Google Drive); {_MANUAL_FIX}") from exc
+        if is_unreachable(exc):
+            raise DownloadError(f"{what}: no network (cannot reach Google Drive); {MANUAL_FIX}") from exc
         raise DownloadError(f"download of {what} stopped ({exc}); run the same command again to resume") from exc
     except OSError as exc:
         raise DownloadError(f"{what}: cannot write into {folder} ({exc}); free disk space or pass another "
                             "download folder") from exc
     if not out:
-        raise DownloadError(f"{what}: gdown returned nothing; check the link's sharing, or {_MANUAL_FIX}")
+        raise DownloadError(f"{what}: gdown returned nothing; check the link's sharing, or {MANUAL_FIX}")
     path = Path(str(out))
-    if sha256 and (actual := _sha256(path)) != sha256.lower():
-        raise _bad_checksum(path, path, sha256, actual, what)
+    if sha256 and (actual := sha256_file(path)) != sha256.lower():
+        raise bad_checksum(path, path, sha256, actual, what)
     return path
-
-
-def _is_quota(text: str) -> bool:
-    return any(phrase in text.lower() for phrase in _QUOTA_PHRASES)

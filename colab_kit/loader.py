@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from colab_kit import registry
 from colab_kit.errors import ColabKitError
-from colab_kit.store import GraphStore, atomic_write_bytes
+from colab_kit.splits import splits_for
+from colab_kit.store import GraphStore
 
 log = logging.getLogger(__name__)
-SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 
 
 class LoaderError(ColabKitError, ValueError):
@@ -63,43 +63,6 @@ class GraphDataset(Dataset):
             kind = registry.graph_kind(self.store.converter_name)
             return kind.batch_fn(gather(self.store, indices, self.targets), self.store.params)
         return [self[i] for i in indices]
-
-
-# ---------------------------------------------------------------- splits
-
-def load_or_make_splits(store: GraphStore, seed: int = 0, fractions: Sequence[float] = SPLIT_FRACTIONS) -> dict[str, np.ndarray]:
-    """Train/val/test index arrays, made once from ``seed`` and saved next to the store
-    (``splits-seed<seed>.npz``, loaded without pickle) so every run and resume sees the same split."""
-    path = store.root / f"splits-seed{seed}.npz"
-    n = len(store)
-    if path.exists():
-        with np.load(path, allow_pickle=False) as z:
-            splits = {k: z[k] for k in ("train", "val", "test")}
-        if sum(len(v) for v in splits.values()) == n:
-            return splits
-        log.warning("split file %s does not match the store's %d graphs; making a new one", path, n)
-    if n < 3:
-        raise LoaderError(f"store {store.root} has {n} graphs; at least 3 are needed for train/val/test splits: "
-                          "convert more structures (--set n_samples=...)")
-    perm = np.random.default_rng(seed).permutation(n)
-    n_val = max(1, int(round(fractions[1] * n)))
-    n_test = max(1, int(round(fractions[2] * n)))
-    splits = {"train": np.sort(perm[n_val + n_test:]), "val": np.sort(perm[:n_val]), "test": np.sort(perm[n_val:n_val + n_test])}
-    import io
-
-    buf = io.BytesIO()
-    np.savez(buf, **splits)
-    atomic_write_bytes(path, buf.getvalue())
-    return splits
-
-
-def splits_for(store: GraphStore, plan: Any) -> dict[str, np.ndarray]:
-    """The Plan's split of ``store``: :func:`load_or_make_splits`, or matbench's fold ``plan.fold`` (+ a seeded val)."""
-    if getattr(plan, "split", "random") == "matbench":
-        from colab_kit.benchmark import matbench_store_split
-
-        return matbench_store_split(store, plan.fold or 0, plan.seed)
-    return load_or_make_splits(store, plan.seed)
 
 
 # ---------------------------------------------------------------- batching

@@ -23,11 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from colab_kit.errors import ColabKitError
 from colab_kit.fsutil import atomic_write_bytes
+from colab_kit.splits import MatbenchError, check_fold, matbench_folds
 
-FOLD_SEED = 18012019
-N_FOLDS = 5
 MATBENCH_VERSION = "0.6"  # matbench/constants.py VERSION; from_file only warns on another version
 BENCHMARK = "matbench_v0.1"
 
@@ -55,10 +53,6 @@ MATBENCH_TASKS: dict[str, dict[str, Any]] = {
 }
 
 
-class MatbenchError(ColabKitError, ValueError):
-    """A matbench task, fold or results file that cannot be used as asked; the message names the fix."""
-
-
 def is_matbench_task(name: str) -> bool:
     """Whether ``name`` is one of matbench v0.1's 13 tasks (e.g. ``"matbench_phonons"``)."""
     return name in MATBENCH_TASKS
@@ -75,55 +69,6 @@ def matbench_ids(task: str, positions: Iterable[int] | None = None) -> list[str]
     n = _task(task)["n_samples"]
     prefix, width = task.replace("matbench", "mb").replace("_", "-"), math.floor(math.log10(n)) + 1
     return [f"{prefix}-{int(i) + 1:0{width}d}" for i in (range(n) if positions is None else positions)]
-
-
-def matbench_folds(n: int, task_type: str = "regression", y: np.ndarray | None = None) -> list[np.ndarray]:
-    """The sorted test row positions of each of matbench's 5 folds of an ``n``-row task.
-
-    Args:
-        n: rows of the task's dataframe (``MATBENCH_TASKS[task]["n_samples"]``), in matminer's order.
-        task_type: ``"regression"`` (KFold) or ``"classification"`` (StratifiedKFold, needs ``y``).
-        y: the labels of the ``n`` rows ``[n]``, for classification.
-
-    Returns:
-        5 int64 arrays that partition ``range(n)``.
-    """
-    if task_type not in ("regression", "classification"):
-        raise MatbenchError(f"task_type {task_type!r} is not 'regression' or 'classification'")
-    if n < N_FOLDS:
-        raise MatbenchError(f"n={n} rows cannot make {N_FOLDS} folds; pass the task's row count (at least {N_FOLDS})")
-    if task_type == "classification" and (y is None or len(y) != n):
-        raise MatbenchError(f"classification folds are stratified: pass y with the {n} rows' labels "
-                            f"(got {'none' if y is None else len(y)})")
-    try:
-        from sklearn.model_selection import KFold, StratifiedKFold
-    except ImportError as exc:
-        raise MatbenchError("matbench folds need scikit-learn; run `pip install 'scikit-learn>=1.3'`") from exc
-    kind = KFold if task_type == "regression" else StratifiedKFold
-    splits = kind(n_splits=N_FOLDS, shuffle=True, random_state=FOLD_SEED).split(np.zeros(n), y)
-    return [test.astype(np.int64) for _, test in splits]
-
-
-def _check_fold(fold: object) -> None:
-    if not (isinstance(fold, (int, np.integer)) and not isinstance(fold, bool) and 0 <= fold < N_FOLDS):
-        raise MatbenchError(f"matbench fold {fold!r} does not exist; choose 0..{N_FOLDS - 1}")
-
-
-def matbench_split(n: int, fold: int, val_fraction: float = 0.1, seed: int = 0, task_type: str = "regression",
-                   y: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Train/val/test row positions for matbench fold ``fold``: test is the official one; val is a seeded
-    random ``val_fraction`` of the fold's training rows (matbench leaves validation to the user).
-
-    Returns:
-        ``{"train", "val", "test"}``: sorted, disjoint int64 arrays covering ``range(n)``.
-    """
-    _check_fold(fold)
-    if not 0.0 <= val_fraction < 1.0:
-        raise MatbenchError(f"val_fraction={val_fraction} is outside [0, 1); pass e.g. 0.1")
-    test = matbench_folds(n, task_type, y)[fold]
-    rest = np.setdiff1d(np.arange(n, dtype=np.int64), test)
-    val = np.sort(np.random.default_rng(seed).choice(rest, size=round(val_fraction * len(rest)), replace=False))
-    return {"train": np.setdiff1d(rest, val), "val": val.astype(np.int64), "test": test}
 
 
 def _scores(truth: np.ndarray, pred: np.ndarray, task_type: str) -> dict[str, float]:
@@ -205,7 +150,7 @@ def write_results(path: str | Path, task: str, fold_predictions: Mapping[int, Ma
     y = np.array([float(targets[i]) for i in ids])
     folds = matbench_folds(len(ids), MATBENCH_TASKS[task]["task_type"], y)
     for k in fold_predictions:
-        _check_fold(k)
+        check_fold(k)
     results = {f"fold_{k}": _fold_record(task, k, p, folds[k], y, parameters or {})
                for k, p in sorted(fold_predictions.items())}
     doc = {"@module": "matbench.bench", "@class": "MatbenchBenchmark", "version": MATBENCH_VERSION,

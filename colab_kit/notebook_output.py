@@ -56,7 +56,7 @@ def render_loss_plot(losses: Sequence[float], epochs: Sequence[dict[str, Any]], 
 
 
 @contextlib.contextmanager
-def _into_panel(output: Any, log_file: Path) -> Iterator[None]:
+def into_panel(output: Any, log_file: Path) -> Iterator[None]:
     """Send one run's log lines and progress bars to ``output``, and its log lines to ``log_file``.
 
     ``with output:`` would tag output with the request current when the run started; for a click

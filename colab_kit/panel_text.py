@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from colab_kit.plan import Plan
 
 
-def _files_html(run_dir: Path, files: dict[str, Any]) -> str:
+def files_html(run_dir: Path, files: dict[str, Any]) -> str:
     """The run dir once, then each file relative to it (full paths wrap into an unreadable list)."""
     def rel(path: Any) -> str:
         try:
@@ -19,22 +19,22 @@ def _files_html(run_dir: Path, files: dict[str, Any]) -> str:
         except ValueError:
             return str(path)
 
-    names = ", ".join(f"<code title='{_esc(k)}'>{_esc(rel(v))}</code>" for k, v in files.items() if Path(v) != run_dir)
-    return f"<div style='line-height:1.5'>Files in <code>{_esc(run_dir)}</code>:<br>{names}</div>"
+    names = ", ".join(f"<code title='{esc(k)}'>{esc(rel(v))}</code>" for k, v in files.items() if Path(v) != run_dir)
+    return f"<div style='line-height:1.5'>Files in <code>{esc(run_dir)}</code>:<br>{names}</div>"
 
 
-def _plan_html(plan: Plan) -> str:
-    rows = "".join(f"<tr><td><code>{_esc(k)}</code></td><td>{_esc(v)}</td><td style='color:#555'>{_esc(r)}</td></tr>"
+def plan_html(plan: Plan) -> str:
+    rows = "".join(f"<tr><td><code>{esc(k)}</code></td><td>{esc(v)}</td><td style='color:#555'>{esc(r)}</td></tr>"
                    for k, v, r in plan.rows())
     return f"<table><tr><th>setting</th><th>value</th><th>why</th></tr>{rows}</table>"
 
 
-def _machine_line(m: Machine) -> str:
+def machine_line(m: Machine) -> str:
     gpu = f"{m.gpu.name} ({m.gpu.free_bytes / 1024**3:.1f} GiB free)" if m.gpu is not None else "no GPU"
     drive = ", Drive mounted" if m.drive_mounted else ""
     return (f"{'Google Colab' if m.is_colab else 'local'}, {m.cpus} CPUs, {m.ram_available / 1024**3:.1f} GiB RAM "
             f"free, {gpu}{drive}")
 
 
-def _esc(text: Any) -> str:
+def esc(text: Any) -> str:
     return html.escape(str(text))

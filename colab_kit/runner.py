@@ -347,8 +347,8 @@ def _finish(plan: Plan, folder: RunFolder, store: Any, result: Any, timing: Timi
     """Test-set evaluation with the best weights, the mean-predictor baseline, and the report."""
 
     from colab_kit.evaluate import evaluate_weights
-    from colab_kit.loader import splits_for
     from colab_kit.report import mean_predictor_mae, write_report
+    from colab_kit.splits import splits_for
 
     stage("evaluate", "test set with the best validation weights")
     test = evaluate_weights(store, plan, folder.best)

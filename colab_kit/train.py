@@ -31,7 +31,7 @@ from colab_kit import device_feed, distributed, registry
 from colab_kit.checkpoint import load_checkpoint, recover_best, restore_rank_rng, rng_state, save_best, save_checkpoint
 from colab_kit.evaluate import amp_dtype_for, evaluate_with_backoff
 from colab_kit.fsutil import atomic_write_bytes, remove_stale_temporaries
-from colab_kit.loader import make_loaders, splits_for
+from colab_kit.loader import make_loaders
 from colab_kit.memory import Budget, static_budget
 from colab_kit.models import build_model
 from colab_kit.oom import memory_fix, retry_on_oom
@@ -39,6 +39,7 @@ from colab_kit.plan import Plan
 from colab_kit.reproducible import reproducible_on_cpu, seed_everything, use_threads
 from colab_kit.run_folder import RunFolder
 from colab_kit.schedule import lr_factor, make_scheduler  # noqa: F401 - the trainer's API too
+from colab_kit.splits import splits_for
 from colab_kit.store import GraphStore
 from colab_kit.train_budget import TrainingError, agreed, initial_budget, read_oom_hint, write_oom_hint
 from colab_kit.train_state import TrainState, check_resume

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 from colab_kit import registry
 from colab_kit.errors import ColabKitError
-from colab_kit.notebook_output import _into_panel, render_loss_plot
-from colab_kit.panel_text import _esc, _files_html, _machine_line, _plan_html
+from colab_kit.notebook_output import into_panel, render_loss_plot
+from colab_kit.panel_text import esc, files_html, machine_line, plan_html
 from colab_kit.plan import MODES, Plan, PlanError, make_plan
 from colab_kit.run_folder import RunFolder
 
@@ -143,11 +143,11 @@ class ControlPanel:
         details.set_title(0, "full plan (every setting and why)")
         fixed = ", ".join(f"{k}={v!r}" for k, v in self._extra.items())
         self.widget = w.VBox([
-            w.HTML(f"<b>colab_kit</b> &mdash; {_esc(_machine_line(machine))}"),
+            w.HTML(f"<b>colab_kit</b> &mdash; {esc(machine_line(machine))}"),
             w.HBox([w.HTML("<div style='width:92px;text-align:right;padding-right:8px'>mode</div>"), self.mode]),
             self.data,
             w.HBox([self.converter, self.model]), *(w.HBox([self.inputs[n], self.reasons[n]]) for n in SETTINGS),
-            w.HTML(_esc(f"fixed settings: {fixed}") if fixed else ""), self.error_box,
+            w.HTML(esc(f"fixed settings: {fixed}") if fixed else ""), self.error_box,
             w.HBox([self.run_button, self.resume_button, self.stop_button, self.reset_button, self.start_over]),
             self.status, self.resume_box, self.plot, self.output, self.report, details,
         ])
@@ -184,9 +184,9 @@ class ControlPanel:
         try:
             plan = make_plan(self.machine, self.mode.value, **self.overrides())
         except PlanError as exc:
-            self.error_box.value = f"<div style='color:#b00020'><b>Cannot plan:</b> {_esc(exc)}</div>"
+            self.error_box.value = f"<div style='color:#b00020'><b>Cannot plan:</b> {esc(exc)}</div>"
             return None
-        self.error_box.value = "".join(f"<div style='color:#a15c00'>warning: {_esc(m)}</div>" for m in plan.warnings)
+        self.error_box.value = "".join(f"<div style='color:#a15c00'>warning: {esc(m)}</div>" for m in plan.warnings)
         return plan
 
     def reset_settings(self) -> None:
@@ -231,11 +231,11 @@ class ControlPanel:
             for name, box in self.inputs.items():
                 if every_box or name not in self._user_set:
                     box.value = "" if getattr(plan, name) is None else getattr(plan, name)
-                reason = _esc(plan.reasons.get(name, ""))
+                reason = esc(plan.reasons.get(name, ""))
                 self.reasons[name].value = f"<span style='color:#555;font-size:90%'>{reason}</span>"
         finally:
             self._filling = False
-        self.plan_table.value = _plan_html(plan)
+        self.plan_table.value = plan_html(plan)
         self._show_earlier_work(plan)
 
     def _show_earlier_work(self, plan: Plan) -> None:
@@ -312,7 +312,7 @@ class ControlPanel:
         from colab_kit.runner import run, run_folder
 
         t0 = time.perf_counter()
-        with _into_panel(self.output, run_folder(plan).log):
+        with into_panel(self.output, run_folder(plan).log):
             try:
                 self.result = run(plan, fresh=fresh, progress=self.progress, callbacks=[self._on_event],
                                   should_stop=self._stop.is_set, log_to_file=False)
@@ -329,15 +329,15 @@ class ControlPanel:
         if self.result is not None:
             self._show_result(self.result, time.perf_counter() - t0)
         elif self.error is not None:
-            self._set_status(f"<b>failed:</b> {_esc(str(self.error) or type(self.error).__name__)}", color="#b00020")
+            self._set_status(f"<b>failed:</b> {esc(str(self.error) or type(self.error).__name__)}", color="#b00020")
 
     def _on_event(self, ev: dict[str, Any]) -> None:
         kind, now = ev.get("event"), time.monotonic()
         if kind == "stage":
-            self._set_status(f"<b>{_esc(ev['stage'])}</b>: {_esc(ev.get('message', ''))}")
+            self._set_status(f"<b>{esc(ev['stage'])}</b>: {esc(ev.get('message', ''))}")
         elif kind == "resume":
             self.messages.append(ev["message"])
-            items = "".join(f"<li>{_esc(m)}</li>" for m in self.messages)
+            items = "".join(f"<li>{esc(m)}</li>" for m in self.messages)
             self.resume_box.value = ("<div style='background:#e8f5e9;padding:4px 8px'><b>Resumed: picked up earlier "
                                      f"work of this run</b><ul style='margin:2px 0'>{items}</ul></div>")
         elif kind == "step":
@@ -363,11 +363,11 @@ class ControlPanel:
     def _show_result(self, result: RunResult, seconds: float) -> None:
         m = result.metrics
         if m.get("status") == "stopped":
-            self._set_status(f"<b>stopped</b>: work so far saved in {_esc(result.run_dir)}; press Resume to continue "
+            self._set_status(f"<b>stopped</b>: work so far saved in {esc(result.run_dir)}; press Resume to continue "
                              "from it", color="#a15c00")
             return
         nan, unit = float("nan"), m.get("unit") or ""
-        self._set_status(f"<b>done</b> in {seconds:.0f} s: test MAE <b>{m.get('test_mae', nan):.4f} {_esc(unit)}</b> "
+        self._set_status(f"<b>done</b> in {seconds:.0f} s: test MAE <b>{m.get('test_mae', nan):.4f} {esc(unit)}</b> "
                          f"on {m.get('test_n', '?')} held-out structures (predicting the training mean: "
                          f"{m.get('mean_predictor_test_mae', nan):.4f})", color="#1b5e20")
         budget = m.get("budget") or {}
@@ -377,8 +377,8 @@ class ControlPanel:
                                             f"measured and used <b>{budget[key]}</b></span>")
         summary = Path(result.files.get("summary", RunFolder(result.run_dir).report_file("summary.txt")))
         text = summary.read_text() if summary.is_file() else ""
-        self.report.value = (f"<b>Report</b><pre style='white-space:pre-wrap;margin:2px 0;line-height:1.35'>{_esc(text)}</pre>"
-                             f"{_files_html(result.run_dir, result.files)}")
+        self.report.value = (f"<b>Report</b><pre style='white-space:pre-wrap;margin:2px 0;line-height:1.35'>{esc(text)}</pre>"
+                             f"{files_html(result.run_dir, result.files)}")
 
     def _set_status(self, text_html: str, color: str = "#222") -> None:
         self.status.value = f"<div style='color:{color}'>{text_html}</div>"

@@ -147,7 +147,7 @@ def test_two_ranks_partition_each_epoch_and_gather_the_evaluation(store_dir: Pat
     store = GraphStore(store_dir)
     ids = store.ids()
     rec = [json.loads((tmp_path / "rec" / f"rank{r}.json").read_text()) for r in range(2)]
-    from colab_kit.loader import splits_for
+    from colab_kit.splits import splits_for
 
     sys.path.insert(0, str(HERE))
     from ddp_record import plan_for

@@ -15,8 +15,8 @@ from colab_kit.convert import build_store
 from colab_kit.detect import detect
 from colab_kit.frozen_head import crystal_features, features_key, train_head
 from colab_kit.graphs import get_converter
-from colab_kit.loader import load_or_make_splits
 from colab_kit.plan import make_plan
+from colab_kit.splits import load_or_make_splits
 from colab_kit.store import GraphStore
 
 

@@ -13,7 +13,8 @@ from helpers import SHIPPED
 
 from colab_kit.convert import build_store
 from colab_kit.graphs import get_converter
-from colab_kit.loader import BudgetBatchSampler, GraphDataset, load_or_make_splits, make_loader, pack
+from colab_kit.loader import BudgetBatchSampler, GraphDataset, make_loader, pack
+from colab_kit.splits import load_or_make_splits
 from colab_kit.store import GraphStore
 
 

@@ -14,18 +14,8 @@ import pytest
 from sklearn.model_selection import KFold, StratifiedKFold
 
 from colab_kit.errors import ColabKitError
-from colab_kit.matbench import (
-    FOLD_SEED,
-    MATBENCH_TASKS,
-    N_FOLDS,
-    MatbenchError,
-    is_matbench_task,
-    matbench_folds,
-    matbench_ids,
-    matbench_split,
-    read_results,
-    write_results,
-)
+from colab_kit.matbench import MATBENCH_TASKS, is_matbench_task, matbench_ids, read_results, write_results
+from colab_kit.splits import FOLD_SEED, N_FOLDS, MatbenchError, matbench_folds, matbench_split
 
 PHONONS = "matbench_phonons"
 

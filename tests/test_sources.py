@@ -22,8 +22,16 @@ import ijson
 import pytest
 from helpers import run_cli
 
-from colab_kit import sources
-from colab_kit.sources import FORMATS, RawItem, SourceError, check_target, detect_format, open_source, parse_structure
+from colab_kit.sources import (
+    FORMATS,
+    RawItem,
+    SourceError,
+    check_target,
+    detect_format,
+    open_source,
+    parse_structure,
+    streams,
+)
 
 MB3000 = "mp_eform_cgcnn_3000/mp_eform_cgcnn_3000_matbench.json.gz"
 MATBENCH_FILES = [
@@ -218,8 +226,8 @@ def test_first_item_does_not_read_the_file(shared_data: Path, monkeypatch: pytes
     path = shared_data / MB3000
     total = len(gzip.open(path).read())
     opened: list[CountingFile] = []
-    real_open = sources._open_binary
-    monkeypatch.setattr(sources, "_open_binary", lambda p: opened.append(CountingFile(real_open(p))) or opened[-1])
+    real_open = streams.open_binary
+    monkeypatch.setattr(streams, "open_binary", lambda p: opened.append(CountingFile(real_open(p))) or opened[-1])
     src = open_source(path)
     tracemalloc.start()
     t0 = time.perf_counter()

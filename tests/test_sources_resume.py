@@ -81,13 +81,13 @@ def test_jarvis_poscar_cif_extxyz_iter_from_is_islice(shared_data: Path, tmp_pat
 def test_seek_builds_no_skipped_row(shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The rows before ``start`` are never parsed: ijson reads a document spliced at row ``start``."""
     calls: list[tuple[Any, int]] = []
-    real = json_files._json
+    real = json_files.stream_json
 
     def spy(path: str, fn: str, *prefix: str, **kw: Any) -> Any:
         calls.append((prefix, kw.get("stream"), kw.get("first", 0)))
         return real(path, fn, *prefix, **kw)
 
-    monkeypatch.setattr(json_files, "_json", spy)
+    monkeypatch.setattr(json_files, "stream_json", spy)
     src = open_source(shared_data / MATBENCH[0])
     first = next(src.iter_from(2500))
     assert same(first, next(itertools.islice(iter(src), 2500, None)))
@@ -209,8 +209,8 @@ def test_folders_and_extxyz_skip_without_reading(shared_data: Path, tmp_path: Pa
     _write_extxyz(shared_data / MATBENCH[3], tmp_path / "dev.extxyz", 40)
     src = open_source(tmp_path / "dev.extxyz")
     parsed: list[str] = []
-    real_info = extxyz._Extxyz._info
-    monkeypatch.setattr(extxyz._Extxyz, "_info", staticmethod(lambda comment: parsed.append(comment) or real_info(comment)))
+    real_info = extxyz.ExtxyzSource._info
+    monkeypatch.setattr(extxyz.ExtxyzSource, "_info", staticmethod(lambda comment: parsed.append(comment) or real_info(comment)))
     got = list(src.iter_from(30))
     assert len(parsed) == 10  # the comment lines of the 10 frames it gives, no other
     monkeypatch.undo()

@@ -18,22 +18,21 @@ from pathlib import Path
 from typing import Any
 
 from colab_kit.sources.base import Source
-from colab_kit.sources.extxyz import _Extxyz
-from colab_kit.sources.folders import _DIR_SUFFIXES, _LAYOUTS, _Folder, _is_structure_file
-from colab_kit.sources.json_files import _Jarvis, _Matbench
-from colab_kit.sources.memory import _Memory
+from colab_kit.sources.extxyz import ExtxyzSource
+from colab_kit.sources.folders import DIR_SUFFIXES, LAYOUTS, FolderSource, is_structure_file
+from colab_kit.sources.json_files import JarvisSource, MatbenchSource
+from colab_kit.sources.memory import MemorySource
 from colab_kit.sources.records import (
-    _HOW_TO_CHOOSE,
     FORMATS,
+    HOW_TO_CHOOSE,
     KINDS,
     RawItem,
     SourceError,
     check_target,
     parse_structure,
 )
-from colab_kit.sources.streams import _first_char
-from colab_kit.sources.streams import _open_binary as _open_binary  # every reader opens files through this name
-from colab_kit.sources.tables import _Csv, _Parquet
+from colab_kit.sources.streams import first_char
+from colab_kit.sources.tables import CsvSource, ParquetSource
 
 __all__ = ["FORMATS", "KINDS", "RawItem", "Source", "SourceError", "check_target", "detect_format", "open_source",
            "parse_structure"]
@@ -51,12 +50,12 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     if p.is_dir():
         with os.scandir(p) as entries:
             names = sorted(e.name for e in entries if e.is_file())
-        first = next((n for n in names if _is_structure_file(n)), None)
+        first = next((n for n in names if is_structure_file(n)), None)
         if first is None:  # said so that it reads right after `--data FOLDER` as well as after open_source(FOLDER)
             others = [n for n in names if n != "id_prop.csv"]
             found = (f"{len(others)} other file{'s' * (len(others) > 1)}, e.g. {others[0]!r}" if others else
                      "only an id_prop.csv" if names else "it is empty")
-            raise SourceError(f"{p}: the folder holds no CIF or POSCAR files ({found}); a data source is {_LAYOUTS}")
+            raise SourceError(f"{p}: the folder holds no CIF or POSCAR files ({found}); a data source is {LAYOUTS}")
         if not (p / "id_prop.csv").is_file():
             raise SourceError(f"{p}: a structure folder needs an id_prop.csv (lines 'id,target', no header) beside its "
                               f"*.cif / POSCAR files (e.g. {first!r}); write one")
@@ -69,14 +68,14 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     if name.endswith((".parquet", ".pq")):
         return "parquet"
     if name.endswith(".json"):
-        first_char = _first_char(str(p))
-        if first_char and first_char in "[{":
-            return "jarvis" if first_char == "[" else "matbench"
-        raise SourceError(f"{p}: {'starts with ' + repr(first_char) + ', not a JSON object or list' if first_char else 'is empty'}; re-download it")
+        first = first_char(str(p))
+        if first and first in "[{":
+            return "jarvis" if first == "[" else "matbench"
+        raise SourceError(f"{p}: {'starts with ' + repr(first) + ', not a JSON object or list' if first else 'is empty'}; re-download it")
     raise SourceError(f"{p}: cannot tell the format from the name {p.name!r}; supported: matbench (*.json[.gz] with index/columns/data), "
                       "jarvis (*.json[.gz], a list of records), extxyz (*.extxyz, *.xyz), csv / parquet (a table with a CIF, POSCAR "
                       "or structure-dict column), cif_dir / poscar_dir (a folder with id_prop.csv); "
-                      f"or {_HOW_TO_CHOOSE}")
+                      f"or {HOW_TO_CHOOSE}")
 
 
 def open_source(source: str | os.PathLike[str] | Iterable[Any], fmt: str | None = None, target: str | None = None,
@@ -104,14 +103,14 @@ def open_source(source: str | os.PathLike[str] | Iterable[Any], fmt: str | None 
             raise SourceError(f"open_source got a {type(source).__name__} with fmt={fmt!r}; pass a path, or a list of Structures (fmt='memory')")
         if not name:
             raise SourceError("in-memory structures need a name for the store: open_source(structures, name='my_set')")
-        return _Memory(source, target, name)
+        return MemorySource(source, target, name)
     path = os.fspath(source)
     if not os.path.exists(path):
         raise SourceError(f"{path}: no such file or folder; check the path (on Colab, mount Drive first)")
     fmt = fmt or detect_format(path)
-    if fmt == "memory" or (fmt in _DIR_SUFFIXES) != os.path.isdir(path):
-        kind = "a folder with id_prop.csv" if fmt in _DIR_SUFFIXES else "a file" if fmt != "memory" else "Python objects"
-        raise SourceError(f"{path}: fmt={fmt!r} reads {kind}, not this path; {_HOW_TO_CHOOSE}")
-    if fmt in _DIR_SUFFIXES:
-        return _Folder(path, fmt, target)
-    return {"matbench": _Matbench, "jarvis": _Jarvis, "extxyz": _Extxyz, "csv": _Csv, "parquet": _Parquet}[fmt](path, target)
+    if fmt == "memory" or (fmt in DIR_SUFFIXES) != os.path.isdir(path):
+        kind = "a folder with id_prop.csv" if fmt in DIR_SUFFIXES else "a file" if fmt != "memory" else "Python objects"
+        raise SourceError(f"{path}: fmt={fmt!r} reads {kind}, not this path; {HOW_TO_CHOOSE}")
+    if fmt in DIR_SUFFIXES:
+        return FolderSource(path, fmt, target)
+    return {"matbench": MatbenchSource, "jarvis": JarvisSource, "extxyz": ExtxyzSource, "csv": CsvSource, "parquet": ParquetSource}[fmt](path, target)

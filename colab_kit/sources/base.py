@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
+from colab_kit.fsutil import sha256_file
 from colab_kit.sources.records import RawItem
-
-
-def _sha256_file(path: str | Path) -> Any:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h
 
 
 class Source:
@@ -39,7 +30,7 @@ class Source:
     def _fingerprint(self) -> dict[str, Any]:
         st = os.stat(self.path)
         if self._hashed is None or self._hashed[:2] != (st.st_size, st.st_mtime_ns):  # rehash only a changed file
-            self._hashed = (st.st_size, st.st_mtime_ns, _sha256_file(self.path).hexdigest())
+            self._hashed = (st.st_size, st.st_mtime_ns, sha256_file(self.path))
         return {"sha256": self._hashed[2], "bytes": st.st_size}
 
     def __iter__(self) -> Iterator[RawItem]:

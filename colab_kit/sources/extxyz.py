@@ -7,9 +7,10 @@ import itertools
 from collections.abc import Iterator
 from typing import Any
 
+from colab_kit.sources import streams
 from colab_kit.sources.base import Source
-from colab_kit.sources.records import RawItem, SourceError, _to_target
-from colab_kit.sources.streams import _DAMAGED, _failure, _open
+from colab_kit.sources.records import RawItem, SourceError, to_target
+from colab_kit.sources.streams import DAMAGED, damage_error
 
 _EXTXYZ_RESERVED = frozenset({"Lattice", "Properties", "pbc"})
 #: an extended XYZ line longer than this is refused: the longest real comment line (many info keys, a 3x3 stress) is
@@ -28,7 +29,7 @@ def _bounded_lines(f: io.TextIOBase, path: str) -> Iterator[str]:
         yield line
 
 
-class _Extxyz(Source):
+class ExtxyzSource(Source):
     format = "extxyz"
 
     def __init__(self, path: str, target: str | None) -> None:
@@ -43,7 +44,7 @@ class _Extxyz(Source):
         before ``start`` are only counted through, line by line."""
         index = line_no = 0
         try:
-            with io.TextIOWrapper(_open(self.path), encoding="utf-8", errors="replace") as raw:
+            with io.TextIOWrapper(streams.open_binary(self.path), encoding="utf-8", errors="replace") as raw:
                 f = _bounded_lines(raw, self.path)
                 for line in f:
                     line_no += 1
@@ -67,8 +68,8 @@ class _Extxyz(Source):
                     if lines is not None:
                         yield index, lines[1], "".join(lines)
                     index += 1
-        except _DAMAGED as exc:
-            raise _failure(self.path, exc, f"after {index} frames", line_no) from exc
+        except DAMAGED as exc:
+            raise damage_error(self.path, exc, f"after {index} frames", line_no) from exc
 
     @staticmethod
     def _info(comment: str) -> tuple[dict[str, Any], str | None]:
@@ -90,5 +91,5 @@ class _Extxyz(Source):
         for index, comment, text in self._frames(max(start, 0)):
             info, error = self._info(comment)
             rid = next((str(info[k]) for k in ("id", "material_id") if k in info), str(index))
-            target, label_error = _to_target(info.get(self.target_name)) if self.target_name else (None, None)
+            target, label_error = to_target(info.get(self.target_name)) if self.target_name else (None, None)
             yield RawItem(rid, text, target, "extxyz", error or label_error)

@@ -9,18 +9,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from colab_kit.sources.base import Source, _sha256_file
-from colab_kit.sources.records import RawItem, SourceError, _to_target
+from colab_kit.fsutil import hash_file
+from colab_kit.sources.base import Source
+from colab_kit.sources.records import RawItem, SourceError, to_target
 
 _STRUCTURE_SUFFIXES = (".cif", ".vasp", ".poscar")
 #: a structure file larger than this is refused unread: a CIF of a 10,000-atom cell is ~1 MB
 MAX_FILE_BYTES = 64 << 20
-_DIR_SUFFIXES = {"cif_dir": (".cif",), "poscar_dir": (".vasp", ".poscar")}
-_LAYOUTS = ("a folder of *.cif or POSCAR / *.vasp files with an id_prop.csv ('id,target' lines), "
+DIR_SUFFIXES = {"cif_dir": (".cif",), "poscar_dir": (".vasp", ".poscar")}
+LAYOUTS = ("a folder of *.cif or POSCAR / *.vasp files with an id_prop.csv ('id,target' lines), "
             "a matbench .json(.gz), a JARVIS .json list or an .extxyz file")
 
 
-class _Folder(Source):
+class FolderSource(Source):
     """``cif_dir`` / ``poscar_dir``: structure files named by the first column of ``id_prop.csv``."""
 
     def __init__(self, path: str, fmt: str, target: str | None) -> None:
@@ -33,7 +34,7 @@ class _Folder(Source):
         self.label = target or "target"
 
     def _candidates(self, name: str) -> list[str]:
-        return [name, *(name + s for s in _DIR_SUFFIXES[self.format])]
+        return [name, *(name + s for s in DIR_SUFFIXES[self.format])]
 
     def _resolve(self, name: str) -> Path | None:
         """The structure file an id_prop.csv row names: a file inside this folder, never outside it (a row such as
@@ -50,7 +51,7 @@ class _Folder(Source):
             for i, row in enumerate(csv.reader(f)):
                 if not row or not row[0].strip():
                     continue
-                if i == 0 and len(row) > 1 and _to_target(row[1])[1] and self._resolve(row[0].strip()) is None:
+                if i == 0 and len(row) > 1 and to_target(row[1])[1] and self._resolve(row[0].strip()) is None:
                     continue  # a header line such as "id,target"
                 yield row
 
@@ -65,7 +66,7 @@ class _Folder(Source):
         for row in itertools.islice(self._rows(), max(start, 0), None):
             name = row[0].strip()
             stem = next((name.removesuffix(s) for s in _STRUCTURE_SUFFIXES if name.endswith(s)), name)
-            target, error = _to_target(row[1]) if len(row) > 1 else (None, None)
+            target, error = to_target(row[1]) if len(row) > 1 else (None, None)
             path = self._resolve(name)
             kind = "cif" if self.format == "cif_dir" else "poscar"
             if path is None:
@@ -81,16 +82,14 @@ class _Folder(Source):
     def _fingerprint(self) -> dict[str, Any]:
         # id_prop.csv and every structure file by content: a cell edited in place (same name, same size) is another
         # store. Reading the files is cheap next to parsing them (~1 s for 10,000 CIFs of an MP-like set)
-        h = _sha256_file(self._csv)
+        h = hash_file(self._csv)
         with os.scandir(self.path) as entries:
-            files = sorted(e.name for e in entries if e.is_file() and _is_structure_file(e.name))
+            files = sorted(e.name for e in entries if e.is_file() and is_structure_file(e.name))
         for name in files:
             h.update(f"\0{name}\0".encode())
-            with open(Path(self.path) / name, "rb") as f:
-                while block := f.read(1 << 20):
-                    h.update(block)
+            hash_file(Path(self.path) / name, h)
         return {"sha256": h.hexdigest(), "files": len(files), "content": True}
 
 
-def _is_structure_file(name: str) -> bool:
+def is_structure_file(name: str) -> bool:
     return name.lower().endswith(_STRUCTURE_SUFFIXES) or name.startswith(("POSCAR", "CONTCAR"))

@@ -7,23 +7,23 @@ from collections.abc import Iterator
 from typing import Any
 
 from colab_kit.sources.base import Source
-from colab_kit.sources.records import _HOW_TO_CHOOSE, RawItem, SourceError, _to_target, _unbare
+from colab_kit.sources.records import HOW_TO_CHOOSE, RawItem, SourceError, to_target, unbare
 from colab_kit.sources.seek import seek_element
-from colab_kit.sources.streams import _DAMAGED, _NOT_ELEMENTS, _count, _first_char, _json
+from colab_kit.sources.streams import DAMAGED, NOT_ELEMENTS, count_elements, first_char, stream_json
 
 _ID_KEYS = ("jid", "id", "material_id")
 
 
-class _Matbench(Source):
+class MatbenchSource(Source):
     format = "matbench"
 
     def __init__(self, path: str, target: str | None) -> None:
         layout = "expected a JSON object {index, columns, data}"
-        if _first_char(path) != "{":
-            raise SourceError(f"{path}: not a matbench file ({layout}); {_HOW_TO_CHOOSE}")
+        if first_char(path) != "{":
+            raise SourceError(f"{path}: not a matbench file ({layout}); {HOW_TO_CHOOSE}")
         columns, self._n_index = self._header(path)
         if columns is None:
-            raise SourceError(f"{path}: not a matbench file: no \"columns\" ({layout}); {_HOW_TO_CHOOSE}")
+            raise SourceError(f"{path}: not a matbench file: no \"columns\" ({layout}); {HOW_TO_CHOOSE}")
         self._columns = [str(c) for c in columns]
         self._si = next((i for i, c in enumerate(self._columns) if "structure" in c.lower()), None)
         if self._si is None:
@@ -43,7 +43,7 @@ class _Matbench(Source):
         columns: list[Any] | None = None
         n_index: int | None = None
         ended: set[str] = set()
-        for prefix, event, value in _json(path, "parse", what="JSON events"):
+        for prefix, event, value in stream_json(path, "parse", what="JSON events"):
             if event == "start_array" and prefix == "columns":
                 columns = []
             elif event == "start_array" and prefix == "index":
@@ -54,12 +54,12 @@ class _Matbench(Source):
                     break
             elif prefix == "columns.item" and columns is not None:
                 columns.append(value)
-            elif prefix == "index.item" and n_index is not None and event not in _NOT_ELEMENTS:
+            elif prefix == "index.item" and n_index is not None and event not in NOT_ELEMENTS:
                 n_index += 1
         return columns, n_index
 
     def count(self) -> int:
-        return self._n_index if self._n_index is not None else _count(self.path, "data.item")
+        return self._n_index if self._n_index is not None else count_elements(self.path, "data.item")
 
     def __iter__(self) -> Iterator[RawItem]:
         return self._items(0)
@@ -70,7 +70,7 @@ class _Matbench(Source):
 
     def _items(self, start: int) -> Iterator[RawItem]:
         # ids come from a second reader of "index" in step with "data": no memory for them, in any key order
-        ids = _json(self.path, "items", "index.item", what="index entries") if self._n_index is not None else None
+        ids = stream_json(self.path, "items", "index.item", what="index entries") if self._n_index is not None else None
         rows = _Elements(self.path, "data", start, "items")
         skipped = False
         try:
@@ -83,7 +83,7 @@ class _Matbench(Source):
                 if not isinstance(row, list) or len(row) != len(self._columns):
                     yield RawItem(str(rid), None, None, "pmg_dict", f"data row {str(row)[:80]!r} does not match columns {self._columns}")
                     continue
-                target, error = _to_target(_unbare(row[self._ti])) if self._ti is not None else (None, None)
+                target, error = to_target(unbare(row[self._ti])) if self._ti is not None else (None, None)
                 yield RawItem(str(rid), row[self._si], target, "pmg_dict", error)
             if ids is not None and not skipped:
                 self._skip_ids(ids, rows.n)
@@ -99,24 +99,24 @@ class _Matbench(Source):
         return True
 
 
-class _Jarvis(Source):
+class JarvisSource(Source):
     format = "jarvis"
 
     def __init__(self, path: str, target: str | None) -> None:
-        if _first_char(path) != "[":
-            raise SourceError(f"{path}: not a JARVIS file (expected a JSON list of records with 'atoms'); {_HOW_TO_CHOOSE}")
+        if first_char(path) != "[":
+            raise SourceError(f"{path}: not a JARVIS file (expected a JSON list of records with 'atoms'); {HOW_TO_CHOOSE}")
         if target is None:
-            records = _json(path, "items", "item", what="records")
+            records = stream_json(path, "items", "item", what="records")
             first = next(records, None)
             records.close()
-            labels = [k for k, v in first.items() if k not in (*_ID_KEYS, "atoms") and _to_target(_unbare(v))[1] is None] if isinstance(first, dict) else []
+            labels = [k for k, v in first.items() if k not in (*_ID_KEYS, "atoms") and to_target(unbare(v))[1] is None] if isinstance(first, dict) else []
             if len(labels) > 1:
                 raise SourceError(f"{path}: several label keys {labels} in the first record; choose one with target=")
             target = labels[0] if labels else ""
         super().__init__(path, target)
 
     def count(self) -> int:
-        return _count(self.path, "item")
+        return count_elements(self.path, "item")
 
     def __iter__(self) -> Iterator[RawItem]:
         return self._items(0)
@@ -130,7 +130,7 @@ class _Jarvis(Source):
         for rec in records:
             rec = rec if isinstance(rec, dict) else {}
             rid = next((str(rec[k]) for k in _ID_KEYS if rec.get(k) is not None), str(records.n - 1))
-            target, error = _to_target(_unbare(rec.get(self.target_name))) if self.target_name else (None, None)
+            target, error = to_target(unbare(rec.get(self.target_name))) if self.target_name else (None, None)
             if not isinstance(rec.get("atoms"), dict):
                 error = f"record has no 'atoms' mapping (keys {sorted(rec)[:8]}); expected jarvis Atoms.to_dict() under 'atoms'"
             yield RawItem(rid, rec.get("atoms"), target, "jarvis", error)
@@ -157,12 +157,12 @@ class _Elements:
             sought = seek_element(self.path, self.key, at) if at else None
             stream, self.n = sought if sought is not None else (None, 0)
             try:
-                for element in _json(self.path, "items", self.prefix, what=self.what, stream=stream, first=self.n, bare=bare):
+                for element in stream_json(self.path, "items", self.prefix, what=self.what, stream=stream, first=self.n, bare=bare):
                     self.n += 1
                     if self.n > at:  # elements before ``at`` come only where no seek could be made
                         yield element
                 return
             except SourceError as exc:
-                if bare or isinstance(exc.__cause__, _DAMAGED):
+                if bare or isinstance(exc.__cause__, DAMAGED):
                     raise
                 at, bare = max(at, self.n), True

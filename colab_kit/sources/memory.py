@@ -7,10 +7,10 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from colab_kit.sources.base import Source
-from colab_kit.sources.records import RawItem, SourceError, _to_target
+from colab_kit.sources.records import RawItem, SourceError, to_target
 
 
-class _Memory(Source):
+class MemorySource(Source):
     format = "memory"
 
     def __init__(self, items: Iterable[Any], target: str | None, name: str) -> None:
@@ -32,7 +32,7 @@ class _Memory(Source):
 
     def __iter__(self) -> Iterator[RawItem]:
         for rid, structure, value in self._rows:
-            target, error = _to_target(value)
+            target, error = to_target(value)
             yield RawItem(rid, structure, target, "structure", error)
 
     def _fingerprint(self) -> dict[str, Any]:

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 FORMATS: tuple[str, ...] = ("matbench", "cif_dir", "poscar_dir", "extxyz", "jarvis", "csv", "parquet", "memory")
 KINDS = ("pmg_dict", "pmg_json", "cif", "poscar", "jarvis", "extxyz", "structure")
-_HOW_TO_CHOOSE = f"pass fmt= one of {FORMATS[:-1]} to open_source"
+HOW_TO_CHOOSE = f"pass fmt= one of {FORMATS[:-1]} to open_source"
 _MISSING_LABELS = frozenset({"", "na", "n/a", "none", "null"})
 
 
@@ -60,7 +60,7 @@ def check_target(item: RawItem) -> str | None:
 BARE = {"\0NaN": math.nan, "\0Infinity": math.inf, "\0-Infinity": -math.inf}
 
 
-def _unbare(value: Any) -> Any:
+def unbare(value: Any) -> Any:
     """A bare-constant marker back to its float; anything else as it is."""
     return BARE.get(value, value) if type(value) is str else value
 
@@ -178,7 +178,7 @@ def _build(kind: str, payload: Any) -> Structure:
     raise ValueError(f"kind {kind!r} with a {type(payload).__name__} payload; kinds are {KINDS}")
 
 
-def _to_target(value: Any) -> tuple[float | None, str | None]:
+def to_target(value: Any) -> tuple[float | None, str | None]:
     """(label, None); (None, None) when it is missing; (None, reason) when it is not a number."""
     if value is None or (isinstance(value, str) and value.strip().lower() in _MISSING_LABELS):
         return None, None

@@ -34,7 +34,7 @@ _QUOTE, _OPEN_ARRAY, _OPEN_MAP, _CLOSE, _COMMA = 1, 2, 3, 4, 5
 
 
 @functools.lru_cache(maxsize=1)
-def _tables() -> tuple[Any, Any, Any]:
+def scan_tables() -> tuple[Any, Any, Any]:
     """numpy, byte -> token code, byte -> depth change (numpy is imported when a seek is made, not with the package)."""
     import numpy as np
 
@@ -182,10 +182,10 @@ def _scan(inflater: _Inflater, key: str | None, k: int) -> tuple[bytes, int] | N
     array_depth = 1 if key is None else 2  # depth inside the array: 1 in [...], 2 in {"data": [...]}
     key_pattern = None if key is None else re.compile(rb'[{,]\s*"' + re.escape(key.encode()) + rb'"\s*:\s*$')
     inside = key is None  # a top-level array starts at the first byte
-    np, _, step = _tables()
+    np, _, step = scan_tables()
     depth, in_string, escaped, commas, tail = 0, False, False, 0, b""
     while chunk := inflater.chunk():
-        reduced = None if escaped else _reduce(chunk, in_string)
+        reduced = None if escaped else reduced_scan(chunk, in_string)
         if reduced is not None:
             text, string_at_end = reduced
             sym = np.frombuffer(text, np.uint8)
@@ -200,7 +200,7 @@ def _scan(inflater: _Inflater, key: str | None, k: int) -> tuple[bytes, int] | N
                 depth = int(level[-1]) if len(level) else depth
                 in_string, commas, tail = string_at_end, commas + here, (tail + chunk[-256:])[-256:]
                 continue
-        pos, code, level, outside, in_string_end, escaped_end = _exact(chunk, depth, in_string, escaped)
+        pos, code, level, outside, in_string_end, escaped_end = exact_scan(chunk, depth, in_string, escaped)
         begin = 0
         if not inside:  # the array opens at an outside "[" one level down, after `"key":`
             for j in np.flatnonzero(outside & (code == _OPEN_ARRAY) & (level == array_depth)):
@@ -227,7 +227,7 @@ def _scan(inflater: _Inflater, key: str | None, k: int) -> tuple[bytes, int] | N
     return None
 
 
-def _reduce(chunk: bytes, in_string: bool) -> tuple[bytes, bool] | None:
+def reduced_scan(chunk: bytes, in_string: bool) -> tuple[bytes, bool] | None:
     """The chunk as quotes, brackets and commas, when no string in it holds a bracket, comma or escape (else
     None), and whether it ends inside a string.
 
@@ -250,10 +250,10 @@ def _reduce(chunk: bytes, in_string: bool) -> tuple[bytes, bool] | None:
     return None
 
 
-def _exact(chunk: bytes, depth: int, in_string: bool, escaped: bool) -> tuple[Any, ...]:
+def exact_scan(chunk: bytes, depth: int, in_string: bool, escaped: bool) -> tuple[Any, ...]:
     """Every quote, bracket and comma of the chunk: positions, codes, depth after each, whether it stands outside
     strings; and the string and escape state at the chunk's end."""
-    np, table, _ = _tables()
+    np, table, _ = scan_tables()
     codes = table[np.frombuffer(chunk, np.uint8)]
     start = 1 if escaped else 0
     escaped_end = False

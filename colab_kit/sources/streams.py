@@ -13,8 +13,8 @@ from typing import IO, Any
 
 from colab_kit.sources.records import SourceError
 
-_DAMAGED = (EOFError, zlib.error, gzip.BadGzipFile)
-_NOT_ELEMENTS = ("end_map", "end_array", "map_key")  # ijson events that do not start an array element
+DAMAGED = (EOFError, zlib.error, gzip.BadGzipFile)
+NOT_ELEMENTS = ("end_map", "end_array", "map_key")  # ijson events that do not start an array element
 
 
 @functools.lru_cache(maxsize=1)
@@ -34,25 +34,19 @@ class _GzipFile(gzip.GzipFile):
         return self.read1(-1 if size is None else size)
 
 
-def _open_binary(path: str) -> IO[bytes]:
-    """Opens a file for reading, decompressed when it is gzip (told by its magic bytes, not its name)."""
+def open_binary(path: str) -> IO[bytes]:
+    """Opens a file for reading, decompressed when it is gzip (told by its magic bytes, not its name). Every reader
+    opens its files through this name, looked up when called (``streams.open_binary``)."""
     with open(path, "rb") as f:
         gz = f.read(2) == b"\x1f\x8b"
     return _GzipFile(path, "rb") if gz else open(path, "rb")
 
 
-def _open(path: str) -> IO[bytes]:
-    """``colab_kit.sources._open_binary`` looked up when called, so that replacing that name reaches every reader."""
-    from colab_kit import sources
-
-    return sources._open_binary(path)
-
-
-def _failure(path: str, exc: BaseException, done: str, pos: int) -> SourceError:
+def damage_error(path: str, exc: BaseException, done: str, pos: int) -> SourceError:
     msg = " ".join(str(exc).split())[:300]
     if isinstance(exc, EOFError) or "premature EOF" in msg or "Incomplete JSON" in msg:
         return SourceError(f"{path}: file is truncated {done} ({msg}); re-download it")
-    if isinstance(exc, _DAMAGED):
+    if isinstance(exc, DAMAGED):
         return SourceError(f"{path}: file is corrupted {done} ({type(exc).__name__}: {msg}); re-download it")
     hint = "; JSON has no NaN/Infinity: write missing labels as null" if "NaN" in msg or "Infinity" in msg else ""
     return SourceError(f"{path}: malformed JSON {done}, in the JSON text before byte {pos}: {msg}{hint}; fix or re-download the file")
@@ -90,7 +84,7 @@ class _BareConstants:
                 raise error
             try:
                 new = self.f.read(size)
-            except _DAMAGED as exc:
+            except DAMAGED as exc:
                 if not self._carry:
                     raise
                 self._error, new = exc, b""
@@ -182,16 +176,16 @@ class _Guard:
         return self.f.tell()
 
     def _check(self, chunk: bytes) -> None:
-        from colab_kit.sources.seek import _exact, _reduce, _tables
+        from colab_kit.sources.seek import exact_scan, reduced_scan, scan_tables
 
-        np, _, step = _tables()
-        reduced = None if self.escaped else _reduce(chunk, self.in_string)
+        np, _, step = scan_tables()
+        reduced = None if self.escaped else reduced_scan(chunk, self.in_string)
         if reduced is not None:
             text, in_string_end = reduced
             level = self.depth + np.cumsum(step[np.frombuffer(text, np.uint8)], dtype=np.int64)
             escaped_end = False
         else:
-            _, _, level, _, in_string_end, escaped_end = _exact(chunk, self.depth, self.in_string, self.escaped)
+            _, _, level, _, in_string_end, escaped_end = exact_scan(chunk, self.depth, self.in_string, self.escaped)
         top, low, end = ((int(level.max()), int(level.min()), int(level[-1])) if len(level)
                          else (self.depth, self.depth, self.depth))
         at = self.offset + len(chunk)
@@ -216,7 +210,7 @@ class _Guard:
         self.depth, self.in_string, self.escaped, self.offset = end, in_string_end, escaped_end, at
 
 
-def _json(path: str, fn: str, *prefix: str, what: str = "items", stream: IO[bytes] | None = None, first: int = 0,
+def stream_json(path: str, fn: str, *prefix: str, what: str = "items", stream: IO[bytes] | None = None, first: int = 0,
           bare: bool | None = None) -> Iterator[Any]:
     """ijson ``items``/``parse`` over a (gzip) file; a decoding failure becomes a SourceError saying how far it got.
 
@@ -229,7 +223,7 @@ def _json(path: str, fn: str, *prefix: str, what: str = "items", stream: IO[byte
     from ijson import JSONError
 
     n = first
-    with stream if stream is not None else _open(path) as f:
+    with stream if stream is not None else open_binary(path) as f:
         # a stream that starts after a seek starts inside the array: its records are one level up
         guarded = _Guard(f, path, max(1, prefix[0].count(".") + 1 if prefix else 1) - (stream is not None))
         src = _BareConstants(guarded) if bare else guarded
@@ -238,25 +232,25 @@ def _json(path: str, fn: str, *prefix: str, what: str = "items", stream: IO[byte
                 yield obj
                 n += 1
             return
-        except (*_DAMAGED, JSONError) as exc:
-            if bare is not None or stream is not None or isinstance(exc, _DAMAGED):
-                raise _failure(path, exc, f"after {n} {what}", src.tell()) from exc
-    again = _json(path, fn, *prefix, what=what, bare=True)
+        except (*DAMAGED, JSONError) as exc:
+            if bare is not None or stream is not None or isinstance(exc, DAMAGED):
+                raise damage_error(path, exc, f"after {n} {what}", src.tell()) from exc
+    again = stream_json(path, fn, *prefix, what=what, bare=True)
     yield from itertools.islice(again, n - first, None)
 
 
-def _count(path: str, prefix: str) -> int:
+def count_elements(path: str, prefix: str) -> int:
     """Elements of the array at ``prefix``, from parse events alone (no objects are built)."""
-    return sum(1 for p, event, _ in _json(path, "parse", what="JSON events") if p == prefix and event not in _NOT_ELEMENTS)
+    return sum(1 for p, event, _ in stream_json(path, "parse", what="JSON events") if p == prefix and event not in NOT_ELEMENTS)
 
 
-def _first_char(path: str) -> str:
+def first_char(path: str) -> str:
     """The first non-blank character of the (decompressed) file; '' when it is empty."""
     try:
-        with _open(path) as f:
+        with open_binary(path) as f:
             while chunk := f.read(4096):
                 if text := chunk.lstrip(b" \t\r\n\xef\xbb\xbf"):
                     return chr(text[0])
             return ""
-    except _DAMAGED as exc:
-        raise _failure(path, exc, "after 0 items", 0) from exc
+    except DAMAGED as exc:
+        raise damage_error(path, exc, "after 0 items", 0) from exc

@@ -22,9 +22,10 @@ import itertools
 from collections.abc import Iterator
 from typing import Any
 
+from colab_kit.sources import streams
 from colab_kit.sources.base import Source
-from colab_kit.sources.records import RawItem, SourceError, _to_target
-from colab_kit.sources.streams import _DAMAGED, _failure, _open
+from colab_kit.sources.records import RawItem, SourceError, to_target
+from colab_kit.sources.streams import DAMAGED, damage_error
 
 STRUCTURE_COLUMNS = ("cif", "structure", "poscar", "atoms")
 ID_COLUMNS = ("material_id", "id", "mpid", "mp_id", "jid", "name", "structure_id")
@@ -53,7 +54,7 @@ def payload_kind(value: Any) -> str | None:
 
 
 def _is_number(value: Any) -> bool:
-    target, error = _to_target(value)
+    target, error = to_target(value)
     return target is not None and error is None
 
 
@@ -125,7 +126,7 @@ class _Table(Source):
         if len(row) != len(self.columns):
             return RawItem(rid, None, None, "cif", f"row {n} has {len(row)} fields, the header {len(self.columns)}; "
                            "fix the row (an unquoted comma or newline in a field?)")
-        target, error = _to_target(row[self._ti]) if self._ti is not None else (None, None)
+        target, error = to_target(row[self._ti]) if self._ti is not None else (None, None)
         value = row[self._si]
         kind = payload_kind(value)
         if kind is None:
@@ -135,14 +136,14 @@ class _Table(Source):
         return RawItem(rid, value, target, kind, error)
 
 
-class _Csv(_Table):
+class CsvSource(_Table):
     format = "csv"
 
     def _rows(self, start: int, with_header: bool = False) -> Iterator[list[Any]]:
         csv.field_size_limit(MAX_FIELD_BYTES)
         n = 0
         try:
-            with io.TextIOWrapper(_open(self.path), encoding="utf-8-sig", errors="replace", newline="") as f:
+            with io.TextIOWrapper(streams.open_binary(self.path), encoding="utf-8-sig", errors="replace", newline="") as f:
                 reader = csv.reader(f, delimiter="\t" if self.path.lower().removesuffix(".gz").endswith(".tsv") else ",")
                 header = next(reader, None)
                 if with_header:
@@ -156,14 +157,14 @@ class _Csv(_Table):
         except csv.Error as exc:
             raise SourceError(f"{self.path}: unreadable CSV after {n} rows ({exc}); a field larger than "
                               f"{MAX_FIELD_BYTES >> 20} MB, or an unclosed quote: fix or re-export the table") from exc
-        except _DAMAGED as exc:
-            raise _failure(self.path, exc, f"after {n} rows", n) from exc
+        except DAMAGED as exc:
+            raise damage_error(self.path, exc, f"after {n} rows", n) from exc
 
     def count(self) -> int:
         return sum(1 for _ in self._rows(0))
 
 
-class _Parquet(_Table):
+class ParquetSource(_Table):
     """A parquet file, read by record batches with pyarrow (Colab has it; elsewhere ``pip install pyarrow``)."""
 
     format = "parquet"
