@@ -1,10 +1,16 @@
 """Install colab_kit: ``pip install -e .`` (runtime) or ``pip install -e ".[test]"`` (tests)."""
 
+import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
+
+
+def version() -> str:
+    """colab_kit/version.py's VERSION, read as text (setup.py must not import the package it installs)."""
+    return re.search(r'^VERSION = "([^"]+)"', (HERE / "colab_kit" / "version.py").read_text(), re.M).group(1)
 
 
 def requirements() -> list[str]:
@@ -23,7 +29,7 @@ MODEL_EXTRAS = {
 
 setup(
     name="colab_kit",
-    version="0.1.0",
+    version=version(),
     description="Train crystal graph neural networks on a free Google Colab runtime without running out of memory",
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",

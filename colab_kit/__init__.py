@@ -6,7 +6,9 @@ warning filters happen at import time.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from colab_kit.version import VERSION as __version__
+
+__all__ = ["__version__", "load"]
 
 
 def load(path: str, **plan_overrides: object) -> object:

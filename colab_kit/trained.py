@@ -167,7 +167,8 @@ def export_model(path: str | Path, out: str | Path) -> dict[str, Path]:
     files = {"weights": out / WEIGHTS_FILE, "spec": out / SPEC_FILE}
     if trained.weights.resolve() != files["weights"].resolve():
         atomic_write_bytes(files["weights"], trained.weights.read_bytes())
-    from colab_kit import __version__, registry
+    from colab_kit import registry
+    from colab_kit.version import VERSION
 
     exports = getattr(registry.model(trained.model), "exports", {})
     if exports:
@@ -176,7 +177,7 @@ def export_model(path: str | Path, out: str | Path) -> dict[str, Path]:
             files[name.split(".")[0]] = Path(write(module, out / name))
 
     spec = {k: v for k, v in asdict(trained).items() if k != "weights"}
-    spec.update(format=SPEC_FORMAT, weights_sha256=sha256_file(files["weights"]), colab_kit=__version__)
+    spec.update(format=SPEC_FORMAT, weights_sha256=sha256_file(files["weights"]), colab_kit=VERSION)
     spec["weights"] = WEIGHTS_FILE
     atomic_write_json(files["spec"], spec)
     return files

@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from colab_kit.errors import ColabKitError
-from colab_kit.export_chgnet import ExportError, export_chgnet, export_chgnet_weights
 from colab_kit.graphs import get_converter
-from colab_kit.models.chgnet import CHGNetRegressor
+from colab_kit.models.chgnet import CHGNetRegressor, ExportError, export_chgnet, export_chgnet_weights
 from tests.helpers import fixture_structures
 
 # single-site Au; 2-, 3-, 4- and 5-site cells of 2-3 elements; 14- and 16-site ternary/binary oxides-chalcogenides
