@@ -15,7 +15,7 @@ the peak summed RSS of the tree):
                    500 training structures (main() samples the whole set, test included). Input: one CIF per
                    structure (pymatgen ``Structure.to``, from the same records the colab_kit store is built
                    from), ``id_prop.csv`` and the checkout's ``data/sample-regression/atom_init.json``.
-``cgcnn-ck``       ``python -m colab_kit convert --converter radius`` (once per data set), then per seed
+``cgcnn-ck``       ``python -m colab_kit convert --graph-kind radius`` (once per data set), then per seed
                    ``python -m colab_kit train --model cgcnn --set epochs=E --set patience=E --set seed=s`` and
                    ``python -m colab_kit evaluate --json`` of its ``best.pt``. Everything else is the Plan's
                    (AdamW 3e-3, cosine, batches of up to 32 graphs, budget calibration, ...).
@@ -29,8 +29,8 @@ the peak summed RSS of the tree):
 ``chgnet-ref-atomref``  the same, with ``model.composition_model.fit(train structures, train targets)`` (CHGNet's
                    own least-squares refit of its per-element energies, ``AtomRef.fit``) before training: the
                    pretrained AtomRef holds total-energy references several eV/atom away from formation energies.
-``chgnet-ck``      ``convert --converter chgnet --limit N`` then ``train --model chgnet`` / ``evaluate``, as for CGCNN.
-``comformer-ck``   colab_kit's iComFormer (``convert --converter comformer --limit N``, ``train --model comformer
+``chgnet-ck``      ``convert --graph-kind chgnet --limit N`` then ``train --model chgnet`` / ``evaluate``, as for CGCNN.
+``comformer-ck``   colab_kit's iComFormer (``convert --graph-kind comformer --limit N``, ``train --model comformer
                    --set hidden=H``), everything else the Plan's (AdamW 1e-3, cosine, batches of up to 32 graphs).
 ``comformer-ref``  the authors' iComformer (divelab/AIRS, ``OpenMat/ComFormer``, ``--comformer-repo``) trained by
                    their own ``train_main`` (their graphs, k = 25, their AdamW 1e-3 / weight decay 1e-5, OneCycle,
@@ -226,7 +226,7 @@ def ensure_store(ds: str, kind: str, limit: int | None, out: Path, src: Path) ->
     rec_path = store.with_suffix(".convert.json")
     if rec_path.exists() and (store / "manifest.json").exists():
         return store, json.loads(rec_path.read_text())
-    cmd = ck_cmd("convert", str(DATASETS[ds][0]), "--converter", kind, "--out", str(store),
+    cmd = ck_cmd("convert", str(DATASETS[ds][0]), "--graph-kind", kind, "--out", str(store),
                  *(["--limit", str(limit)] if limit else []))
     print(f"[{store.name}] converting ...", flush=True)
     rec = watched(cmd, f"convert-{ds}-{kind}", store.parent, src)
@@ -581,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
            "epochs": args.epochs, "chgnet_epochs": args.chgnet_epochs, "chgnet_n": args.chgnet_n,
            "limit": args.limit, "redo": args.redo, "stores": {}}
     skipped: dict[str, str] = run.results["skipped"]
-    models, kinds = registered(src, "train", "--model"), registered(src, "convert", "--converter")
+    models, kinds = registered(src, "train", "--model"), registered(src, "convert", "--graph-kind")
     if "comformer-ck" in contenders and not ("comformer" in models and "comformer" in kinds):
         skipped["comformer-ck"] = f"`python -m colab_kit train --help` lists models {models}, converters {kinds}"
     if "comformer-ref" in contenders and "comformer" not in kinds:  # its split comes from a colab_kit comformer store

@@ -56,7 +56,7 @@ else:
         for e in store.shards:  # this process "has checked" every shard: the pass as it was before the check
             p = Path(store_dir) / e.file
             fsutil._CHECKED[fsutil._version(p)] = e.sha256
-    plan = make_plan(detect(), "full", converter=store.converter_name)
+    plan = make_plan(detect(), "full", graph_kind=store.graph_kind)
     atoms, edges = store.sizes()
     sampler = BudgetBatchSampler(np.arange(len(store)), atoms, edges, plan.batch_atoms, plan.batch_edges,
                                  plan.batch_size, seed=0)

@@ -32,7 +32,7 @@ peak summed RSS of the tree):
                    ``ModelCheckpoint(monitor="val_MAE")`` keeps the best validation epoch, which ``trainer.test``
                    (``ckpt_path="best"``) scores; the driver also predicts each test id with those weights to check
                    ids and targets against the split.
-``*-ck``           ``python -m colab_kit convert --converter alignn|matgl --limit N`` (once per data set, reported
+``*-ck``           ``python -m colab_kit convert --graph-kind alignn|matgl --limit N`` (once per data set, reported
                    apart as prep), then per seed ``python -m colab_kit train --model alignn|m3gnet|tensornet --set
                    epochs=E --set patience=E --set seed=s`` + the sizes, and ``evaluate --json`` of ``best.pt``, as
                    ``bench_accuracy.run_ck`` does for CGCNN. Everything else is the Plan's.
@@ -673,9 +673,9 @@ def ceiling_point(ctx: dict[str, Any], pipeline: str, n: int) -> dict[str, Any]:
 
 
 def ceiling_point_ck(ctx: dict[str, Any], pipeline: str, n: int, run: Path, path: Path) -> dict[str, Any]:
-    """colab_kit's ``convert --converter K --limit n`` of the same MP-like file, beside the references' points."""
+    """colab_kit's ``convert --graph-kind K --limit n`` of the same MP-like file, beside the references' points."""
     kind = pipeline.removeprefix("ck-")
-    cmd = ck_cmd("convert", str(ctx["mp_like"]), "--converter", kind, "--limit", str(n), "--out", str(run / "store"))
+    cmd = ck_cmd("convert", str(ctx["mp_like"]), "--graph-kind", kind, "--limit", str(n), "--out", str(run / "store"))
     print(f"[ceiling] {pipeline} n={n}: colab_kit convert under {CEILING / GB:.0f} GiB ...", flush=True)
     rec = run_watched(cmd, ceiling=CEILING, name="convert", logdir=run, env={"PYTHONPATH": str(ctx["src"])})
     timeline = rec.pop("timeline_s_rss_mb", [])
@@ -869,7 +869,7 @@ def main(argv: list[str] | None = None) -> int:
                    colab_kit_src=str(src), colab_kit_commit=_commit(src), seeds=seeds, epochs=args.epochs,
                    matgl_epochs=args.matgl_epochs, n=args.n,
                    sizes=SIZES, batch=BATCH, alignn_config=ALIGNN_CONFIG, alignn_model=ALIGNN_MODEL, skipped={})
-    models, kinds = registered(src, "train", "--model"), registered(src, "convert", "--converter")
+    models, kinds = registered(src, "train", "--model"), registered(src, "convert", "--graph-kind")
     skipped: dict[str, str] = run.results["skipped"]
     for c in contenders:
         if c.endswith("-ck") and not (family(c) in models and STORE_KIND[family(c)] in kinds):

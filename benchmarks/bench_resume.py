@@ -101,7 +101,7 @@ def _kill(proc: subprocess.Popen) -> None:
 
 
 def convert_cmd(data: Path, store: Path, args: argparse.Namespace) -> list[str]:
-    return ["convert", str(data), "--converter", "chgnet", "--out", str(store), "--workers", str(args.workers),
+    return ["convert", str(data), "--graph-kind", "chgnet", "--out", str(store), "--workers", str(args.workers),
             "--shard-size", str(args.shard_size), "--on-bad", "skip"]
 
 

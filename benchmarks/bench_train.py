@@ -306,7 +306,7 @@ def _plan(machine: Any, model: str, batch_size: int) -> Any:
     from colab_kit.plan import make_plan
 
     converter = "chgnet" if model == "chgnet" else "radius"
-    return make_plan(machine, "debug", converter=converter, model=model, device="cpu", batch_size=batch_size,
+    return make_plan(machine, "debug", graph_kind=converter, model=model, device="cpu", batch_size=batch_size,
                      batch_atoms=BIG_BUDGET, batch_edges=BIG_BUDGET, workers=0, epochs=1, checkpoint_minutes=1e6)
 
 

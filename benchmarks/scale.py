@@ -656,7 +656,7 @@ class Ctx:
         self.logs = self.work / "logs"
         self.logs.mkdir(exist_ok=True)
         self.ceiling = int(args.ceiling_gb * GB)
-        self.plan = make_plan(machine, "full", converter="chgnet")
+        self.plan = make_plan(machine, "full", graph_kind="chgnet")
         if args.shard_size:
             self.shard_size, self.shard_reason = args.shard_size, "set by --shard-size"
         elif self.n < 20 * self.plan.shard_size:
@@ -779,7 +779,7 @@ def _mb(path: Path) -> float:
 
 
 def _convert_cmd(ctx: Ctx, store: Path, converter: str, limit: int | None = None) -> list[str]:
-    cmd = [sys.executable, "-m", "colab_kit", "convert", str(ctx.data), "--converter", converter, "--out", str(store),
+    cmd = [sys.executable, "-m", "colab_kit", "convert", str(ctx.data), "--graph-kind", converter, "--out", str(store),
            "--workers", str(ctx.workers), "--shard-size", str(ctx.shard_size), "--on-bad", "skip"]
     return cmd + (["--limit", str(limit)] if limit else [])
 

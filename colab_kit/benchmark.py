@@ -21,7 +21,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -31,11 +31,14 @@ from colab_kit.run_folder import RunFolder
 from colab_kit.splits import N_FOLDS, MatbenchError, splits_for, store_rows
 from colab_kit.store import GraphStore
 
+if TYPE_CHECKING:
+    from colab_kit.plan import Plan
+
 log = logging.getLogger(__name__)
 _MB_ID = re.compile(r"^mb-[a-z0-9-]+-(\d+)$")
 
 
-def bench_dir(plan: Any, task: str) -> Path:
+def bench_dir(plan: Plan, task: str) -> Path:
     from colab_kit.runner import variant_suffix
 
     name = re.sub(r"[^A-Za-z0-9_.=-]+", "_", f"{task}-{plan.model}{variant_suffix(plan)}-{plan.mode}")
@@ -114,7 +117,7 @@ def run_benchmark(task: str, make: Callable[[int], Any], *, folds: list[int] | N
     return out
 
 
-def _write_fold(root: Path, k: int, store: GraphStore, plan: Any, test: dict[str, Any]) -> None:
+def _write_fold(root: Path, k: int, store: GraphStore, plan: Plan, test: dict[str, Any]) -> None:
     rows, _ = store_rows(store)
     idx = splits_for(store, plan)["test"]
     ids = store.ids()
@@ -143,7 +146,7 @@ def _write_scores(root: Path, scores: dict[int, dict[str, Any]]) -> None:
     atomic_write_bytes(root / "folds.csv", buf.getvalue().encode())
 
 
-def _submission(root: Path, task: str, plan: Any) -> Path | None:
+def _submission(root: Path, task: str, plan: Plan) -> Path | None:
     """matbench's results.json.gz from the fold files, when they cover the whole task; else None (logged)."""
     n = MATBENCH_TASKS[task]["n_samples"]
     preds: dict[int, dict[str, float]] = {}

@@ -22,6 +22,7 @@ from colab_kit.cli_common import (
 )
 from colab_kit.errors import ColabKitError
 from colab_kit.plan import PlanError, make_plan
+from colab_kit.plan_settings import BAD_STRUCTURE_POLICIES
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +30,11 @@ EXAMPLES = {
     "main": """examples:
   python -m colab_kit detect                      # what this machine has and what colab_kit would do
   python -m colab_kit run --mode debug            # the whole pipeline on the shipped 3,000-structure set
-  python -m colab_kit convert data.json.gz --converter radius --out store/
+  python -m colab_kit convert data.json.gz --graph-kind radius --out store/
 """,
     "convert": """examples:
-  python -m colab_kit convert colab_kit/data/mp_eform_cgcnn_3000_matbench.json.gz --converter chgnet --out store/
-  python -m colab_kit convert cifs/ --converter radius --out store/ --workers 2   # folder of CIFs + id_prop.csv
+  python -m colab_kit convert colab_kit/data/mp_eform_cgcnn_3000_matbench.json.gz --graph-kind chgnet --out store/
+  python -m colab_kit convert cifs/ --graph-kind radius --out store/ --workers 2   # folder of CIFs + id_prop.csv
   python -m colab_kit convert big.json.gz --out /shared/store --shard 0/4         # host 0 of 4; then once without --shard
 Re-running the same command resumes: completed shards are kept, only those in flight are redone.
 """,
@@ -67,7 +68,7 @@ long it will take on this machine before its first step.
   python -m colab_kit detect
   python -m colab_kit detect --model comformer   # the plan for ComFormer, its options among the rows
   python -m colab_kit detect --model cgcnn --data my_cifs/ --mode quick
-  python -m colab_kit detect --mode full --converter radius
+  python -m colab_kit detect --mode full --graph-kind radius
   python -m colab_kit detect --json > machine.json
 """,
 }
@@ -124,8 +125,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     extra = {k: v for k, v in (("convert_workers", args.workers), ("shard_size", args.shard_size),
                                 ("on_bad_structure", args.on_bad)) if v is not None}
     plan = plan_from_args(args, probe_gpu=False, **extra)
-    out = args.out or str(Path(plan.work_dir) / "stores" / f"{Path(args.source).name.split('.')[0]}-{plan.converter}")
-    conv = get_converter(plan.converter, cutoff=plan.cutoff, bond_cutoff=plan.bond_cutoff,
+    out = args.out or str(Path(plan.work_dir) / "stores" / f"{Path(args.source).name.split('.')[0]}-{plan.graph_kind}")
+    conv = get_converter(plan.graph_kind, cutoff=plan.cutoff, bond_cutoff=plan.bond_cutoff,
                          max_neighbors=plan.max_neighbors, on_isolated_atoms=plan.on_isolated_atoms,
                          edges=plan.graph_edges)
     from colab_kit.folder_lock import hold
@@ -150,7 +151,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from colab_kit.train import fit
 
     store = GraphStore(args.store)
-    plan = plan_from_args(args, converter=store.converter_name, **store_graph_settings(store))
+    plan = plan_from_args(args, graph_kind=store.graph_kind, **store_graph_settings(store))
     out = Path(args.out or Path(args.store).parent / f"train-{plan.model}-{plan.mode}")
     from colab_kit.distributed import refuse_fresh
 
@@ -190,7 +191,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.model and trained.get("model") != args.model:
         trained = {}
     given = overrides_from_args(args)
-    plan = plan_from_args(args, converter=store.converter_name, **store_graph_settings(store),
+    plan = plan_from_args(args, graph_kind=store.graph_kind, **store_graph_settings(store),
                  **{k: v for k, v in trained.items() if k not in given})
     res = evaluate_weights(store, plan, args.weights, split=args.split)
     splits = splits_for(store, plan)
@@ -270,14 +271,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(sub, "convert", "convert structures into a sharded graph store (resumes)")
     add_plan_args(p, with_mode=False)
     p.add_argument("source", help="matbench json(.gz), folder of CIF/POSCAR + id_prop.csv, extxyz, JARVIS json")
-    p.add_argument("--out", help="store directory (default: <work dir>/stores/<source>-<converter>)")
+    p.add_argument("--out", help="store directory (default: <work dir>/stores/<source>-<graph kind>)")
     p.add_argument("--workers", type=int, help="conversion processes (default: from the plan)")
     p.add_argument("--shard", metavar="i/N", help="build only part i of N (several hosts, one store)")
     p.add_argument("--shard-size", type=int, help="structures per shard (default: from the plan)")
     p.add_argument("--format", help="source format if it cannot be told from the path")
     p.add_argument("--target", help="label column/key (default: the source's only one)")
     p.add_argument("--limit", type=int, help="convert only the first N structures")
-    p.add_argument("--on-bad", choices=("skip", "warn", "error"), help="what to do with a bad structure")
+    p.add_argument("--on-bad", choices=BAD_STRUCTURE_POLICIES, help="what to do with a bad structure")
     p.set_defaults(func=cmd_convert, mode="debug")
 
     p = _sub(sub, "train", "train a model on a store (resumes)")

@@ -39,7 +39,7 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     out = dict(parse_override(t) for t in getattr(args, "set", None) or [])
-    for name in ("converter", "model", "workers", "work_dir", "persist_dir", "seed"):
+    for name in ("graph_kind", "model", "workers", "work_dir", "persist_dir", "seed"):
         value = getattr(args, name, None)
         if value is not None:
             out[name] = value
@@ -49,9 +49,10 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 def add_plan_args(p: argparse.ArgumentParser, with_mode: bool = True) -> None:
     if with_mode:
         p.add_argument("--mode", choices=tuple(MODES), default="debug", help="run size preset (default: debug)")
-    p.add_argument("--converter", choices=registry.graph_kinds(), help="graph kind (default: the model's)")
+    p.add_argument("--graph-kind", "--converter", dest="graph_kind", choices=registry.graph_kinds(),
+                   help="graph kind (default: the model's; --converter is its old name)")
     p.add_argument("--model", choices=registry.models(),
-                   help=f"model (default: {registry.models()[0]}, or the first that trains on --converter)")
+                   help=f"model (default: {registry.models()[0]}, or the first that trains on --graph-kind)")
     p.add_argument("--work-dir", help="local directory for the store, checkpoints and report")
     p.add_argument(
         "--set",
@@ -73,7 +74,7 @@ def plan_from_args(args: argparse.Namespace, probe_gpu: bool = True, **extra: An
 
 def store_graph_settings(store: Any) -> dict[str, Any]:
     """The Plan's graph settings as the store was built (a Plan must describe the graphs it trains on)."""
-    return registry.graph_kind(store.converter_name).settings(store.params)
+    return registry.graph_kind(store.graph_kind).settings(store.params)
 
 
 def stopped_code(signal_name: str | None) -> int:

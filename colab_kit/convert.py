@@ -22,20 +22,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-import numpy as np
-
 from colab_kit.errors import ColabKitError
 from colab_kit.fsutil import has_sha256, remove_stale_temporaries
 from colab_kit.graphs import BadStructure, Converter
 from colab_kit.manifest import NAME as MANIFEST
 from colab_kit.manifest import PART_GLOB, Manifest, ManifestError, ShardEntry, part_name
+from colab_kit.plan_settings import BAD_STRUCTURE_POLICIES
 from colab_kit.shard_build import build_split_shard
 from colab_kit.sources import RawItem, Source, SourceError, check_target, open_source, parse_structure
-from colab_kit.store import StoreError, fingerprint, write_shard
+from colab_kit.store import StoreError, fingerprint, narrow, write_shard
 from colab_kit.worker_pool import calm_gc, make_pool, restore_gc
 
 log = logging.getLogger(__name__)
-POLICIES = ("skip", "warn", "error")
 
 
 class ConversionError(ColabKitError, RuntimeError):
@@ -53,17 +51,6 @@ class ConvertResult:
     complete: bool
 
 
-def _compact(g: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Shrink a graph's index arrays right away so a worker's shard in memory stays small."""
-    out = dict(g)
-    for k in ("nbr", "nbr_count", "d2u", "angles"):
-        if k in out:
-            out[k] = out[k].astype(np.int32)
-    if "image" in out:  # a structure-only store has no edges
-        out["image"] = out["image"].astype(np.int8 if np.abs(out["image"]).max(initial=0) < 128 else np.int16)
-    return out
-
-
 def convert_items(items: list[RawItem], converter: Converter, policy: str,
                   labels: str = "required") -> tuple[list, list, list, list, list]:
     """Convert raw items; returns (graphs, ids, targets, failures, warned). ``policy='error'`` raises on the
@@ -76,7 +63,7 @@ def convert_items(items: list[RawItem], converter: Converter, policy: str,
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
-                    graph = _compact(converter.convert(parse_structure(item), graph_id=item.id))
+                    graph = narrow(converter.convert(parse_structure(item), graph_id=item.id))
                 warned.extend((item.id, _warning_text(w)) for w in caught)
                 graphs.append(graph)
                 ids.append(item.id)
@@ -170,8 +157,8 @@ def build_store(
         StoreError: ``out`` holds a store built from other data or settings.
         ConversionError: ``on_bad_structure='error'`` met a bad structure, or nothing converted.
     """
-    if on_bad_structure not in POLICIES:
-        raise ConversionError(f"on_bad_structure must be one of {POLICIES} (got {on_bad_structure!r})")
+    if on_bad_structure not in BAD_STRUCTURE_POLICIES:
+        raise ConversionError(f"on_bad_structure must be one of {BAD_STRUCTURE_POLICIES} (got {on_bad_structure!r})")
     if labels not in ("required", "optional"):
         raise ConversionError(f"labels must be 'required' or 'optional' (got {labels!r})")
     i_part, n_parts = part
@@ -189,7 +176,7 @@ def build_store(
     whole = _load_manifest(root / MANIFEST)
     if whole is not None and whole.fingerprint != fp:
         raise StoreError(
-            f"{root} holds a store built with other data or settings (converter {whole.converter}, "
+            f"{root} holds a store built with other data or settings (graph kind {whole.graph_kind}, "
             f"params {whole.params}, source {whole.target_name!r} of {whole.source.get('format')}, fingerprint "
             f"{whole.fingerprint}; this one needs {fp}). "
             "For `run`: --fresh rebuilds it, or --work-dir DIR keeps both; for `convert`: another --out"
@@ -205,7 +192,7 @@ def build_store(
     if n_parts == 1:  # adopt shards that parallel parts built into this directory
         for p in sorted(root.glob(PART_GLOB)):
             done.update(_usable_entries(root, _load_manifest(p), fp))
-    manifest = Manifest(fingerprint=fp, converter=converter.name, params=converter.params, source=identity,
+    manifest = Manifest(fingerprint=fp, graph_kind=converter.name, params=converter.params, source=identity,
                         limit=limit, shard_size=shard_size, part=(i_part, n_parts),
                         shards=sorted(done.values(), key=lambda e: e.index))
     if own is not None and own.shard_size != shard_size and done:

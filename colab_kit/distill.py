@@ -20,13 +20,16 @@ import gc
 import io
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from colab_kit.errors import ColabKitError
 from colab_kit.fsutil import atomic_write_bytes
 from colab_kit.store import GraphStore
+
+if TYPE_CHECKING:
+    from colab_kit.plan import Plan
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +57,7 @@ def load_column(store: GraphStore, teacher: str) -> np.ndarray | None:
         return z["outputs"].copy()
 
 
-def teacher_column(store: GraphStore, plan: Any, source: str | Path | None = None, *, progress: bool = True,
+def teacher_column(store: GraphStore, plan: Plan, source: str | Path | None = None, *, progress: bool = True,
                    should_stop: Callable[[], bool] | None = None) -> np.ndarray | None:
     """The outputs of ``plan.teacher`` for every graph of ``store``: loaded, or computed once and cached.
 
@@ -79,13 +82,13 @@ def teacher_column(store: GraphStore, plan: Any, source: str | Path | None = Non
     trained = load_trained(plan.teacher)
     predictor = Predictor(trained, plan_for(trained, device=plan.device, work_dir=plan.work_dir))
     log.info("teacher %s: computing its outputs over %d graphs once", predictor, len(store))
-    same = trained.converter == store.converter_name and trained.graph_params == store.params
+    same = trained.graph_kind == store.graph_kind and trained.graph_params == store.params
     if same:
         own = store
     elif source is None:
         raise DistillError(
-            f"teacher {plan.teacher} reads {trained.converter} graphs and the store {store.root} holds "
-            f"{store.converter_name} graphs; use `python -m colab_kit run --data SOURCE --set teacher=...`, which "
+            f"teacher {plan.teacher} reads {trained.graph_kind} graphs and the store {store.root} holds "
+            f"{store.graph_kind} graphs; use `python -m colab_kit run --data SOURCE --set teacher=...`, which "
             "converts the data for the teacher too")
     else:
         _, own = predictor.prediction_store(source, target=store.manifest.target_name, limit=store.manifest.limit,
@@ -121,10 +124,10 @@ def blended_targets(labels: np.ndarray, teacher: np.ndarray, alpha: float) -> np
     return np.where(np.isfinite(t), alpha * labels + (1.0 - alpha) * t, labels)
 
 
-def distill_targets(store: GraphStore, plan: Any) -> np.ndarray | None:
+def distill_targets(store: GraphStore, plan: Plan) -> np.ndarray | None:
     """The train targets for ``plan`` (None without a teacher): the teacher column (computed here when the teacher
     reads the store's graphs) blended with the labels by ``plan.distill_alpha``."""
-    if not getattr(plan, "teacher", None):
+    if not plan.teacher:
         return None
     column = teacher_column(store, plan, progress=False)
     if column is None:

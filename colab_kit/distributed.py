@@ -138,12 +138,6 @@ def refuse_fresh(fresh: bool, world_size: int, folder: Any) -> None:
                                f"delete it first (rm -r {folder}), then launch without --fresh")
 
 
-def plan_world(plan: Any) -> World:
-    """The World a Plan was made in (a Plan saved before distributed training: one process)."""
-    size = getattr(plan, "world_size", 1)
-    return World(getattr(plan, "rank", 0), getattr(plan, "local_rank", 0), size, size)
-
-
 def start(world: World, device: Any) -> None:
     """Join the process group of ``world`` (NCCL on CUDA, Gloo on CPU); nothing in a single process."""
     import torch

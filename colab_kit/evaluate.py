@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,6 +19,9 @@ from colab_kit.run_folder import RunFolder
 from colab_kit.splits import splits_for
 from colab_kit.store import GraphStore
 
+if TYPE_CHECKING:
+    from colab_kit.plan import Plan
+
 log = logging.getLogger(__name__)
 
 
@@ -26,7 +29,7 @@ class EvaluationError(ColabKitError, RuntimeError):
     """Weights that cannot be evaluated as asked; the message names the file and the fix."""
 
 
-def amp_dtype_for(plan: Any, device: torch.device) -> tuple[torch.dtype | None, bool]:
+def amp_dtype_for(plan: Plan, device: torch.device) -> tuple[torch.dtype | None, bool]:
     """(autocast dtype or None, whether a GradScaler is needed) for the Plan's ``amp`` on ``device``."""
     if device.type != "cuda" or plan.amp == "off":
         return None, False
@@ -103,7 +106,7 @@ def trained_model_settings(weights: str | Path) -> dict[str, Any]:
     return {"model": plan["model"], **plan.get("model_options", {})} if "model" in plan else {}
 
 
-def load_weights(store: GraphStore, plan: Any, weights: str | Path) -> Any:
+def load_weights(store: GraphStore, plan: Plan, weights: str | Path) -> Any:
     """The model of ``plan.model`` for ``store`` with saved weights (``best.pt``, weights-only) loaded."""
     path = Path(weights)
     if path.name == RunFolder(path.parent).best.name and not recover_best(path.parent):  # a damaged or lost best.pt: rebuilt from a checkpoint
@@ -123,7 +126,7 @@ def load_weights(store: GraphStore, plan: Any, weights: str | Path) -> Any:
     return model.to(torch.device(plan.device))
 
 
-def evaluate_weights(store: GraphStore, plan: Any, weights: str | Path, split: str = "test") -> dict[str, Any]:
+def evaluate_weights(store: GraphStore, plan: Plan, weights: str | Path, split: str = "test") -> dict[str, Any]:
     """Load saved model weights and evaluate them on a split of ``store``."""
     from colab_kit.reproducible import use_threads
 

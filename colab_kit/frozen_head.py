@@ -12,13 +12,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from colab_kit.store import GraphStore
+
+if TYPE_CHECKING:
+    from colab_kit.plan import Plan
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +32,7 @@ def features_key(pretrained: str) -> str:
     return hashlib.sha256(f"chgnet crystal_fea {chgnet.__version__} {pretrained}".encode()).hexdigest()
 
 
-def crystal_features(store: GraphStore, plan: Any, pretrained: str = "0.3.0", progress: bool = True,
+def crystal_features(store: GraphStore, plan: Plan, pretrained: str = "0.3.0", progress: bool = True,
                      should_stop: Any = None) -> np.ndarray | None:
     """CHGNet's crystal features ``[N, 64]`` for every graph of a CHGNet store (cached; None if stopped first)."""
     from colab_kit import registry
@@ -37,9 +40,9 @@ def crystal_features(store: GraphStore, plan: Any, pretrained: str = "0.3.0", pr
     from colab_kit.models.chgnet import CHGNetRegressor
     from colab_kit.predict import read_outputs, run_pass
 
-    if store.converter_name != registry.model_graph_kind("chgnet"):
-        raise ColabKitError(f"store {store.root} holds {store.converter_name} graphs; CHGNet features need chgnet "
-                            "graphs (`--converter chgnet`)")
+    if store.graph_kind != registry.model_graph_kind("chgnet"):
+        raise ColabKitError(f"store {store.root} holds {store.graph_kind} graphs; CHGNet features need chgnet "
+                            "graphs (`--graph-kind chgnet`)")
     key = features_key(pretrained)
     device = torch.device(plan.device)
     backbone = CHGNetRegressor(pretrained=pretrained).to(device)
@@ -116,7 +119,7 @@ def _train_head(x: np.ndarray, y: np.ndarray, splits: dict[str, np.ndarray], hid
                          "seconds": round(time.perf_counter() - t0, 2)}
 
 
-def run_head(plan: Any, progress: bool = True, should_stop: Any = None) -> dict[str, Any]:
+def run_head(plan: Plan, progress: bool = True, should_stop: Any = None) -> dict[str, Any]:
     """The frozen-backbone pipeline for ``plan`` (model chgnet): CHGNet store, cached features, head, test scores."""
     import io
     from pathlib import Path

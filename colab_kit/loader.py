@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -19,6 +19,9 @@ from colab_kit import registry
 from colab_kit.errors import ColabKitError
 from colab_kit.splits import splits_for
 from colab_kit.store import GraphStore
+
+if TYPE_CHECKING:
+    from colab_kit.plan import Plan
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,7 @@ class GraphDataset(Dataset):
         if self.batch_reads:
             from colab_kit.batch_read import gather
 
-            kind = registry.graph_kind(self.store.converter_name)
+            kind = registry.graph_kind(self.store.graph_kind)
             return kind.batch_fn(gather(self.store, indices, self.targets), self.store.params)
         return [self[i] for i in indices]
 
@@ -199,7 +202,7 @@ def rank_batches(batches: list[list[int]], rank: int, world: int) -> tuple[list[
 
 def collate_fn(store: GraphStore) -> Any:
     """The store's graph kind's collate: ``(graph, target)`` items to its model's batch."""
-    return registry.graph_kind(store.converter_name).collate
+    return registry.graph_kind(store.graph_kind).collate
 
 
 def assembled(batch: Any) -> Any:
@@ -210,7 +213,7 @@ def assembled(batch: Any) -> Any:
 def dataset_and_collate(store: GraphStore, targets: np.ndarray | None = None) -> tuple[GraphDataset, Any]:
     """The Dataset and collate function a DataLoader over ``store`` uses: whole-batch reads when the store's graph
     kind can assemble a batch from them (``batch_fn``), else one graph per item and the kind's collate."""
-    if getattr(registry.graph_kind(store.converter_name), "batch_fn", None) is not None:
+    if getattr(registry.graph_kind(store.graph_kind), "batch_fn", None) is not None:
         return GraphDataset(store, targets, batch_reads=True), assembled
     return GraphDataset(store, targets), collate_fn(store)
 
@@ -227,7 +230,7 @@ def make_loader(store: GraphStore, sampler: BudgetBatchSampler, workers: int = 0
                       num_workers=workers, pin_memory=pin_memory, **kw)
 
 
-def make_loaders(store: GraphStore, plan: Any, splits: dict[str, np.ndarray] | None = None,
+def make_loaders(store: GraphStore, plan: Plan, splits: dict[str, np.ndarray] | None = None,
                  budget: tuple[int, int] | None = None, train_targets: np.ndarray | None = None) -> dict[str, DataLoader]:
     """train / val / test loaders with the Plan's settings; eval batches are ``eval_batch_size /
     batch_size`` times larger (no gradients). ``budget`` = (max_atoms, max_edges) overrides the Plan's;

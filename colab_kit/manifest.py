@@ -63,7 +63,7 @@ class Manifest:
     and which shards are committed; complete once every shard is, with the totals then."""
 
     fingerprint: str
-    converter: str
+    graph_kind: str
     params: dict[str, Any]
     source: dict[str, Any]
     limit: int | None
@@ -102,8 +102,9 @@ class Manifest:
     # -- the one writer and the one reader --------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
+        # the JSON keeps the graph kind's old key, "converter": the file format does not change
         d: dict[str, Any] = {"format_version": self.format_version, "fingerprint": self.fingerprint,
-                             "converter": self.converter, "params": self.params, "source": self.source,
+                             "converter": self.graph_kind, "params": self.params, "source": self.source,
                              "limit": self.limit, "shard_size": self.shard_size, "part": list(self.part),
                              "complete": self.complete, "shards": [e.to_dict() for e in self.shards]}
         if self.complete:
@@ -116,7 +117,7 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Manifest:
-        return cls(fingerprint=d["fingerprint"], converter=d["converter"], params=dict(d["params"]),
+        return cls(fingerprint=d["fingerprint"], graph_kind=d["converter"], params=dict(d["params"]),
                    source=dict(d.get("source", {})), limit=d.get("limit"), shard_size=int(d["shard_size"]),
                    part=tuple(d.get("part", (0, 1))), complete=bool(d.get("complete")),
                    shards=[ShardEntry.from_dict(e) for e in d.get("shards", [])],
@@ -143,4 +144,4 @@ class Manifest:
 
 
 #: the fields that say which store a manifest belongs to
-HEADER = ("format_version", "fingerprint", "converter", "params", "source", "limit", "shard_size")
+HEADER = ("format_version", "fingerprint", "graph_kind", "params", "source", "limit", "shard_size")

@@ -15,12 +15,15 @@ import logging
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
 
 from colab_kit.oom import free_memory, is_oom
+
+if TYPE_CHECKING:
+    from colab_kit.plan import Plan
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,7 @@ class Budget:
                       f"shrunk x{factor} after an out-of-memory error (was {self.max_atoms} atoms / {self.max_edges} edges)")
 
 
-def static_budget(plan: Any) -> Budget:
+def static_budget(plan: Plan) -> Budget:
     return Budget(plan.batch_atoms, plan.batch_edges, f"static estimate from the plan ({plan.reasons.get('batch_edges', '')})")
 
 

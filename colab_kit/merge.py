@@ -59,7 +59,7 @@ def check_parts(parts: list[tuple[Path, Manifest]]) -> Manifest:
     seen: dict[int, Path] = {}
     for folder, m in parts:
         if not m.same_store(first):
-            key = next(k for k in ("fingerprint", "converter", "params", "source", "limit", "shard_size", "format_version")
+            key = next(k for k in ("fingerprint", "graph_kind", "params", "source", "limit", "shard_size", "format_version")
                        if getattr(m, k) != getattr(first, k))
             raise StoreError(f"{folder} and {first_dir} are parts of different stores ({key} {getattr(m, key)!r} vs "
                              f"{getattr(first, key)!r}); build every part with the same source and settings")
@@ -81,7 +81,7 @@ def check_parts(parts: list[tuple[Path, Manifest]]) -> Manifest:
     if indices != list(range(len(indices))):
         gap = next(i for i, j in enumerate(indices) if i != j) if indices else 0
         raise StoreError(f"the parts hold no shard {gap} although they are complete; rebuild part {gap % n}/{n}")
-    return Manifest(fingerprint=first.fingerprint, converter=first.converter, params=first.params, source=first.source,
+    return Manifest(fingerprint=first.fingerprint, graph_kind=first.graph_kind, params=first.params, source=first.source,
                     limit=first.limit, shard_size=first.shard_size, format_version=first.format_version,
                     part=(0, 1), shards=shards).finish()
 

@@ -15,15 +15,7 @@ from typing import Any, Mapping
 from colab_kit import registry
 from colab_kit.detect import GIB, Machine
 from colab_kit.errors import ColabKitError
-from colab_kit.plan_settings import (  # noqa: F401 - the Plan's API too
-    ALIASES,
-    AMP_CHOICES,
-    BAD_STRUCTURE_POLICIES,
-    ISOLATED_ATOM_POLICIES,
-    OVERRIDABLE,
-    SCHEDULES,
-    SPLITS,
-)
+from colab_kit.plan_settings import ALIASES, OVERRIDABLE, SCHEDULES, with_current_names
 
 #: Per-mode presets. Modes are data: anything mode-dependent is looked up here. ``epochs`` and ``patience``
 #: are those of a pretrained model (CHGNet fine-tuning); a model's ``epoch_scale`` (in the registry) stretches them.
@@ -47,7 +39,7 @@ class Plan:
     mode: str
     data: str
     target: str | None
-    converter: str
+    graph_kind: str
     model: str
     model_options: Mapping[str, Any]  # the model's own settings (registry options), e.g. CGCNN's hidden size
     # graph resolution
@@ -117,7 +109,7 @@ class Plan:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Plan:
         names = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in d.items() if k in names}
+        kw = {k: v for k, v in with_current_names(d).items() if k in names}  # "converter": graph_kind's old name
         kw["warnings"] = tuple(kw.get("warnings", ()))
         kw.setdefault("model_options", {})  # a Plan saved before models had options
         kw.setdefault("schedule", "cosine")  # ... or schedules
@@ -174,7 +166,7 @@ def make_plan(machine: Machine, mode: str = "debug", **overrides: Any) -> Plan:
             if name in overrides and overrides[name] != overrides[alias]:
                 raise PlanError(f"plan settings {alias} and {name} are the same setting; give one of them")
             overrides = {**{k: v for k, v in overrides.items() if k != alias}, name: overrides[alias]}
-    model, converter = _model_and_graphs(overrides)
+    model, graph_kind = _model_and_graphs(overrides)
     spec = registry.model(model)
     for key, value in overrides.items():
         if key in spec.options and key not in OVERRIDABLE:
@@ -214,15 +206,15 @@ def make_plan(machine: Machine, mode: str = "debug", **overrides: Any) -> Plan:
     set_("data_sha256", None, "a URL's file is checked against its server's validator; known datasets carry their "
          "sha256; --set data_sha256=... pins a file's content")
     v["model"], r["model"] = model, ("set by user" if "model" in overrides else
-                                     f"the model that trains on {converter} graphs" if "converter" in overrides else
+                                     f"the model that trains on {graph_kind} graphs" if "graph_kind" in overrides else
                                      f"{spec.description} (best accuracy per sample)")
-    v["converter"], r["converter"] = converter, ("set by user" if "converter" in overrides else
-                                                 f"{spec.name} trains on {converter} graphs")
+    v["graph_kind"], r["graph_kind"] = graph_kind, ("set by user" if "graph_kind" in overrides else
+                                                 f"{spec.name} trains on {graph_kind} graphs")
     v["model_options"] = {}
     for key, option in spec.options.items():
         v["model_options"][key] = overrides.get(key, option.default)
         r[key] = "set by user" if key in overrides else f"{model}: {option.reason}"
-    kind = registry.graph_kind(converter)
+    kind = registry.graph_kind(graph_kind)
     world = machine.world
     per_host = max(1, world.local_size)  # ranks sharing this host's RAM and CPUs
     avail = machine.ram_available // per_host
@@ -341,8 +333,8 @@ def make_plan(machine: Machine, mode: str = "debug", **overrides: Any) -> Plan:
     if not getattr(kind, "device_edges", False):
         if overrides.get("graph_edges", "stored") != "stored":
             raise PlanError(f"graph_edges=device needs graphs whose edges can be built on the device (radius: "
-                            f"cgcnn); {model} trains on {converter} graphs, read from the store: leave graph_edges out")
-        set_("graph_edges", "stored", f"{converter} graphs are read from the store")
+                            f"cgcnn); {model} trains on {graph_kind} graphs, read from the store: leave graph_edges out")
+        set_("graph_edges", "stored", f"{graph_kind} graphs are read from the store")
     elif local_free is not None and local_free < LOW_DISK and gpu is not None:
         set_("graph_edges", "device", f"{local_free / GIB:.1f} GiB free disk: the store keeps structures only (~1/4 "
              f"the size) and {gpu.name} builds each batch's edges")
@@ -384,24 +376,24 @@ def make_plan(machine: Machine, mode: str = "debug", **overrides: Any) -> Plan:
 
 
 def _model_and_graphs(overrides: Mapping[str, Any]) -> tuple[str, str]:
-    """The model and graph kind: ``--model X`` alone picks X's graph kind, ``--converter K`` alone the first model
+    """The model and graph kind: ``--model X`` alone picks X's graph kind, ``--graph-kind K`` alone the first model
     that trains on K, neither the first registered model (CHGNet fine-tuning).
 
     Raises:
         PlanError: an unknown name, or a model that does not train on the graph kind asked for.
     """
-    for key, names in (("model", registry.models()), ("converter", registry.graph_kinds())):
+    for key, names in (("model", registry.models()), ("graph_kind", registry.graph_kinds())):
         if key in overrides and overrides[key] not in names:
             raise PlanError(f"plan setting {key} must be one of {names} (got {overrides[key]!r})")
     if "model" in overrides:
         model = overrides["model"]
         kind = registry.model_graph_kind(model)
-        if overrides.get("converter", kind) != kind:
-            raise PlanError(f"model {model!r} trains on {kind!r} graphs, not {overrides['converter']!r}; use "
-                            f"--converter {kind} (or leave it out), or --model {registry.default_model(overrides['converter'])}")
+        if overrides.get("graph_kind", kind) != kind:
+            raise PlanError(f"model {model!r} trains on {kind!r} graphs, not {overrides['graph_kind']!r}; use "
+                            f"--graph-kind {kind} (or leave it out), or --model {registry.default_model(overrides['graph_kind'])}")
         return model, kind
-    if "converter" in overrides:
-        return registry.default_model(overrides["converter"]), overrides["converter"]
+    if "graph_kind" in overrides:
+        return registry.default_model(overrides["graph_kind"]), overrides["graph_kind"]
     model = registry.models()[0]
     return model, registry.model_graph_kind(model)
 

@@ -4,14 +4,17 @@ pass and the words that say what it must be."""
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Literal, get_args
 
 from colab_kit import registry
 
 AMP_CHOICES = ("off", "fp16", "bf16")
-BAD_STRUCTURE_POLICIES = ("skip", "warn", "error")
+BadStructurePolicy = Literal["skip", "warn", "error"]  # what a conversion does with a structure it cannot convert
+BAD_STRUCTURE_POLICIES: tuple[str, ...] = get_args(BadStructurePolicy)
 SCHEDULES = ("cosine", "warmup_cosine")  # per epoch, see colab_kit.train.lr_factor
-ISOLATED_ATOM_POLICIES = ("error", "warn", "ignore")  # CHGNet's CrystalGraphConverter modes
+IsolatedPolicy = Literal["error", "warn", "ignore"]  # CHGNet's CrystalGraphConverter modes, same names and meaning
+ISOLATED_ATOM_POLICIES: tuple[str, ...] = get_args(IsolatedPolicy)
 SPLITS = ("random", "matbench")  # 80/10/10 by seed, or matbench's official fold + a seeded validation part
 
 
@@ -42,7 +45,7 @@ OVERRIDABLE: dict[str, tuple[Any, str]] = {
                     "the downloaded file's sha256, 64 hex digits, or None"),
     "target": (lambda v: v is None or (isinstance(v, str) and v != ""), "a column/key name of the label or None"),
     "unit": (lambda v: v is None or (isinstance(v, str) and v.strip() != ""), "the label's unit, e.g. eV/atom, or None"),
-    "converter": (lambda v: v in registry.graph_kinds(), "a registered graph kind"),
+    "graph_kind": (lambda v: v in registry.graph_kinds(), "a registered graph kind"),
     "model": (lambda v: v in registry.models(), "a registered model"),
     "cutoff": (_within(_positive_num, MAX_CUTOFF), f"a number of Å in (0, {MAX_CUTOFF:g}]: a crystal graph's cutoff "
                "is a few Å (CHGNet 6, CGCNN 8), and larger ones give graphs of thousands of neighbours per atom"),
@@ -85,4 +88,9 @@ OVERRIDABLE: dict[str, tuple[Any, str]] = {
 
 
 #: Other names a setting is known by (``--set target_column=...`` is ``--set target=...``).
-ALIASES: dict[str, str] = {"target_column": "target"}
+ALIASES: dict[str, str] = {"target_column": "target", "converter": "graph_kind"}
+
+
+def with_current_names(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``settings`` (overrides, or a Plan saved by an older version) with each alias replaced by its setting's name."""
+    return {ALIASES.get(k, k): v for k, v in settings.items()}

@@ -12,7 +12,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ import torch
 from colab_kit.fsutil import atomic_write_bytes
 from colab_kit.predict import PredictionError, read_outputs, run_pass, write_csv
 from colab_kit.trained import TrainedModel, export_model, load_trained
+
+if TYPE_CHECKING:
+    from colab_kit.plan import Plan
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,7 @@ class Predictor:
         plan: a Plan for this model and its graph settings (default: made for this machine, ``--mode full``).
     """
 
-    def __init__(self, trained: TrainedModel, plan: Any = None) -> None:
+    def __init__(self, trained: TrainedModel, plan: Plan | None = None) -> None:
         self.trained = trained
         self.plan = plan if plan is not None else plan_for(trained)
         self.device = torch.device(self.plan.device)
@@ -53,7 +56,7 @@ class Predictor:
 
     def __repr__(self) -> str:
         t = self.trained
-        return f"Predictor({t.model}, {t.converter} graphs, target {t.target or '?'} [{t.unit or '?'}], {t.weights})"
+        return f"Predictor({t.model}, {t.graph_kind} graphs, target {t.target or '?'} [{t.unit or '?'}], {t.weights})"
 
     @property
     def model(self) -> Any:
@@ -73,10 +76,10 @@ class Predictor:
         """The prediction pass over a store built with this model's graphs (resumes; see :mod:`colab_kit.predict`)."""
         from colab_kit.evaluate import amp_dtype_for
 
-        if store.converter_name != self.trained.converter or store.params != self.trained.graph_params:
+        if store.graph_kind != self.trained.graph_kind or store.params != self.trained.graph_params:
             raise PredictionError(
-                f"store {store.root} has {store.converter_name} graphs with {store.params}; this {self.trained.model} "
-                f"reads {self.trained.converter} graphs with {self.trained.graph_params}: convert the data with those")
+                f"store {store.root} has {store.graph_kind} graphs with {store.params}; this {self.trained.model} "
+                f"reads {self.trained.graph_kind} graphs with {self.trained.graph_params}: convert the data with those")
         from colab_kit.folder_lock import hold
         from colab_kit.reproducible import use_threads
 
@@ -112,7 +115,7 @@ class Predictor:
         if not rows:
             return out
         with tempfile.TemporaryDirectory(prefix="colab_kit-predict-") as tmp:
-            conv = Converter(self.trained.converter, self.trained.graph_params)
+            conv = Converter(self.trained.graph_kind, self.trained.graph_params)
             src = open_source(rows, name="predict")
             try:
                 res = build_store(src, Path(tmp) / "store", conv, workers=1, shard_size=max(len(rows), 1),
@@ -176,7 +179,7 @@ class Predictor:
         from colab_kit.store import GraphStore, fingerprint
 
         src = open_source(source, target=target)
-        conv = Converter(self.trained.converter, self.trained.graph_params)
+        conv = Converter(self.trained.graph_kind, self.trained.graph_params)
         fp = fingerprint(conv.name, conv.params, {**src.identity(), "labels": "optional"}, limit)
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(str(source).rstrip("/")).name.split(".")[0])[:60] or "data"
         root = Path(work_dir or self.plan.work_dir) / "predict" / f"{stem}-{conv.name}-{fp[:12]}"
@@ -222,13 +225,13 @@ def plan_for(trained: TrainedModel, mode: str = "full", **overrides: Any) -> Any
     from colab_kit.plan import make_plan
     from colab_kit.registry import GRAPH_SETTINGS
 
-    fixed = {**trained.graph_settings(), "model": trained.model, "converter": trained.converter}
-    if clash := [k for k in overrides if k in (*GRAPH_SETTINGS, "model", "converter") and overrides[k] != fixed.get(k)]:
+    fixed = {**trained.graph_settings(), "model": trained.model, "graph_kind": trained.graph_kind}
+    if clash := [k for k in overrides if k in (*GRAPH_SETTINGS, "model", "graph_kind") and overrides[k] != fixed.get(k)]:
         raise PredictionError(f"{', '.join(clash)} cannot be set when predicting: the trained {trained.model} fixes "
                               f"{', '.join(f'{k}={fixed.get(k)}' for k in clash)}; drop --set {clash[0]}=...")
     overrides = {k: v for k, v in overrides.items() if k not in fixed}
     options = {k: v for k, v in trained.options.items() if k not in overrides}
-    return make_plan(detect(), mode, model=trained.model, converter=trained.converter, **trained.graph_settings(),
+    return make_plan(detect(), mode, model=trained.model, graph_kind=trained.graph_kind, **trained.graph_settings(),
                      **options, **overrides)
 
 

@@ -160,7 +160,7 @@ class Model:
     bytes_per_atom: int
     bytes_per_edge: int
     lr: float
-    schedule: str = "cosine"  # one of colab_kit.plan.SCHEDULES
+    schedule: str = "cosine"  # one of colab_kit.plan_settings.SCHEDULES
     schedule_reason: str = "cosine decay over the epochs"
     epoch_scale: int = 1
     epoch_reason: str = ""

@@ -15,13 +15,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from colab_kit.fsutil import atomic_write_bytes
 from colab_kit.logs import format_duration
 from colab_kit.run_folder import RunFolder
-from colab_kit.store import atomic_write_bytes
 from colab_kit.units import target_label, target_name_for_axis, target_quantity, target_unit, with_unit
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+    from colab_kit.plan import Plan
+    from colab_kit.store import GraphStore
+    from colab_kit.train import TrainResult
 
 TIMING_KEYS = ("compute_seconds", "calls", "last_call_seconds")
 _TRAIN_LOSS_LABEL = "train loss (MSE / std²)"  # the loss is on the standardised target: unitless
@@ -205,7 +209,7 @@ def _finite(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
-def write_report(folder: RunFolder, *, plan: Any, store: Any, result: Any, test: dict[str, Any],
+def write_report(folder: RunFolder, *, plan: Plan, store: GraphStore, result: TrainResult, test: dict[str, Any],
                  baseline_mae: float, timing: dict[str, Any], data_name: str,
                  target_name: str | None = None) -> dict[str, Any]:
     """Write the report files and return the metrics dict (also saved as metrics.json).
@@ -228,8 +232,8 @@ def write_report(folder: RunFolder, *, plan: Any, store: Any, result: Any, test:
     folder.report.mkdir(parents=True, exist_ok=True)
     out = folder.report_file
     if target_name is None:
-        target_name = getattr(plan, "target", None) or store_target_name(store)
-    given = getattr(plan, "unit", None)
+        target_name = plan.target or store_target_name(store)
+    given = plan.unit
     unit = target_unit(target_name, data_name, given)
     time_ = _check_timing(timing)
     time_["train_seconds"] = round(float(getattr(result, "train_seconds", 0.0)), 1)
@@ -242,7 +246,7 @@ def write_report(folder: RunFolder, *, plan: Any, store: Any, result: Any, test:
         "unit": unit,
         "n_graphs": len(store),
         "n_skipped": store.manifest.n_failed,
-        "converter": store.converter_name,
+        "graph_kind": store.graph_kind,
         "model": plan.model,
         "status": result.status,
         "epochs": result.epochs_done,
@@ -269,7 +273,7 @@ def write_report(folder: RunFolder, *, plan: Any, store: Any, result: Any, test:
         files["parity"] = str(save_png(fig, out("parity.png")))
     b = metrics["budget"]
     summary = [
-        f"data: {data_name} -> {len(store)} graphs ({store.converter_name}), {metrics['n_skipped']} skipped",
+        f"data: {data_name} -> {len(store)} graphs ({store.graph_kind}), {metrics['n_skipped']} skipped",
         f"target: {target_name or 'target'}" + (f" = {metrics['target_label']}" if unit else
                                                 " (unit not known: --set unit=... names it)"),
         f"plan: mode {plan.mode}, model {plan.model}, device {plan.device}, amp {plan.amp}, epochs {plan.epochs}",

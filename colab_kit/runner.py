@@ -40,11 +40,11 @@ class RunResult:
 
 
 def run_name(plan: Plan) -> str:
-    """A stable name for the run from data, converter, model, the model options set away from their defaults,
+    """A stable name for the run from data, graph kind, model, the model options set away from their defaults,
     and mode (same command → same dir; another model variant → another dir, not a refused resume)."""
     base = re.sub(r"\.(json|xyz|extxyz)(\.gz)?$", "", Path(plan.data.rstrip("/").split("?")[0]).name) or "data"
     base = re.sub(r"[^A-Za-z0-9_.-]+", "_", base)[:60]
-    name = re.sub(r"[^A-Za-z0-9_.=-]+", "_", f"{base}-{plan.converter}-{plan.model}{variant_suffix(plan)}-{plan.mode}")
+    name = re.sub(r"[^A-Za-z0-9_.=-]+", "_", f"{base}-{plan.graph_kind}-{plan.model}{variant_suffix(plan)}-{plan.mode}")
     if len(name) > 150:  # e.g. --set weights=<a long path>: a file name stays well under the usual 255-byte limit
         name = f"{name[:120]}-{hashlib.sha256(name.encode()).hexdigest()[:12]}-{plan.mode}"
     return name
@@ -248,7 +248,7 @@ def _pipeline(plan: Plan, folder: RunFolder, persist: RunFolder | None, data_pat
     mirror.push(folder.plan)
 
     store_dir = folder.store
-    converter = get_converter(plan.converter, cutoff=plan.cutoff, bond_cutoff=plan.bond_cutoff,
+    converter = get_converter(plan.graph_kind, cutoff=plan.cutoff, bond_cutoff=plan.bond_cutoff,
                               max_neighbors=plan.max_neighbors, on_isolated_atoms=plan.on_isolated_atoms,
                               edges=plan.graph_edges)
     if (store_dir / "manifest.json").exists():
@@ -259,7 +259,7 @@ def _pipeline(plan: Plan, folder: RunFolder, persist: RunFolder | None, data_pat
         shard = [store_dir / entry.file] if entry is not None else []
         mirror.push(*shard, store_dir / "manifest.json", folder.timing)
 
-    stage("convert", f"{data_path} -> {store_dir} ({plan.converter} graphs, {plan.convert_workers} workers)")
+    stage("convert", f"{data_path} -> {store_dir} ({plan.graph_kind} graphs, {plan.convert_workers} workers)")
     conv = build_store(data_path, store_dir, converter, workers=plan.convert_workers, shard_size=plan.shard_size,
                        limit=plan.n_samples, on_bad_structure=plan.on_bad_structure, target=plan.target,
                        progress=progress, on_shard=on_shard, should_stop=should_stop)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
+if TYPE_CHECKING:
+    from colab_kit.plan import Plan
 
-def lr_factor(epoch: int, plan: Any) -> float:
+
+def lr_factor(epoch: int, plan: Plan) -> float:
     """The learning rate of 0-based ``epoch`` as a fraction of ``plan.lr``: ``cosine`` from 1 to ``lr_min / lr``;
     ``warmup_cosine`` first rises from 1/25 over 30 % of the epochs (the one-cycle warm-up ComFormer's authors train
     with), then the same cosine. Stepped once per epoch, so a resume continues it exactly."""
@@ -20,6 +23,6 @@ def lr_factor(epoch: int, plan: Any) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, plan: Any) -> torch.optim.lr_scheduler.LRScheduler:
+def make_scheduler(optimizer: torch.optim.Optimizer, plan: Plan) -> torch.optim.lr_scheduler.LRScheduler:
     """The Plan's schedule, stepped once per epoch (its state is the epoch count: a resume continues it)."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(epoch, plan))

@@ -65,6 +65,7 @@ def fingerprint(converter: str, params: dict[str, Any], source: dict[str, Any], 
     # on_isolated_atoms="error" is how every store was built before the setting existed: leaving it out of the
     # key keeps those stores valid
     params = {k: v for k, v in params.items() if (k, v) != ("on_isolated_atoms", "error")}
+    # "converter" is the graph kind's old name; renaming the key would change every store's fingerprint
     key = {"converter": converter, "params": params, "format_version": FORMAT_VERSION, "source": source, "limit": limit}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
@@ -75,13 +76,22 @@ def shard_name(index: int) -> str:
 
 # ---------------------------------------------------------------- writing
 
-def _compact_int(a: np.ndarray, signed: bool = False) -> np.ndarray:
-    """Smallest integer dtype that holds ``a`` (uint16 / int32 for indices, int8 / int16 for images)."""
-    if signed:
-        lim = int(np.abs(a).max()) if a.size else 0
-        return a.astype(np.int8 if lim < 128 else np.int16 if lim < 32768 else np.int32)
-    hi = int(a.max()) if a.size else 0
-    return a.astype(np.uint16 if hi < 65536 else np.int32)
+INDEX_ARRAYS = ("nbr", "nbr_count", "d2u", "angles")  # non-negative integers: stored as uint16 when they fit
+
+
+def narrow(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``arrays`` with each integer array in the smallest dtype that holds it: the index arrays
+    (:data:`INDEX_ARRAYS`) uint16 or int32, periodic images int8, int16 or int32. One graph's arrays right after
+    conversion (a worker's shard in memory stays small) and a shard's concatenation are narrowed alike."""
+    out = dict(arrays)
+    for k in INDEX_ARRAYS:
+        if k in out:
+            hi = int(out[k].max()) if out[k].size else 0
+            out[k] = out[k].astype(np.uint16 if hi < 65536 else np.int32)
+    if "image" in out:  # a structure-only store has no edges
+        lim = int(np.abs(out["image"]).max()) if out["image"].size else 0
+        out["image"] = out["image"].astype(np.int8 if lim < 128 else np.int16 if lim < 32768 else np.int32)
+    return out
 
 
 _NP_TO_ST = {np.dtype(v).newbyteorder("<").str: k for k, v in _ST_DTYPES.items()}
@@ -122,13 +132,8 @@ def pack_shard(graphs: list[dict[str, np.ndarray]], ids: list[str], targets: lis
     for ptr, src in ptr_src.items():
         if graphs and src in graphs[0]:
             out[ptr] = np.concatenate(([0], np.cumsum([len(g[src]) for g in graphs]))).astype(np.int64)
-    for k in names:
-        arr = np.concatenate([g[k] for g in graphs]) if graphs else np.zeros(0)
-        if k in ("nbr", "nbr_count", "d2u", "angles"):
-            arr = _compact_int(arr)
-        elif k == "image":
-            arr = _compact_int(arr, signed=True)
-        out[k] = np.ascontiguousarray(arr)
+    joined = narrow({k: np.concatenate([g[k] for g in graphs]) if graphs else np.zeros(0) for k in names})
+    out.update({k: np.ascontiguousarray(a) for k, a in joined.items()})
     out["lattice"] = np.stack([g["lattice"] for g in graphs]).astype(np.float64) if graphs else np.zeros((0, 3, 3))
     out["target"] = np.asarray(targets, dtype=np.float64)
     meta = {
@@ -262,7 +267,7 @@ class GraphStore:
         counts = np.array([s.n_graphs for s in self.shards], dtype=np.int64)
         self.starts = np.concatenate(([0], np.cumsum(counts)))  # the first graph of each shard, and the total
         self._n = int(self.starts[-1])
-        self.converter_name: str = manifest.converter
+        self.graph_kind: str = manifest.graph_kind
         self.params: dict[str, Any] = manifest.params
         self.fingerprint: str = manifest.fingerprint
         self._open: dict[int, Shard] = {}
@@ -317,7 +322,7 @@ class GraphStore:
         if self._converter is None:
             from colab_kit.graphs import Converter
 
-            self._converter = Converter(self.converter_name, self.params)
+            self._converter = Converter(self.graph_kind, self.params)
         return self._converter
 
     def get(self, i: int) -> Any:

@@ -161,7 +161,7 @@ def fit(
     options = FitOptions(dict(model_kwargs or {}), resume, progress, list(callbacks or []),
                          should_stop or (lambda: False), plan.calibrate if calibrate_budget is None else calibrate_budget,
                          step_hook, train_targets)
-    distributed.start(distributed.plan_world(plan), plan.device)
+    distributed.start(distributed.World(plan.rank, plan.local_rank, plan.world_size, plan.world_size), plan.device)
     use_threads(plan.threads)
     with reproducible_on_cpu(torch.device(plan.device), getattr(registry.model(plan.model), "deterministic", False)):
         return _fit(store, plan, RunFolder(Path(out_dir)), options)
@@ -262,7 +262,7 @@ def _setup(store: GraphStore, plan: Plan, folder: RunFolder, options: FitOptions
     return loop
 
 
-def _say_how_long(plan: Any, state: TrainState, loaders: dict[str, Any], step_time: Any) -> None:
+def _say_how_long(plan: Plan, state: TrainState, loaders: dict[str, Any], step_time: Any) -> None:
     """Log, before the first step, how long training will take on this machine: from the calibration steps' times
     (a new run), or from the epochs done so far (a resumed one)."""
     from colab_kit.logs import format_duration

@@ -12,7 +12,7 @@ import copy
 import dataclasses
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from colab_kit.loader import dataset_and_collate
 from colab_kit.memory import Budget, StepTime, calibrate, static_budget
 from colab_kit.run_folder import RunFolder
 from colab_kit.store import GraphStore
+
+if TYPE_CHECKING:
+    from colab_kit.plan import Plan
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +49,7 @@ def write_oom_hint(folder: RunFolder, budget: Budget) -> None:
     atomic_write_bytes(folder.oom_hint, json.dumps(dataclasses.asdict(budget)).encode())
 
 
-def initial_budget(model: Any, store: GraphStore, splits: dict[str, np.ndarray], plan: Any, device: torch.device,
+def initial_budget(model: Any, store: GraphStore, splits: dict[str, np.ndarray], plan: Plan, device: torch.device,
                    amp_dtype: torch.dtype | None) -> tuple[Budget, StepTime | None]:
     """The calibrated batch budget, within ``plan.budget_cap`` x the static one (the model is left unchanged), and
     the step time measured on the same steps (None when it could not be fitted)."""

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from colab_kit.plan import Plan, PlanError
+from colab_kit.plan_settings import with_current_names
 
 STATUSES = ("training", "finished", "early-stopped")
 
@@ -70,7 +71,7 @@ class TrainState:
 
 #: Plan fields a checkpoint cannot be resumed under different values of: they fix the model's shape,
 #: its graphs, or the split and batch order the checkpoint is a position in.
-RESUME_FIXED = ("model", "model_options", "converter", "cutoff", "bond_cutoff", "max_neighbors", "seed", "split", "fold",
+RESUME_FIXED = ("model", "model_options", "graph_kind", "cutoff", "bond_cutoff", "max_neighbors", "seed", "split", "fold",
                 "teacher", "distill_alpha")
 
 
@@ -80,6 +81,7 @@ def check_resume(saved: Mapping[str, Any], plan: Plan, where: str) -> None:
     Raises:
         PlanError: naming each changed field with both values, and the two ways out.
     """
+    saved = with_current_names(saved)
     changed = [f"{k} {saved[k]!r} -> {getattr(plan, k)!r}" for k in RESUME_FIXED
                if k in saved and saved[k] != getattr(plan, k)]
     if changed:

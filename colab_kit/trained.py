@@ -3,7 +3,7 @@ weights, read from a run directory, a training output directory or an exported m
 
 An exported model directory (:func:`export_model`)::
 
-    model.json    {"format": "colab_kit.model", "model", "options", "converter", "graph_params", "target", "unit",
+    model.json    {"format": "colab_kit.model", "model", "options", "graph_kind", "graph_params", "target", "unit",
                    "weights_sha256", "colab_kit"}
     weights.pt    the model's state dict (tensors only: loads with ``torch.load(weights_only=True)``)
     chgnet.pt     CHGNet models only: a plain CHGNet that ``chgnet.model.CHGNet.from_file`` loads
@@ -38,7 +38,7 @@ class TrainedModel:
     Attributes:
         model: registered model name, e.g. ``"cgcnn"``.
         options: the model's options as trained (``Plan.model_options``).
-        converter: the graph kind it reads, e.g. ``"radius"``.
+        graph_kind: the graph kind it reads, e.g. ``"radius"``.
         graph_params: the graph kind's parameters (cutoff, Å, ...), as the training store was built.
         weights: path of the state dict (a ``best.pt`` or an export's ``weights.pt``).
         target: the label's name in the training data (``"e_form"``), or None.
@@ -47,7 +47,7 @@ class TrainedModel:
 
     model: str
     options: dict[str, Any]
-    converter: str
+    graph_kind: str
     graph_params: dict[str, Any]
     weights: Path
     target: str | None = None
@@ -79,7 +79,7 @@ class TrainedModel:
         """The Plan's graph settings (cutoff, ...) for these graph parameters."""
         from colab_kit import registry
 
-        return registry.graph_kind(self.converter).settings(self.graph_params)
+        return registry.graph_kind(self.graph_kind).settings(self.graph_params)
 
 
 def load_trained(path: str | Path) -> TrainedModel:
@@ -111,7 +111,7 @@ def load_trained(path: str | Path) -> TrainedModel:
     from colab_kit.graphs import get_converter
     from colab_kit.units import target_unit
 
-    conv = get_converter(plan["converter"], cutoff=plan["cutoff"], bond_cutoff=plan["bond_cutoff"],
+    conv = get_converter(plan.get("graph_kind", plan.get("converter")), cutoff=plan["cutoff"], bond_cutoff=plan["bond_cutoff"],
                          max_neighbors=plan["max_neighbors"], on_isolated_atoms=plan.get("on_isolated_atoms", "error"))
     target = plan.get("target") or _store_target(root)
     return TrainedModel(plan["model"], dict(plan.get("model_options", {})), conv.name, conv.params, weights,
@@ -126,7 +126,7 @@ def _from_spec(root: Path, weights: Path | None) -> TrainedModel:
         raise TrainedModelError(f"{root / SPEC_FILE} is not readable JSON ({exc}); export the model again") from exc
     if spec.get("format") != SPEC_FORMAT:
         raise TrainedModelError(f"{root / SPEC_FILE} is not a colab_kit model file (format {spec.get('format')!r})")
-    return TrainedModel(spec["model"], spec["options"], spec["converter"], spec["graph_params"],
+    return TrainedModel(spec["model"], spec["options"], spec.get("graph_kind", spec.get("converter")), spec["graph_params"],
                         weights or root / WEIGHTS_FILE, spec.get("target"), spec.get("unit", ""), spec.get("extra", {}))
 
 

@@ -74,7 +74,7 @@ class ControlPanel:
         background: run in a thread so Stop works; False runs inside ``start()`` (tests, scripts).
         progress: show progress bars (``tqdm.auto``: widget bars in Jupyter).
         plot_interval_s: redraw the live loss plot at most this often within an epoch (seconds).
-        **overrides: plan settings to start from (``data``, ``converter``, ``model``, any key of
+        **overrides: plan settings to start from (``data``, ``graph_kind``, ``model``, any key of
             :data:`SETTINGS`) and fixed settings without a box (e.g. ``n_samples=60``).
 
     Raises:
@@ -96,7 +96,7 @@ class ControlPanel:
         self.error: BaseException | None = None
         self.messages: list[str] = []  # the latest run's "resume" messages
         self.plot_updates = 0
-        self._extra = {k: v for k, v in overrides.items() if k not in (*SETTINGS, "data", "converter", "model")}
+        self._extra = {k: v for k, v in overrides.items() if k not in (*SETTINGS, "data", "graph_kind", "model")}
         self._initial = {k: v for k, v in overrides.items() if k in SETTINGS}  # what "Reset settings" returns to
         self._user_set, self._filling, self._busy = set(self._initial), False, False
         self._stop = threading.Event()
@@ -114,7 +114,7 @@ class ControlPanel:
         self.data = w.Text(value=base.data, description="data", style=desc, continuous_update=False,
                            placeholder="path, http(s) URL, Google Drive link/id or dataset name",
                            layout=w.Layout(width="95%"))
-        self.converter = w.Dropdown(options=list(registry.graph_kinds()), value=base.converter, description="graphs",
+        self.graph_kind = w.Dropdown(options=list(registry.graph_kinds()), value=base.graph_kind, description="graphs",
                                     style=desc)
         self.model = w.Dropdown(options=list(registry.models()), value=base.model, description="model", style=desc)
         self.inputs: dict[str, Any] = {}
@@ -146,7 +146,7 @@ class ControlPanel:
             w.HTML(f"<b>colab_kit</b> &mdash; {esc(machine_line(machine))}"),
             w.HBox([w.HTML("<div style='width:92px;text-align:right;padding-right:8px'>mode</div>"), self.mode]),
             self.data,
-            w.HBox([self.converter, self.model]), *(w.HBox([self.inputs[n], self.reasons[n]]) for n in SETTINGS),
+            w.HBox([self.graph_kind, self.model]), *(w.HBox([self.inputs[n], self.reasons[n]]) for n in SETTINGS),
             w.HTML(esc(f"fixed settings: {fixed}") if fixed else ""), self.error_box,
             w.HBox([self.run_button, self.resume_button, self.stop_button, self.reset_button, self.start_over]),
             self.status, self.resume_box, self.plot, self.output, self.report, details,
@@ -154,8 +154,8 @@ class ControlPanel:
         self._fill(base, every_box=True)
         self.mode.observe(lambda _c: self._refresh(), "value")
         self.data.observe(lambda _c: self._refresh(), "value")
-        self.converter.observe(lambda c: self._pair(self.model, self._model_for(c["new"])), "value")
-        self.model.observe(lambda c: self._pair(self.converter, registry.model_graph_kind(c["new"])), "value")
+        self.graph_kind.observe(lambda c: self._pair(self.model, self._model_for(c["new"])), "value")
+        self.model.observe(lambda c: self._pair(self.graph_kind, registry.model_graph_kind(c["new"])), "value")
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
@@ -170,9 +170,9 @@ class ControlPanel:
         default = make_plan(self.machine, self.mode.value)
         if self.data.value.strip() not in ("", default.data):
             out["data"] = self.data.value.strip()
-        if self.converter.value != default.converter:
-            out["converter"] = self.converter.value
-        if self.model.value != registry.default_model(self.converter.value):
+        if self.graph_kind.value != default.graph_kind:
+            out["graph_kind"] = self.graph_kind.value
+        if self.model.value != registry.default_model(self.graph_kind.value):
             out["model"] = self.model.value
         for name in self._user_set:
             value = self.inputs[name].value
@@ -385,7 +385,7 @@ class ControlPanel:
 
     def _set_busy(self, busy: bool) -> None:
         self._busy = busy
-        for box in (self.mode, self.data, self.converter, self.model, self.start_over, self.run_button,
+        for box in (self.mode, self.data, self.graph_kind, self.model, self.start_over, self.run_button,
                     self.reset_button, self.resume_button, *self.inputs.values()):
             box.disabled = busy
         self.stop_button.disabled = not busy

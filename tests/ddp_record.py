@@ -29,8 +29,8 @@ SETTINGS = {"model": "cgcnn", "hidden": 32, "epochs": 2, "batch_size": 16, "batc
 
 
 def plan_for(store: GraphStore, machine=None):  # noqa: ANN001, ANN201 - also used by the test, in one process
-    settings = registry.graph_kind(store.converter_name).settings(store.params)
-    return make_plan(machine or detect(), "debug", converter=store.converter_name, **settings, **SETTINGS)
+    settings = registry.graph_kind(store.graph_kind).settings(store.params)
+    return make_plan(machine or detect(), "debug", graph_kind=store.graph_kind, **settings, **SETTINGS)
 
 
 def main() -> None:

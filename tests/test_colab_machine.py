@@ -82,7 +82,7 @@ def test_plan_on_colab_t4(tmp_path: Path, mode: str) -> None:
     assert p.workers == 0 and p.convert_workers <= 2  # 2 CPUs
     assert p.pin_memory and 0 < p.batch_edges <= T4.free_bytes // 1000
     assert all(p.reasons[name] for name, _, _ in p.rows())
-    radius = make_plan(m, mode, converter="radius")
+    radius = make_plan(m, mode, graph_kind="radius")
     assert radius.model == "cgcnn" and radius.amp == "fp16" and radius.workers == 0
 
 

@@ -177,7 +177,7 @@ def test_parts_merge_into_one_store(tmp_path: Path) -> None:
 def test_sigkill_resume_gives_identical_store(tmp_path: Path) -> None:
     """A real `convert` subprocess killed with SIGKILL (workers included) at several points; the
     final store is byte-for-byte the store of an uninterrupted build."""
-    args = [str(SHIPPED), "--converter", "radius", "--limit", "2000", "--shard-size", "100", "--workers", "2",
+    args = [str(SHIPPED), "--graph-kind", "radius", "--limit", "2000", "--shard-size", "100", "--workers", "2",
             "--on-bad", "skip"]
     ref = run_cli("convert", *args, "--out", str(tmp_path / "ref"))
     assert ref.returncode == 0, ref.stderr

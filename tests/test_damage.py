@@ -50,7 +50,7 @@ def test_a_flipped_byte_in_a_local_shard_is_never_trained_on(radius_store: Path,
     store = tmp_path / "store"
     shutil.copytree(radius_store, store)
     _flip_target_byte(store)
-    args = ["train", "--store", str(store), "--converter", "radius", "--set", "epochs=1", "--out", str(tmp_path / "t")]
+    args = ["train", "--store", str(store), "--graph-kind", "radius", "--set", "epochs=1", "--out", str(tmp_path / "t")]
     res = run_cli(*args)
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
     assert f"shard {store / 'shard-000000.safetensors'} is damaged: its sha256 is not the manifest's" in res.stderr
@@ -76,7 +76,7 @@ def test_a_store_opened_in_a_process_checks_each_shard_once(radius_store: Path, 
 
 
 def _plan(**kw: object):
-    return make_plan(detect(), "debug", converter="radius", epochs=2, batch_size=16, batch_atoms=4000,
+    return make_plan(detect(), "debug", graph_kind="radius", epochs=2, batch_size=16, batch_atoms=4000,
                      batch_edges=60000, workers=0, **kw)
 
 
@@ -108,15 +108,15 @@ def test_damaged_checkpoints_and_best_weights_are_found_and_recovered(radius_sto
     # no checkpoint to rebuild from: one line that names what is missing (not a path to a file that does not exist)
     empty = tmp_path / "empty"
     empty.mkdir()
-    res = run_cli("evaluate", "--store", str(radius_store), "--weights", str(empty / "best.pt"), "--converter", "radius")
+    res = run_cli("evaluate", "--store", str(radius_store), "--weights", str(empty / "best.pt"), "--graph-kind", "radius")
     assert res.returncode == 1 and "no model weights at" in res.stderr and "no checkpoint in" in res.stderr
     assert "Traceback" not in res.stderr
-    res = run_cli("evaluate", "--store", str(radius_store), "--weights", "/etc/passwd", "--converter", "radius")
+    res = run_cli("evaluate", "--store", str(radius_store), "--weights", "/etc/passwd", "--graph-kind", "radius")
     assert res.returncode == 1 and "/etc/passwd does not hold cgcnn weights" in res.stderr
     assert "Traceback" not in res.stderr and "root:" not in res.stderr
 
 
-RUN = ["run", "--mode", "debug", "--converter", "radius", "--set", "n_samples=120", "--set", "shard_size=30",
+RUN = ["run", "--mode", "debug", "--graph-kind", "radius", "--set", "n_samples=120", "--set", "shard_size=30",
        "--set", "epochs=2", "--set", "convert_workers=1"]
 NAME = "mp_eform_cgcnn_3000-radius-cgcnn-debug"
 
@@ -159,7 +159,7 @@ def test_a_full_disk_is_one_line_and_loses_nothing(small_disk: Path, tmp_path: P
     """Conversion into a 2 MiB file system: one line naming the folder, the space needed and free, and the fix; the
     shards that fit stay valid, and the same command on a bigger disk goes on from them."""
     out = small_disk / "store"
-    res = run_cli("convert", str(SHIPPED), "--converter", "chgnet", "--out", str(out), "--limit", "600",
+    res = run_cli("convert", str(SHIPPED), "--graph-kind", "chgnet", "--out", str(out), "--limit", "600",
                   "--shard-size", "100", "--workers", "1")
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
     line = next(ln for ln in res.stderr.splitlines() if ln.startswith("error:"))
@@ -168,7 +168,7 @@ def test_a_full_disk_is_one_line_and_loses_nothing(small_disk: Path, tmp_path: P
     assert manifest["shards"] and not manifest["complete"]
     big = tmp_path / "store"
     shutil.copytree(out, big)
-    again = run_cli("convert", str(SHIPPED), "--converter", "chgnet", "--out", str(big), "--limit", "600",
+    again = run_cli("convert", str(SHIPPED), "--graph-kind", "chgnet", "--out", str(big), "--limit", "600",
                     "--shard-size", "100", "--workers", "1")
     assert again.returncode == 0 and f"resuming {big}: {len(manifest['shards'])} shards already done" in again.stderr
     assert run_cli("verify", str(big)).returncode == 0

@@ -497,7 +497,7 @@ def test_run_pins_the_downloaded_file_with_data_sha256(server: tuple[str, State]
 
     base, state = server
     state.files["/mp.json.gz"] = (FIXTURES / "mp_eform_cgcnn_3000_sample.json.gz").read_bytes()
-    res = run_cli("run", "--mode", "debug", "--converter", "radius", "--data", f"{base}/mp.json.gz",
+    res = run_cli("run", "--mode", "debug", "--graph-kind", "radius", "--data", f"{base}/mp.json.gz",
                   "--set", f"data_sha256={'ab' * 32}", "--work-dir", str(tmp_path), env={"NO_PROXY": "127.0.0.1"})
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert f"checksum mismatch for {base}/mp.json.gz: expected sha256 {'ab' * 32}" in res.stderr

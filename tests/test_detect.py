@@ -99,5 +99,5 @@ def test_detect_cli_prints_real_values() -> None:
     out = subprocess.run([sys.executable, "-m", "colab_kit", "detect", "--model", "cgcnn", "--data", "my_cifs/",
                           "--mode", "quick"], capture_output=True, text=True, check=True).stdout
     rows = {line.split()[0]: line for line in out.splitlines() if line.strip()}
-    assert "my_cifs/" in rows["data"] and "cgcnn" in rows["model"] and "radius" in rows["converter"]
+    assert "my_cifs/" in rows["data"] and "cgcnn" in rows["model"] and "radius" in rows["graph_kind"]
     assert "CHGNet" not in rows["on_isolated_atoms"]  # no other model's words in a CGCNN plan

@@ -123,7 +123,7 @@ def test_ties_are_broken_by_index_then_image() -> None:
 
 def test_training_on_device_graphs_equals_stored(stores: tuple[GraphStore, GraphStore], tmp_path: Path) -> None:
     """Same batches, same tensors: CGCNN trains to the same losses bit for bit on either store."""
-    base = dict(converter="radius", epochs=1, batch_size=16, batch_atoms=4000, batch_edges=60000, workers=0)
+    base = dict(graph_kind="radius", epochs=1, batch_size=16, batch_atoms=4000, batch_edges=60000, workers=0)
     results = {}
     for name, store in zip(("stored", "device"), stores):
         plan = make_plan(detect(), "debug", graph_edges=name, **base)
@@ -149,9 +149,9 @@ def test_loader_workers_deliver_structure_batches(stores: tuple[GraphStore, Grap
 
 
 def test_plan_reads_stored_edges_on_cpu_and_refuses_device_edges_for_other_kinds() -> None:
-    plan = make_plan(detect(), "debug", converter="radius")
+    plan = make_plan(detect(), "debug", graph_kind="radius")
     assert plan.graph_edges == "stored" and "faster" in plan.reasons["graph_edges"]
-    assert make_plan(detect(), "debug", converter="radius", graph_edges="device").graph_edges == "device"
+    assert make_plan(detect(), "debug", graph_kind="radius", graph_edges="device").graph_edges == "device"
     with pytest.raises(PlanError, match="graph_edges"):
         make_plan(detect(), "debug", model="chgnet", graph_edges="device")
 

@@ -97,7 +97,7 @@ def test_teacher_with_other_graphs_is_matched_by_id(tmp_path: Path) -> None:
     assert np.allclose(p, column[:10], atol=1e-5)
     # `train --store` on a store without the column cannot convert the source for the teacher: one line, says `run`
     fresh = tmp_path / "fresh"
-    assert run_cli("convert", str(SHIPPED), "--converter", "radius", "--limit", "30", "--out", str(fresh)).returncode == 0
+    assert run_cli("convert", str(SHIPPED), "--graph-kind", "radius", "--limit", "30", "--out", str(fresh)).returncode == 0
     bad = run_cli("train", "--store", str(fresh), "--model", "cgcnn", "--set", f"teacher={chgnet_run}",
                   "--out", str(tmp_path / "x"))
     assert bad.returncode == 1 and "use `python -m colab_kit run --data SOURCE" in bad.stderr

@@ -295,7 +295,7 @@ def test_run_under_torchrun_rank0_reports_every_test_graph(tmp_path: Path) -> No
 
 def test_parts_merged_equal_the_single_host_store_and_verify_finds_damage(tmp_path: Path) -> None:
     src = str(SHIPPED)
-    common = ["--converter", "radius", "--limit", "450", "--set", "shard_size=100"]
+    common = ["--graph-kind", "radius", "--limit", "450", "--set", "shard_size=100"]
     for i in range(3):
         assert run_cli("convert", src, *common, "--shard", f"{i}/3", "--out", str(tmp_path / f"host{i}")).returncode == 0
     assert run_cli("convert", src, *common, "--out", str(tmp_path / "single")).returncode == 0
@@ -321,7 +321,7 @@ def test_parts_merged_equal_the_single_host_store_and_verify_finds_damage(tmp_pa
     assert run_cli("convert", src, *common, "--out", str(merged)).returncode == 0
     assert shard.read_bytes() == (single / shard.name).read_bytes()
     # parts of another store are refused, naming both folders
-    assert run_cli("convert", src, "--converter", "radius", "--limit", "300", "--set", "shard_size=100", "--shard", "1/3",
+    assert run_cli("convert", src, "--graph-kind", "radius", "--limit", "300", "--set", "shard_size=100", "--shard", "1/3",
                    "--out", str(tmp_path / "other1")).returncode == 0
     mixed = run_cli("merge", str(tmp_path / "host0"), str(tmp_path / "other1"), str(tmp_path / "host2"), "--out", str(tmp_path / "x"))
     assert mixed.returncode == 1 and "parts of different stores" in mixed.stderr

@@ -46,7 +46,7 @@ def test_a_structure_naming_other_code_is_refused_not_imported(tmp_path: Path) -
     evil = json.loads(json.dumps(rows[0][0]))
     evil["sites"][0]["properties"] = {"x": {"@module": "this", "@class": "Anything"}}
     path = _matbench_with(tmp_path, [("evil", evil, 0.1)])
-    res = run_cli("convert", str(path), "--converter", "radius", "--out", str(tmp_path / "store"), "--workers", "2")
+    res = run_cli("convert", str(path), "--graph-kind", "radius", "--out", str(tmp_path / "store"), "--workers", "2")
     assert res.returncode == 0, res.stderr[-2000:]
     assert "The Zen of Python" not in res.stdout + res.stderr  # `import this` prints it: nothing was imported
     store = GraphStore(tmp_path / "store")
@@ -79,7 +79,7 @@ def test_one_bad_cell_fails_that_structure_not_the_conversion(tmp_path: Path) ->
     huge["lattice"]["matrix"] = [[1e5, 0, 0], [0, 1e5, 0], [0, 0, 1e5]]
     path = _matbench_with(tmp_path, [("flat", flat, 0.1), ("huge", huge, 0.2)])
     rss0 = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    res = run_cli("convert", str(path), "--converter", "chgnet", "--out", str(tmp_path / "store"), "--workers", "2")
+    res = run_cli("convert", str(path), "--graph-kind", "chgnet", "--out", str(tmp_path / "store"), "--workers", "2")
     assert res.returncode == 0, res.stderr[-2000:]
     assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < max(rss0, 3 * 2**20)  # KiB: no 1.96 TB attempt
     reasons = dict(GraphStore(tmp_path / "store").failures())
@@ -90,7 +90,7 @@ def test_one_bad_cell_fails_that_structure_not_the_conversion(tmp_path: Path) ->
 
 def _convert_quickly(path: Path, tmp_path: Path, *, seconds: float) -> subprocess.CompletedProcess:
     t0 = time.monotonic()
-    res = run_cli("convert", str(path), "--converter", "radius", "--out", str(tmp_path / "store"))
+    res = run_cli("convert", str(path), "--graph-kind", "radius", "--out", str(tmp_path / "store"))
     assert time.monotonic() - t0 < seconds, "refused too slowly"
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
     return res
@@ -120,7 +120,7 @@ def test_a_second_sigterm_stops_at_once(tmp_path: Path) -> None:
     ids, rows = shipped_records(None)
     path = write_matbench(tmp_path / "all.json.gz", ids * 4, rows * 4)
     # one shard of 12,000 structures: the first SIGTERM is seen only once the shard is done (a minute away)
-    proc = subprocess.Popen([sys.executable, "-m", "colab_kit", "convert", str(path), "--converter", "chgnet",
+    proc = subprocess.Popen([sys.executable, "-m", "colab_kit", "convert", str(path), "--graph-kind", "chgnet",
                              "--out", str(tmp_path / "s"), "--workers", "1", "--shard-size", "12000"], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(6)

@@ -18,7 +18,7 @@ import torch
 from helpers import kill_when, run_cli, shard_count
 
 # radius graphs + CGCNN: the fastest real pipeline; budgets fixed so both runs pack the same batches
-ARGS = ["run", "--mode", "debug", "--converter", "radius", "--set", "n_samples=600", "--set", "shard_size=10",
+ARGS = ["run", "--mode", "debug", "--graph-kind", "radius", "--set", "n_samples=600", "--set", "shard_size=10",
         "--set", "epochs=3", "--set", "batch_size=8", "--set", "batch_atoms=100000", "--set", "batch_edges=1000000",
         "--set", "convert_workers=1"]
 RUN = "mp_eform_cgcnn_3000-radius-cgcnn-debug"

@@ -14,7 +14,7 @@ from colab_kit.detect import detect
 from colab_kit.plan import make_plan
 from colab_kit.runner import run_name
 
-SMALL = ["--mode", "debug", "--converter", "radius", "--set", "epochs=1", "--set", "convert_workers=1"]
+SMALL = ["--mode", "debug", "--graph-kind", "radius", "--set", "epochs=1", "--set", "convert_workers=1"]
 
 
 def test_a_folder_label_named_later_resumes_the_same_run(tmp_path: Path) -> None:
@@ -44,8 +44,8 @@ def test_a_table_label_is_chosen_by_target_or_target_column(tmp_path: Path) -> N
     assert "several label columns ['formation_energy_per_atom', 'band_gap', 'e_above_hull']" in refused.stderr
     m = make_plan(detect(), "debug", data=csv, target_column="band_gap")
     assert m.target == "band_gap"
-    a = make_plan(detect(), "debug", data=csv, target="band_gap", converter="radius")
-    b = make_plan(detect(), "debug", data=csv, target="e_above_hull", converter="radius")
+    a = make_plan(detect(), "debug", data=csv, target="band_gap", graph_kind="radius")
+    b = make_plan(detect(), "debug", data=csv, target="e_above_hull", graph_kind="radius")
     assert run_name(a) != run_name(b) and "target=band_gap" in run_name(a)  # another label: another run folder
     ok = run_cli("run", *SMALL, "--data", csv, "--set", "target_column=formation_energy_per_atom",
                  "--work-dir", str(tmp_path))

@@ -16,7 +16,7 @@ from helpers import run_cli
 
 from colab_kit.folder_lock import LOCK_NAME, FolderBusy, hold
 
-SMALL = ["--mode", "debug", "--converter", "radius", "--set", "n_samples=80", "--set", "epochs=1",
+SMALL = ["--mode", "debug", "--graph-kind", "radius", "--set", "n_samples=80", "--set", "epochs=1",
          "--set", "convert_workers=1"]
 RUN_NAME = "mp_eform_cgcnn_3000-radius-cgcnn-debug"
 
@@ -81,7 +81,7 @@ def test_the_same_process_cannot_hold_one_folder_twice(tmp_path: Path) -> None:
 def test_convert_and_predict_refuse_a_busy_output(tmp_path: Path) -> None:
     store = tmp_path / "store"
     with hold(store, "store"):
-        res = run_cli("convert", "colab_kit/data/mp_eform_cgcnn_3000_matbench.json.gz", "--converter", "radius",
+        res = run_cli("convert", "colab_kit/data/mp_eform_cgcnn_3000_matbench.json.gz", "--graph-kind", "radius",
                       "--out", str(store), "--limit", "20", cwd=Path(__file__).resolve().parents[1])
     assert res.returncode == 1 and f"the store {store} is in use by process {os.getpid()}" in res.stderr
     assert "Traceback" not in res.stderr and not (store / "manifest.json").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from helpers import run_cli
 
 from colab_kit.detect import GIB, Gpu, Machine
 from colab_kit.plan import MODES, PlanError, make_plan
@@ -54,7 +55,7 @@ def test_colab_free_t4() -> None:
     assert p.persist_dir == "/content/drive/MyDrive/colab_kit"
     assert p.workers == 0 and p.pin_memory and not p.persistent_workers and p.prefetch_factor is None
     assert "16x faster" in p.reasons["workers"]  # chgnet graphs: receiving from workers costs more than reading
-    assert make_plan(colab_free(), "debug", converter="radius").workers == 0  # 2 CPUs
+    assert make_plan(colab_free(), "debug", graph_kind="radius").workers == 0  # 2 CPUs
     assert p.batch_edges == int(14.5 * GIB * 0.7) // 6000
     assert p.eval_batch_size == 4 * p.batch_size == 256
     assert p.convert_workers == 2
@@ -72,16 +73,16 @@ def test_colab_without_drive_does_not_persist() -> None:
 def test_colab_pro_a100_and_l4_use_bf16() -> None:
     a = make_plan(colab_pro_a100(), "full")
     assert a.amp == "bf16" and a.workers == 0 and a.convert_workers == 8  # chgnet graphs: main process
-    assert make_plan(colab_pro_a100(), "full", converter="radius").workers == 4
+    assert make_plan(colab_pro_a100(), "full", graph_kind="radius").workers == 4
     assert a.n_samples is None and a.epochs == MODES["full"]["epochs"]
     assert a.batch_edges == int(39 * GIB * 0.7) // 6000
-    l4 = make_plan(colab_pro_l4(), "full", converter="radius")
+    l4 = make_plan(colab_pro_l4(), "full", graph_kind="radius")
     assert l4.amp == "bf16" and l4.model == "cgcnn" and (l4.cutoff, l4.max_neighbors) == (8.0, 12)
     assert l4.persist_dir == "/content/drive/MyDrive/colab_kit"
 
 
 def test_cpu_laptop_8gb() -> None:
-    assert make_plan(laptop_8gb(), "quick", converter="radius").workers == 2  # 4 CPUs: half load data
+    assert make_plan(laptop_8gb(), "quick", graph_kind="radius").workers == 2  # 4 CPUs: half load data
     p = make_plan(laptop_8gb(), "quick")
     assert p.device == "cpu" and p.amp == "off" and not p.pin_memory
     assert p.workers == 0 and not p.persistent_workers  # chgnet graphs load in the main process
@@ -91,7 +92,7 @@ def test_cpu_laptop_8gb() -> None:
 
 
 def test_container_follows_cgroup_not_host() -> None:
-    p = make_plan(container_3gb(), "full", converter="radius")
+    p = make_plan(container_3gb(), "full", graph_kind="radius")
     assert p.workers == 0 and not p.persistent_workers and p.prefetch_factor is None  # 2.5 GiB < 4 GiB
     assert p.convert_workers == 3  # (2.5 GiB - 1 GiB) / 450 MB, not 16 CPUs
     assert (p.cutoff, p.max_neighbors) == (6.0, 8)  # low RAM: coarser radius graphs
@@ -114,19 +115,19 @@ def test_low_disk_moves_work_dir_or_shrinks_shards() -> None:
 
 
 def test_overrides_validated_and_recorded() -> None:
-    p = make_plan(colab_free(), "debug", batch_edges=5000, workers=1, cutoff=5.0, converter="radius")
+    p = make_plan(colab_free(), "debug", batch_edges=5000, workers=1, cutoff=5.0, graph_kind="radius")
     assert (p.batch_edges, p.workers, p.cutoff, p.model) == (5000, 1, 5.0, "cgcnn")
     assert p.reasons["batch_edges"] == "set by user"
     with pytest.raises(PlanError, match="unknown plan setting 'batch'.*batch_edges"):
         make_plan(colab_free(), "debug", batch=3)
-    with pytest.raises(PlanError, match=r"converter must be one of \('chgnet', 'radius'.*\) \(got 'megnet'\)"):
-        make_plan(colab_free(), "debug", converter="megnet")
+    with pytest.raises(PlanError, match=r"graph_kind must be one of \('chgnet', 'radius'.*\) \(got 'megnet'\)"):
+        make_plan(colab_free(), "debug", graph_kind="megnet")
     with pytest.raises(PlanError, match="workers must be at most the 2 usable CPUs"):
         make_plan(colab_free(), "debug", workers=3)
     with pytest.raises(PlanError, match="mode must be one of"):
         make_plan(colab_free(), "huge")
-    with pytest.raises(PlanError, match="model 'chgnet' trains on 'chgnet' graphs, not 'radius'; use --converter chgnet"):
-        make_plan(colab_free(), "debug", converter="radius", model="chgnet")
+    with pytest.raises(PlanError, match="model 'chgnet' trains on 'chgnet' graphs, not 'radius'; use --graph-kind chgnet"):
+        make_plan(colab_free(), "debug", graph_kind="radius", model="chgnet")
 
 
 def test_plan_is_pure_and_round_trips() -> None:
@@ -135,6 +136,23 @@ def test_plan_is_pure_and_round_trips() -> None:
     from colab_kit.plan import Plan
 
     assert Plan.from_dict(a.to_dict()) == a
+
+
+def test_converter_is_the_graph_kinds_old_name() -> None:
+    """``--set converter=`` / ``--converter`` and a plan.json saved with "converter" still mean graph_kind."""
+    from colab_kit.plan import Plan
+    from colab_kit.train_state import check_resume
+
+    plan = make_plan(colab_free(), "debug", converter="radius")
+    assert (plan.graph_kind, plan.model) == ("radius", "cgcnn")
+    old = {("converter" if k == "graph_kind" else k): v for k, v in plan.to_dict().items()}
+    assert Plan.from_dict(old) == plan
+    check_resume(old, plan, "run/")  # the same graphs: resumes
+    with pytest.raises(PlanError, match="graph_kind 'chgnet' -> 'radius'"):
+        check_resume({**old, "converter": "chgnet"}, plan, "run/")
+    with pytest.raises(PlanError, match="converter and graph_kind are the same setting"):
+        make_plan(colab_free(), "debug", converter="radius", graph_kind="chgnet")
+    assert "--converter" in run_cli("convert", "--help").stdout
 
 
 def test_threads_follow_the_free_cores() -> None:

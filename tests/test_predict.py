@@ -108,7 +108,7 @@ def test_export_and_load_give_the_same_predictions(run_dir: Path, tmp_path: Path
     res = run_cli("export", "--run", str(run_dir), "--out", str(tmp_path / "m"))
     assert res.returncode == 0, res.stderr[-3000:]
     spec = json.loads((tmp_path / "m" / "model.json").read_text())
-    assert spec["model"] == "cgcnn" and spec["options"]["hidden"] == 32 and spec["converter"] == "radius"
+    assert spec["model"] == "cgcnn" and spec["options"]["hidden"] == 32 and spec["graph_kind"] == "radius"
     assert spec["target"] == "e_form" and spec["unit"] == "eV/atom" and spec["graph_params"]["cutoff"] == 8.0
     torch.load(tmp_path / "m" / "weights.pt", weights_only=True)  # tensors only
     from pymatgen.core import Structure

@@ -46,7 +46,7 @@ def extracted(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _run(shared: Path, rel: str, extracted: Path, work: Path, converter: str, mode: str,
          target: str | None = None) -> dict:
-    plan = make_plan(detect(), mode, data=str(_source(shared, rel, extracted)), converter=converter,
+    plan = make_plan(detect(), mode, data=str(_source(shared, rel, extracted)), graph_kind=converter,
                      work_dir=str(work), convert_workers=2, target=target)
     return run(plan, progress=False, log_to_file=True).metrics
 

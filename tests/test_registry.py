@@ -70,7 +70,7 @@ def _machine(tmp_path: Path) -> Machine:
 
 def test_the_plan_takes_a_registered_model_and_its_options(tmp_path: Path, toy: registry.Model) -> None:
     plan = make_plan(_machine(tmp_path), "debug", model="toy")
-    assert (plan.converter, plan.model, dict(plan.model_options)) == ("radius", "toy", {"width": 8})
+    assert (plan.graph_kind, plan.model, dict(plan.model_options)) == ("radius", "toy", {"width": 8})
     assert plan.lr == 2e-2 and plan.epochs == 2 * 3  # the spec's lr and epoch scale
     assert plan.batch_atoms == int(min(12 * GIB * 0.4, 8 * GIB)) // 1_000  # the spec's bytes per atom
     assert ("width", "8", "toy: embedding width") in plan.rows()
@@ -80,9 +80,9 @@ def test_the_plan_takes_a_registered_model_and_its_options(tmp_path: Path, toy: 
     with pytest.raises(PlanError, match="options of toy: width"):
         make_plan(_machine(tmp_path), "debug", model="toy", depth=2)
     with pytest.raises(PlanError, match="model 'toy' trains on 'radius' graphs, not 'chgnet'"):
-        make_plan(_machine(tmp_path), "debug", model="toy", converter="chgnet")
+        make_plan(_machine(tmp_path), "debug", model="toy", graph_kind="chgnet")
     # the default model of a graph kind stays the first registered one
-    assert make_plan(_machine(tmp_path), "debug", converter="radius").model == "cgcnn"
+    assert make_plan(_machine(tmp_path), "debug", graph_kind="radius").model == "cgcnn"
 
 
 def test_cli_trains_resumes_and_evaluates_a_registered_model(tmp_path: Path, toy: registry.Model,
@@ -128,12 +128,12 @@ def test_the_panel_offers_a_registered_model(tmp_path: Path, toy: registry.Model
     from colab_kit.ui import ControlPanel
 
     panel = ControlPanel(machine=_machine(tmp_path), model="toy", work_dir=str(tmp_path / "work"), progress=False)
-    assert "toy" in panel.model.options and panel.converter.value == "radius"
+    assert "toy" in panel.model.options and panel.graph_kind.value == "radius"
     assert panel.plan().model == "toy"
-    panel.converter.value = "chgnet"  # another graph kind: its first model
+    panel.graph_kind.value = "chgnet"  # another graph kind: its first model
     assert panel.model.value == "chgnet"
     panel.model.value = "toy"  # a model: its graph kind
-    assert panel.converter.value == "radius" and panel.plan().model_options == {"width": 8}
+    assert panel.graph_kind.value == "radius" and panel.plan().model_options == {"width": 8}
 
 
 def test_registry_errors_name_the_choices() -> None:

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from colab_kit.convert import build_store
+from colab_kit.detect import detect
 from colab_kit.graphs import get_converter
 from colab_kit.memory import Budget
+from colab_kit.plan import make_plan
 from colab_kit.report import (
     format_scores,
     format_timing,
@@ -52,7 +54,7 @@ FIXTURE_SOURCES = [
     ("poscar_dir", "", "target"),
 ]
 
-PLAN = SimpleNamespace(mode="debug", model="cgcnn", device="cpu", amp="off", epochs=3)
+PLAN = make_plan(detect(), "debug", model="cgcnn", device="cpu", amp="off", epochs=3)
 
 
 def _source_label(path: Path) -> tuple[str, str]:

@@ -69,7 +69,7 @@ def test_calibration_and_training_on_real_single_site_cells(small_sets: dict[str
     from colab_kit.train import fit
 
     store = GraphStore(small_sets[kind])
-    plan = make_plan(detect(), "debug", converter=kind, epochs=1, batch_size=4)
+    plan = make_plan(detect(), "debug", graph_kind=kind, epochs=1, batch_size=4)
     assert plan.calibrate
     res = fit(store, plan, tmp_path, progress=False)
     assert res.status == "finished" and "calibrated" in res.budget.how, res.budget
@@ -97,7 +97,7 @@ def test_resume_under_other_shape_fixing_settings_is_refused(small_sets: dict[st
     from colab_kit.train import fit
 
     store = GraphStore(small_sets["radius"])
-    base = dict(converter="radius", epochs=1, batch_size=8, batch_atoms=4000, batch_edges=60000)
+    base = dict(graph_kind="radius", epochs=1, batch_size=8, batch_atoms=4000, batch_edges=60000)
     fit(store, make_plan(detect(), "debug", **base), tmp_path, progress=False)
     with pytest.raises(PlanError, match=r"other settings \(seed 0 -> 3\).*--fresh"):
         fit(store, make_plan(detect(), "debug", seed=3, **base), tmp_path, progress=False)
@@ -110,7 +110,7 @@ def test_resumed_epoch_reports_the_mean_over_all_its_batches(small_sets: dict[st
     from colab_kit.train import fit
 
     store = GraphStore(small_sets["radius"])
-    plan = make_plan(detect(), "debug", converter="radius", epochs=2, batch_size=4, batch_atoms=4000,
+    plan = make_plan(detect(), "debug", graph_kind="radius", epochs=2, batch_size=4, batch_atoms=4000,
                      batch_edges=60000, checkpoint_minutes=1e-6)
     ref = fit(store, plan, tmp_path / "ref", progress=False)
     steps = []
@@ -222,7 +222,7 @@ def test_evaluate_prints_units_n_and_the_mean_predictor(small_sets: dict[str, Pa
     from colab_kit.train import fit
 
     store = GraphStore(small_sets["radius"])
-    fit(store, make_plan(detect(), "debug", converter="radius", epochs=1, batch_atoms=4000, batch_edges=60000),
+    fit(store, make_plan(detect(), "debug", graph_kind="radius", epochs=1, batch_atoms=4000, batch_edges=60000),
         tmp_path, progress=False)
     r = run_cli("evaluate", "--store", str(store.root), "--weights", str(tmp_path / "best.pt"), "--split", "val")
     assert r.returncode == 0, r.stderr

@@ -50,7 +50,7 @@ def _shards(run_dir: Path) -> list[tuple[int, str]]:
 def test_disconnect_restore_from_persist_dir(tmp_path: Path) -> None:
     """SIGKILL during conversion, then during training; then the work dir is wiped (a new runtime);
     the same command restores from the persist dir and ends with the uninterrupted run's store and weights."""
-    common = ["run", "--mode", "debug", "--converter", "radius", "--set", "n_samples=800", "--set", "shard_size=20",
+    common = ["run", "--mode", "debug", "--graph-kind", "radius", "--set", "n_samples=800", "--set", "shard_size=20",
               "--set", "convert_workers=1", "--set", "epochs=2", "--set", "batch_size=16", "--set", "batch_atoms=4000",
               "--set", "batch_edges=60000", "--set", "checkpoint_minutes=0.002"]
     ref = run_cli(*common, "--work-dir", str(tmp_path / "ref"))
@@ -93,7 +93,7 @@ def test_persist_failure_is_not_fatal_and_damaged_shards_not_restored(tmp_path: 
     p = tmp_path / "drive"
     (p / "store").mkdir(parents=True)
     (p / "store" / "shard-000000.safetensors").write_bytes(b"corrupted")
-    Manifest(fingerprint="f", converter="radius", params={}, source={}, limit=None, shard_size=10, shards=[
+    Manifest(fingerprint="f", graph_kind="radius", params={}, source={}, limit=None, shard_size=10, shards=[
         ShardEntry(0, "shard-000000.safetensors", 0, 10, 10, 0, 100, 1000, 9, "0" * 64)]).write(p / "store" / "manifest.json")
     got = restore(RunFolder(p), RunFolder(tmp_path / "fresh"))
     assert got == ["store/manifest.json"]
@@ -116,7 +116,7 @@ def test_colab_machine_plans_local_work_and_drive_persistence(tmp_path: Path) ->
 def test_stop_during_conversion_returns_stopped_with_shards_kept(tmp_path: Path) -> None:
     from colab_kit.runner import run
 
-    plan = make_plan(detect(), "debug", converter="radius", shard_size=50,
+    plan = make_plan(detect(), "debug", graph_kind="radius", shard_size=50,
                      convert_workers=1, work_dir=str(tmp_path))
     polls = []
     res = run(plan, progress=False, log_to_file=False, should_stop=lambda: polls.append(1) or len(polls) > 3)
@@ -128,7 +128,7 @@ def test_a_structure_only_store_reaches_the_persist_dir_shard_by_shard(tmp_path:
     """graph_edges=device keeps its store in store-structures/: each committed shard is mirrored at once (before,
     only store/ was, so a disconnect during conversion lost every shard), and a new runtime restores them."""
     work, persist = tmp_path / "work", tmp_path / "drive"
-    args = ["run", "--mode", "debug", "--converter", "radius", "--set", "graph_edges=device", "--set", "n_samples=600",
+    args = ["run", "--mode", "debug", "--graph-kind", "radius", "--set", "graph_edges=device", "--set", "n_samples=600",
             "--set", "shard_size=20", "--set", "convert_workers=1", "--set", "epochs=1",
             "--work-dir", str(work), "--persist-dir", str(persist)]
     name = "mp_eform_cgcnn_3000-radius-cgcnn-debug"

@@ -444,7 +444,7 @@ def test_folder_without_structures_says_what_is_read(shared_data: Path, tmp_path
     shutil.copytree(shared_data / ALIGNN, no_csv, ignore=shutil.ignore_patterns("id_prop.csv"))
     with pytest.raises(SourceError, match=r"needs an id_prop\.csv .*\(e\.g\. 'POSCAR-JVASP-10\.vasp'\); write one$"):
         open_source(no_csv)
-    res = run_cli("convert", str(tmp_path / "txt"), "--converter", "radius", "--out", str(tmp_path / "store"))
+    res = run_cli("convert", str(tmp_path / "txt"), "--graph-kind", "radius", "--out", str(tmp_path / "store"))
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr
     assert any("the folder holds no CIF or POSCAR files (2 other files" in line and "extxyz" in line for line in lines), res.stderr

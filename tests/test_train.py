@@ -29,7 +29,7 @@ def radius_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _plan(**kw):
-    base = dict(converter="radius", epochs=2, batch_size=16, batch_atoms=4000, batch_edges=60000, workers=0)
+    base = dict(graph_kind="radius", epochs=2, batch_size=16, batch_atoms=4000, batch_edges=60000, workers=0)
     return make_plan(detect(), "debug", **{**base, **kw})
 
 
@@ -38,7 +38,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_sigkill_mid_epoch_resume_gives_identical_weights(radius_store: Path, tmp_path: Path) -> None:
-    args = ["train", "--store", str(radius_store), "--converter", "radius", "--set", "epochs=2",
+    args = ["train", "--store", str(radius_store), "--graph-kind", "radius", "--set", "epochs=2",
             "--set", "batch_size=8", "--set", "batch_atoms=4000", "--set", "batch_edges=60000",
             "--set", "checkpoint_minutes=0.002"]
     ref = run_cli(*args, "--out", str(tmp_path / "ref"))
@@ -173,7 +173,7 @@ def test_cpu_calibration_measures_the_step_never_warns_with_room_and_estimates_t
     from colab_kit.train_budget import initial_budget
 
     store = GraphStore(radius_store)
-    plan = make_plan(detect(), "debug", converter="radius", train_memory=8 * 2**30, workers=0)
+    plan = make_plan(detect(), "debug", graph_kind="radius", train_memory=8 * 2**30, workers=0)
     splits = {"train": np.arange(len(store))}
     budgets = set()
     with caplog.at_level(logging.INFO, logger="colab_kit"):
@@ -187,7 +187,7 @@ def test_cpu_calibration_measures_the_step_never_warns_with_room_and_estimates_t
     assert max(edges) <= 1.01 * min(edges) and not [r for r in caplog.records if r.levelno >= logging.WARNING]
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="colab_kit"):
-        fit(store, make_plan(detect(), "debug", converter="radius", epochs=2, workers=0), tmp_path, progress=False)
+        fit(store, make_plan(detect(), "debug", graph_kind="radius", epochs=2, workers=0), tmp_path, progress=False)
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("estimate: 2 epochs of")]
     assert said and "on this machine (from the calibration steps)" in said[0], said
 
@@ -196,7 +196,7 @@ def test_a_diverging_run_stops_in_one_line_and_keeps_its_last_good_checkpoint(ra
                                                                               tmp_path: Path) -> None:
     """--set lr=1e6: the loss turns infinite; training stops with one line (no TypeError at the end), the best
     weights and checkpoints on disk are from before it, and no NaN model is ever written as best."""
-    args = ["train", "--store", str(radius_store), "--converter", "radius", "--set", "epochs=4", "--set", "lr=1e6",
+    args = ["train", "--store", str(radius_store), "--graph-kind", "radius", "--set", "epochs=4", "--set", "lr=1e6",
             "--set", "batch_size=16", "--set", "batch_atoms=4000", "--set", "batch_edges=60000",
             "--out", str(tmp_path)]
     res = run_cli(*args)

@@ -32,7 +32,7 @@ def _panel(tmp_path: Path, **kw: object) -> ControlPanel:
     Fixed batch budgets skip the memory calibration, which measures the process's peak RSS and so
     depends on what earlier tests in this process did.
     """
-    args = {"mode": "debug", "converter": "radius", "work_dir": str(tmp_path / "work"), "n_samples": 80,
+    args = {"mode": "debug", "graph_kind": "radius", "work_dir": str(tmp_path / "work"), "n_samples": 80,
             "batch_atoms": 4000, "batch_edges": 60000, "progress": False, **kw}
     return ControlPanel(machine=_machine(tmp_path), **args)
 
@@ -43,7 +43,7 @@ def test_plan_follows_the_widgets(tmp_path: Path) -> None:
     assert "CHGNet" in panel.reasons["cutoff"].value
     static_edges = panel.inputs["batch_edges"].value
     panel.mode.value = "quick"
-    panel.converter.value = "radius"  # the model follows: radius graphs train CGCNN
+    panel.graph_kind.value = "radius"  # the model follows: radius graphs train CGCNN
     assert panel.model.value == "cgcnn"
     assert panel.inputs["cutoff"].value == 8.0 and "radius" in panel.reasons["cutoff"].value
     assert panel.inputs["batch_edges"].value != static_edges  # re-filled from the CGCNN plan
@@ -51,11 +51,11 @@ def test_plan_follows_the_widgets(tmp_path: Path) -> None:
     panel.inputs["batch_atoms"].value = 1234
     plan = panel.plan()
     assert plan is not None
-    assert (plan.mode, plan.converter, plan.model, plan.workers, plan.batch_atoms) == ("quick", "radius", "cgcnn", 0, 1234)
+    assert (plan.mode, plan.graph_kind, plan.model, plan.workers, plan.batch_atoms) == ("quick", "radius", "cgcnn", 0, 1234)
     assert plan.n_samples == 3000 and plan.reasons["batch_atoms"] == "set by user"
     assert "set by user" in panel.reasons["batch_atoms"].value
     panel.model.value = "chgnet"  # and the graphs follow the model
-    assert panel.converter.value == "chgnet" and panel.inputs["cutoff"].value == 6.0
+    assert panel.graph_kind.value == "chgnet" and panel.inputs["cutoff"].value == 6.0
     assert panel.plan().batch_atoms == 1234  # an edited setting survives mode/converter changes
     panel.reset_button.click()
     assert panel.plan().reasons["batch_atoms"] != "set by user"

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from colab_kit import registry
-from colab_kit.graphs.common import ISOLATED_POLICIES, BadStructure, ConverterError, check_policy
+from colab_kit.graphs.common import BadStructure, ConverterError, check_policy
 
-__all__ = ["BadStructure", "Converter", "ConverterError", "ISOLATED_POLICIES", "get_converter"]
+__all__ = ["BadStructure", "Converter", "ConverterError", "get_converter"]
 
 _KIND_DEFAULT: Any = object()  # "the kind's own default" (None means something for bond_cutoff and max_neighbors)
 

@@ -31,7 +31,6 @@ import numpy as np
 from colab_kit import registry
 from colab_kit.graphs.common import (
     ConverterError,
-    IsolatedPolicy,
     base_arrays,
     check_isolated,
     check_overlap,
@@ -39,6 +38,7 @@ from colab_kit.graphs.common import (
     neighbor_cap,
     positive_cutoff,
 )
+from colab_kit.plan_settings import IsolatedPolicy
 from colab_kit.registry import Graphs
 
 if TYPE_CHECKING:

@@ -24,7 +24,6 @@ import numpy as np
 
 from colab_kit.graphs.common import (
     BadStructure,
-    IsolatedPolicy,
     base_arrays,
     check_isolated,
     check_policy,
@@ -32,6 +31,7 @@ from colab_kit.graphs.common import (
     neighbor_list,
     positive_cutoff,
 )
+from colab_kit.plan_settings import IsolatedPolicy
 from colab_kit.registry import Graphs
 
 if TYPE_CHECKING:

@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from colab_kit.graphs import radius
-from colab_kit.graphs.common import ConverterError, IsolatedPolicy, base_arrays, check_policy, neighbor_list
+from colab_kit.graphs.common import ConverterError, base_arrays, check_policy, neighbor_list
 from colab_kit.graphs.radius import collate, to_data
+from colab_kit.plan_settings import IsolatedPolicy
 from colab_kit.registry import Graphs
 
 if TYPE_CHECKING:

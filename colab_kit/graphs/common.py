@@ -6,19 +6,17 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from colab_kit.errors import ColabKitError
+from colab_kit.plan_settings import ISOLATED_ATOM_POLICIES, IsolatedPolicy
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
 
 
-IsolatedPolicy = Literal["error", "warn", "ignore"]
-# CHGNet's CrystalGraphConverter modes, same names and meaning; "error" is CHGNet's default.
-ISOLATED_POLICIES: tuple[str, ...] = ("error", "warn", "ignore")
 
 
 class BadStructure(ColabKitError, ValueError):
@@ -166,9 +164,9 @@ def check_isolated(center: np.ndarray, z: np.ndarray, cutoff: float, on_isolated
 
 
 def check_policy(on_isolated_atoms: str) -> str:
-    """``on_isolated_atoms`` if it is one of :data:`ISOLATED_POLICIES`, else a ConverterError naming the choices."""
-    if on_isolated_atoms not in ISOLATED_POLICIES:
-        raise ConverterError(f"on_isolated_atoms must be one of {ISOLATED_POLICIES} (got {on_isolated_atoms!r})")
+    """``on_isolated_atoms`` if it is one of :data:`ISOLATED_ATOM_POLICIES`, else a ConverterError naming the choices."""
+    if on_isolated_atoms not in ISOLATED_ATOM_POLICIES:
+        raise ConverterError(f"on_isolated_atoms must be one of {ISOLATED_ATOM_POLICIES} (got {on_isolated_atoms!r})")
     return on_isolated_atoms
 
 

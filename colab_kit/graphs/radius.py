@@ -17,7 +17,6 @@ import numpy as np
 
 from colab_kit.graphs.common import (
     ConverterError,
-    IsolatedPolicy,
     base_arrays,
     check_isolated,
     check_policy,
@@ -26,6 +25,7 @@ from colab_kit.graphs.common import (
     positive_cutoff,
 )
 from colab_kit.graphs.neighbors import MARGIN, cartesian, nearest, squared_lengths
+from colab_kit.plan_settings import IsolatedPolicy
 from colab_kit.registry import Graphs
 
 EDGES = ("stored", "device")  # where a radius graph's edges come from: the store, or built per batch on the device
