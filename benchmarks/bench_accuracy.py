@@ -236,8 +236,8 @@ def ensure_store(ds: str, kind: str, limit: int | None, out: Path, src: Path) ->
 
 def split_ids(store: Path, seed: int) -> dict[str, Any]:
     """colab_kit's split of ``store`` for ``seed`` as ids (made and saved next to the store if new), + targets."""
-    from colab_kit.splits import load_or_make_splits
-    from colab_kit.store import GraphStore
+    from colab_kit.loader.splits import load_or_make_splits
+    from colab_kit.store.format import GraphStore
 
     gs = GraphStore(store)
     ids, targets, (atoms, _) = gs.ids(), gs.targets(), gs.sizes()
@@ -266,7 +266,7 @@ def mae_on(test: dict[str, list[float]], split: dict[str, Any]) -> float:
 def write_cif_dir(ds: str, store: Path, cgcnn_repo: Path, out: Path) -> Path:
     """CIFs + id_prop.csv + atom_init.json of the store's structures, for txie-93/cgcnn's CIFData (written once)."""
     from colab_kit.sources import open_source, parse_structure
-    from colab_kit.store import GraphStore
+    from colab_kit.store.format import GraphStore
 
     root = out / "refdata" / f"{ds}-{store.name}"
     if (root / "complete").exists():

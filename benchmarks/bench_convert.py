@@ -327,8 +327,8 @@ def bench_rate(source: str, n: int, legacy: int) -> dict[str, Any]:
 # ---------------------------------------------------------------- end to end
 
 def bench_e2e(source: str, n: int | None, workers: list[int], workdir: Path) -> dict[str, Any]:
-    from colab_kit.convert import build_store
     from colab_kit.graphs import get_converter
+    from colab_kit.store.build import build_store
 
     rows = []
     for w in workers:
@@ -359,8 +359,8 @@ def bench_e2e(source: str, n: int | None, workers: list[int], workdir: Path) -> 
 
 def _child_build(source: str, out: str, limit: str, workers: str) -> None:
     """Runs in a fresh interpreter: one build_store, result as JSON on the last stdout line."""
-    from colab_kit.convert import build_store
     from colab_kit.graphs import get_converter
+    from colab_kit.store.build import build_store
 
     t = time.perf_counter()
     r = build_store(source, out, get_converter("chgnet"), workers=int(workers), shard_size=1000,
@@ -414,9 +414,9 @@ def bench_bytes(source: str, n: int, workdir: Path) -> dict[str, Any]:
     import torch
     from chgnet.graph import CrystalGraphConverter
 
-    from colab_kit.convert import build_store
     from colab_kit.graphs import get_converter
-    from colab_kit.store import GraphStore
+    from colab_kit.store.build import build_store
+    from colab_kit.store.format import GraphStore
 
     sample = {sid: s for sid, s, _ in load_structures(source, n)}
     fast = CrystalGraphConverter(atom_graph_cutoff=6, bond_graph_cutoff=3, on_isolated_atoms="ignore")

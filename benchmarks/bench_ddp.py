@@ -73,9 +73,9 @@ def main() -> None:
     import torch
 
     from colab_kit import registry
-    from colab_kit.convert import build_store
     from colab_kit.graphs import get_converter
-    from colab_kit.store import GraphStore
+    from colab_kit.store.build import build_store
+    from colab_kit.store.format import GraphStore
 
     ranks = [int(r) for r in args.ranks.split(",")]
     cuda = torch.cuda.is_available()

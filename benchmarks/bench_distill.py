@@ -143,8 +143,8 @@ def stage_times(run_log: Path, since: float) -> dict[str, float]:
 
 def run_dir_of(work_dir: Path, data: Path, model: str, sets: list[str], src: Path) -> Path:
     """The run directory ``python -m colab_kit run --mode quick --model M --data D --set ...`` uses (its name)."""
-    code = ("import sys, json; from colab_kit.cli_common import parse_override; from colab_kit.detect import detect; "
-            "from colab_kit.plan import make_plan; from colab_kit.runner import run_name; "
+    code = ("import sys, json; from colab_kit.cli.common import parse_override; from colab_kit.plan.machine import detect; "
+            "from colab_kit.plan import make_plan; from colab_kit.run.pipeline import run_name; "
             "a = json.loads(sys.argv[1]); "
             "print(run_name(make_plan(detect(gpu=lambda: None), 'quick', model=a['model'], data=a['data'], "
             "**dict(parse_override(s) for s in a['sets']))))")
@@ -159,7 +159,7 @@ def epochs_of(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def store_split_ids(store_dir: Path, seed: int) -> dict[str, list[str]]:
-    from colab_kit.store import GraphStore
+    from colab_kit.store.format import GraphStore
 
     ids = GraphStore(store_dir).ids()
     with np.load(store_dir / f"splits-seed{seed}.npz", allow_pickle=False) as z:
@@ -349,14 +349,14 @@ def child_loop(cfg_path: str) -> None:
     import torch
 
     import colab_kit
-    from colab_kit.checkpoint import load_checkpoint
-    from colab_kit.evaluate import evaluate_with_backoff
-    from colab_kit.loader import BudgetBatchSampler, GraphDataset, collate_fn, make_loaders
+    from colab_kit.loader.batching import BudgetBatchSampler, GraphDataset, collate_fn, make_loaders
     from colab_kit.models import build_model
-    from colab_kit.plan import Plan
-    from colab_kit.reproducible import seed_everything
-    from colab_kit.store import GraphStore
-    from colab_kit.train import make_scheduler
+    from colab_kit.plan.planner import Plan
+    from colab_kit.store.format import GraphStore
+    from colab_kit.training.checkpoint import load_checkpoint
+    from colab_kit.training.evaluate import evaluate_with_backoff
+    from colab_kit.training.trainer import make_scheduler
+    from colab_kit.util.reproducible import seed_everything
 
     cfg = json.loads(Path(cfg_path).read_text())
     rec: dict[str, Any] = {"t_setup": time.time()}

@@ -88,8 +88,8 @@ def _evict_file(path: str | Path) -> None:
 def build_if_missing(path: str | None, kind: str, source: str, n: int | None, workdir: Path, edges: str = "stored") -> str:
     """The store at ``path``, or a new one of the first ``n`` items of ``source`` in ``workdir`` (``edges="device"``:
     a structure-only radius store)."""
-    from colab_kit.convert import build_store
     from colab_kit.graphs import get_converter
+    from colab_kit.store.build import build_store
 
     if path:
         return path
@@ -107,7 +107,7 @@ def build_if_missing(path: str | None, kind: str, source: str, n: int | None, wo
 def _child_open(store: str) -> None:
     import numpy  # noqa: F401  (imports are not part of opening)
 
-    from colab_kit.store import GraphStore
+    from colab_kit.store.format import GraphStore
 
     rss0, st0 = _rss_mb(), _status_mb()
     t0 = time.perf_counter()
@@ -177,7 +177,7 @@ def bench_read(stores: dict[str, str], n_reads: int, n_files: int, workdir: Path
     import torch
     from chgnet.graph.crystalgraph import CrystalGraph
 
-    from colab_kit.store import GraphStore
+    from colab_kit.store.format import GraphStore
 
     rows = []
     for kind, path in stores.items():
@@ -263,9 +263,9 @@ def _child_loader(config_path: str) -> None:
     from torch.utils.data import DataLoader
 
     from colab_kit import registry
-    from colab_kit.loader import BudgetBatchSampler, make_loader
+    from colab_kit.loader.batching import BudgetBatchSampler, make_loader
     from colab_kit.models.common import PygAdapter
-    from colab_kit.store import GraphStore
+    from colab_kit.store.format import GraphStore
 
     rss_base = _rss_mb()  # an interpreter with torch, PyG and chgnet imported, no data yet
     cfg = json.loads(Path(config_path).read_text())
@@ -285,7 +285,7 @@ def _child_loader(config_path: str) -> None:
             def make() -> Any:
                 return make_loader(store, sampler, workers=workers)
         else:
-            from colab_kit.loader import GraphDataset, collate_fn
+            from colab_kit.loader.batching import GraphDataset, collate_fn
 
             def make() -> Any:
                 return DataLoader(GraphDataset(store), batch_sampler=sampler, collate_fn=collate_fn(store), **kw)
@@ -334,8 +334,8 @@ def _child_loader(config_path: str) -> None:
 
 def bench_loader(stores: dict[str, str], n_graphs: int, workers: list[int], passes: int, workdir: Path,
                  seed: int, device_store: str | None = None) -> dict[str, Any]:
-    from colab_kit.loader import BudgetBatchSampler
-    from colab_kit.store import GraphStore
+    from colab_kit.loader.batching import BudgetBatchSampler
+    from colab_kit.store.format import GraphStore
 
     rows = []
     for kind, path in stores.items():

@@ -334,8 +334,8 @@ def train_model(ctx: dict[str, Any]) -> Path:
 
 def plan_shard_size(src: Path, run_dir: Path) -> tuple[int, str]:
     sys.path.insert(0, str(src))
-    from colab_kit.predictor import plan_for
-    from colab_kit.trained import load_trained
+    from colab_kit.use.predictor import plan_for
+    from colab_kit.use.trained import load_trained
 
     plan = plan_for(load_trained(run_dir))
     return plan.shard_size, plan.reasons.get("shard_size", "")

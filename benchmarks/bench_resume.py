@@ -8,7 +8,7 @@ interleaved:
 ``before``  with every ``Source.iter_from`` replaced by the base class's ``islice(iter(self), start, None)`` (what a
             resume did before: parse every done item again);
 ``whole``   the readers' own ``iter_from`` (matbench json.gz seeks: :mod:`colab_kit.sources.seek`), run from
-            ``--whole-rev`` (default: the tree before ``colab_kit/shard_build.py``), whose first shard is
+            ``--whole-rev`` (default: the tree before ``colab_kit/store/shard_build.py``), whose first shard is
             converted whole by one worker;
 ``after``   this checkout: the seek, and the first shard converted by every worker at once (``shard_build``).
 
@@ -73,7 +73,7 @@ def timed(orig):
     return iter_from
 for c in Source.__subclasses__():
     c.iter_from = timed(Source.iter_from if mode == "before" else c.iter_from)
-from colab_kit.cli import main
+from colab_kit.cli.commands import main
 raise SystemExit(main(sys.argv[3:]))
 """
 
@@ -201,7 +201,7 @@ def bench_resume(data: Path, workdir: Path, args: argparse.Namespace, n: int) ->
     res["committed_at_kill"] = s0 = _committed(killed)[0]
     print(f"first run SIGKILLed at {first['wall_s']:.1f} s with {s0} shards "
           f"({_committed(killed)[1]:,} items) committed", flush=True)
-    whole_rev = args.whole_rev or _added_in("colab_kit/shard_build.py")
+    whole_rev = args.whole_rev or _added_in("colab_kit/store/shard_build.py")
     whole_tree = _archive(whole_rev, workdir / "whole_src")
     res["whole_rev"] = whole_rev
     # mode -> (TIMED_CLI mode, PYTHONPATH, cwd): cwd is put first on sys.path by `python -c`, so the archived
@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reference", help="an uninterrupted store of the same command (built with --workers 1 when absent)")
     p.add_argument("--restart-repeats", type=int, default=3, help="reruns of each mode (resume section)")
     p.add_argument("--whole-rev", help="git revision whose convert builds the first shard whole (resume section; "
-                   "default the parent of the commit that added colab_kit/shard_build.py)")
+                   "default the parent of the commit that added colab_kit/store/shard_build.py)")
     p.add_argument("--keep-stores", action="store_true")
     p.add_argument("--baseline-rev", help="git revision of the sources before bare-NaN support (nan section)")
     p.add_argument("--repeats", type=int, default=5)

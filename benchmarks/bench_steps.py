@@ -33,13 +33,13 @@ def bench_model(name: str, n: int, batch_size: int, steps: int, device: str, wor
     import torch
 
     from colab_kit import registry
-    from colab_kit.convert import build_store
-    from colab_kit.detect import detect
     from colab_kit.graphs import get_converter
-    from colab_kit.loader import BudgetBatchSampler, make_loader
+    from colab_kit.loader.batching import BudgetBatchSampler, make_loader
     from colab_kit.models import build_model
-    from colab_kit.plan import make_plan
-    from colab_kit.store import GraphStore
+    from colab_kit.plan.machine import detect
+    from colab_kit.plan.planner import make_plan
+    from colab_kit.store.build import build_store
+    from colab_kit.store.format import GraphStore
 
     kind = registry.model(name).graph_kind
     plan = make_plan(detect(), "quick", model=name, device=device, batch_size=batch_size,

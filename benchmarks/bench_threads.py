@@ -53,8 +53,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    from colab_kit.convert import build_store
     from colab_kit.graphs import get_converter
+    from colab_kit.store.build import build_store
 
     work = Path(tempfile.mkdtemp(prefix="bench_threads-"))
     store = work / "store"

@@ -3,7 +3,7 @@
 Contenders (each measured in a fresh interpreter, ``--child`` mode of this script, so peak RSS and caches are
 its own):
 
-``colab_kit fit (chgnet)``         ``colab_kit.train.fit`` with ``model=chgnet`` (pretrained CHGNet 0.3.0 plus
+``colab_kit fit (chgnet)``         ``colab_kit.training.trainer.fit`` with ``model=chgnet`` (pretrained CHGNet 0.3.0 plus
                                    colab_kit's 120-parameter affine head) on the CHGNet-graph store. The Plan is
                                    made by ``make_plan`` with overrides so that only the graph count limits a
                                    batch (``batch_size=B``, atom/edge budgets of 10^9, ``calibrate_budget=False``),
@@ -132,11 +132,11 @@ def _child_colab_kit(cfg: dict[str, Any]) -> dict[str, Any]:
     import chgnet.model  # noqa: F401  (imports are not setup)
     import torch
 
-    from colab_kit.detect import detect
+    from colab_kit.loader.splits import load_or_make_splits
     from colab_kit.models import build_model
-    from colab_kit.splits import load_or_make_splits
-    from colab_kit.store import GraphStore
-    from colab_kit.train import fit, seed_everything
+    from colab_kit.plan.machine import detect
+    from colab_kit.store.format import GraphStore
+    from colab_kit.training.trainer import fit, seed_everything
 
     if cfg["model"] == "cgcnn":
         import torch_geometric.nn  # noqa: F401
@@ -303,7 +303,7 @@ def child_main(cfg_path: str) -> int:
 
 def _plan(machine: Any, model: str, batch_size: int) -> Any:
     """The Plan colab_kit trains with: only the graph count limits a batch, one epoch, no loader workers."""
-    from colab_kit.plan import make_plan
+    from colab_kit.plan.planner import make_plan
 
     converter = "chgnet" if model == "chgnet" else "radius"
     return make_plan(machine, "debug", graph_kind=converter, model=model, device="cpu", batch_size=batch_size,
@@ -312,8 +312,8 @@ def _plan(machine: Any, model: str, batch_size: int) -> Any:
 
 def ensure_store(path: str | None, model: str, source: str, n: int, workdir: Path) -> tuple[str, float | None]:
     """The given store, or one of the first ``n`` items of ``source`` built in ``workdir`` (reused if there)."""
-    from colab_kit.convert import build_store
     from colab_kit.graphs import get_converter
+    from colab_kit.store.build import build_store
 
     if path:
         return path, None
@@ -329,10 +329,10 @@ def ensure_store(path: str | None, model: str, source: str, n: int, workdir: Pat
 
 def plan_batches(store_path: str, model: str, batch_size: int, total: int) -> dict[str, Any]:
     """The first ``max(total, 16)`` training batches ``fit`` will draw (store indices), from colab_kit's own sampler."""
-    from colab_kit.detect import detect
-    from colab_kit.loader import make_loaders
-    from colab_kit.splits import load_or_make_splits
-    from colab_kit.store import GraphStore
+    from colab_kit.loader.batching import make_loaders
+    from colab_kit.loader.splits import load_or_make_splits
+    from colab_kit.plan.machine import detect
+    from colab_kit.store.format import GraphStore
 
     store = GraphStore(store_path)
     plan = _plan(detect(), model, batch_size)
@@ -355,7 +355,7 @@ def anchor_items(source: str, store_path: str, batches: list[list[int]], out: Pa
     as positions in that list. Store graphs are matched to source records by walking both in order (a store
     keeps the source's order, minus skipped records) and checked by id and target."""
     from colab_kit.sources import open_source
-    from colab_kit.store import GraphStore
+    from colab_kit.store.format import GraphStore
 
     store = GraphStore(store_path)
     needed = sorted({i for b in batches for i in b})

@@ -533,7 +533,7 @@ def child_write_files(cfg: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
     from bench_loader import write_files
 
-    from colab_kit.store import GraphStore
+    from colab_kit.store.format import GraphStore
 
     prog = Progress(cfg["progress"])
     store = GraphStore(cfg["store"])
@@ -567,8 +567,8 @@ def child_loader_colab_kit(cfg: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
     import torch  # noqa: F401
 
-    from colab_kit.loader import BudgetBatchSampler, make_loader
-    from colab_kit.store import GraphStore
+    from colab_kit.loader.batching import BudgetBatchSampler, make_loader
+    from colab_kit.store.format import GraphStore
 
     t0 = time.perf_counter()
     store = GraphStore(cfg["store"])
@@ -644,8 +644,8 @@ class Ctx:
     """Settings, paths and results shared by the stages."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from colab_kit.detect import detect
-        from colab_kit.plan import make_plan
+        from colab_kit.plan.machine import detect
+        from colab_kit.plan.planner import make_plan
 
         self.args = args
         machine = detect(extra_dirs=(str(args.workdir),))

@@ -13,8 +13,8 @@ __all__ = ["__version__", "load"]
 
 def load(path: str, **plan_overrides: object) -> object:
     """The trained model at ``path`` (a run directory, a ``train --out`` directory or an exported model directory)
-    as a :class:`colab_kit.predictor.Predictor`: ``load(run_dir).predict(structures)``. ``plan_overrides`` are Plan
+    as a :class:`colab_kit.use.predictor.Predictor`: ``load(run_dir).predict(structures)``. ``plan_overrides`` are Plan
     settings such as ``device="cpu"``."""
-    from colab_kit.predictor import load as _load
+    from colab_kit.use import load as _load
 
     return _load(path, **plan_overrides)

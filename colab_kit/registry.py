@@ -41,7 +41,7 @@ class GraphKind(Protocol):
     ``needs`` names the store arrays ``convert`` writes and ``to_graph`` reads (all in ``store.RAGGED`` + lattice);
     ``loader_workers`` is (workers, reason) when the kind needs a fixed number of DataLoader workers, else None.
     An optional ``batch_fn(gathered, params)`` assembles the batch ``collate`` would make straight from a whole-batch
-    read (:func:`colab_kit.batch_read.gather`), without a graph object per item. A kind with ``device_edges`` can
+    read (:func:`colab_kit.store.batch_read.gather`), without a graph object per item. A kind with ``device_edges`` can
     also keep structures only (``params(..., edges="device")``) and build each batch's edges on the training device.
     """
 
@@ -116,7 +116,7 @@ class Graphs:
     needs: tuple[str, ...] = ("z", "frac", "lattice", "nbr_count", "nbr", "image")
     loader_workers: tuple[int, str] | None = None
     plan_names: Mapping[str, str] = field(default_factory=dict)  # converter parameter -> Plan field, where they differ
-    # a batch from a whole-batch read (colab_kit.batch_read.Gathered) equal to collate_fn of its graphs; None: per graph
+    # a batch from a whole-batch read (colab_kit.store.batch_read.Gathered) equal to collate_fn of its graphs; None: per graph
     batch_fn: Callable[[Any, Mapping[str, Any]], Any] | None = None
     # the store can keep structures only, the edges built per batch on the device (make_params takes ``edges``)
     device_edges: bool = False
@@ -160,7 +160,7 @@ class Model:
     bytes_per_atom: int
     bytes_per_edge: int
     lr: float
-    schedule: str = "cosine"  # one of colab_kit.plan_settings.SCHEDULES
+    schedule: str = "cosine"  # one of colab_kit.plan.settings.SCHEDULES
     schedule_reason: str = "cosine decay over the epochs"
     epoch_scale: int = 1
     epoch_reason: str = ""

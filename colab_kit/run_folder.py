@@ -3,7 +3,7 @@
 A run folder (``<work dir>/<run name>/``, mirrored to ``<persist dir>/<run name>/``; also a ``train --out`` folder,
 which has the training part of it)::
 
-    .colab_kit.lock          one writer at a time (colab_kit.folder_lock)
+    .colab_kit.lock          one writer at a time (colab_kit.util.locks)
     plan.json                the Plan this run used
     run.log                  everything logged, across resumes
     timing.json              compute time across every call of the command

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from colab_kit import distributed, registry
-from colab_kit.detect import detect
-from colab_kit.evaluate import evaluate_weights
-from colab_kit.loader import BudgetBatchSampler
-from colab_kit.plan import make_plan
-from colab_kit.store import GraphStore
-from colab_kit.train import fit
+from colab_kit import registry
+from colab_kit.loader.batching import BudgetBatchSampler
+from colab_kit.plan.machine import detect
+from colab_kit.plan.planner import make_plan
+from colab_kit.store.format import GraphStore
+from colab_kit.training.evaluate import evaluate_weights
+from colab_kit.training.trainer import fit
+from colab_kit.util import distributed
 
 SETTINGS = {"model": "cgcnn", "hidden": 32, "epochs": 2, "batch_size": 16, "batch_atoms": 100_000,
             "batch_edges": 1_000_000, "workers": 0}

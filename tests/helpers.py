@@ -129,7 +129,7 @@ def assert_stop_resume_identical(store: Any, plan: Any, tmp: Path, steps: int) -
     bit for bit, and the same validation history."""
     import torch
 
-    from colab_kit.train import fit
+    from colab_kit.training.trainer import fit
 
     ref = fit(store, plan, tmp / "ref", progress=False)
     polls = {"n": 0}
@@ -152,7 +152,7 @@ def assert_sigkill_resume_identical(args: list[str], tmp: Path, first_step: int,
     the final weights are equal bit for bit. Returns both final checkpoints (uninterrupted, resumed)."""
     import torch
 
-    from colab_kit.checkpoint import LATEST
+    from colab_kit.training.checkpoint import LATEST
 
     ref = run_cli(*args, "--out", str(tmp / "ref"))
     assert ref.returncode == 0, ref.stderr[-2000:]

@@ -9,11 +9,11 @@ import pytest
 import torch
 from helpers import SHIPPED, assert_same_batch
 
-from colab_kit.batch_read import gather, ranges
-from colab_kit.convert import build_store
 from colab_kit.graphs import get_converter
-from colab_kit.loader import BudgetBatchSampler, GraphDataset, assembled, collate_fn, make_loader
-from colab_kit.store import GraphStore
+from colab_kit.loader.batching import BudgetBatchSampler, GraphDataset, assembled, collate_fn, make_loader
+from colab_kit.store.batch_read import gather, ranges
+from colab_kit.store.build import build_store
+from colab_kit.store.format import GraphStore
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from helpers import kill_when, run_cli
 
-from colab_kit.convert import build_store
 from colab_kit.graphs import get_converter
-from colab_kit.matbench import matbench_ids, read_results
-from colab_kit.splits import matbench_folds, matbench_store_split, store_rows
-from colab_kit.store import GraphStore
+from colab_kit.loader.splits import matbench_folds, matbench_store_split, store_rows
+from colab_kit.run.matbench import matbench_ids, read_results
+from colab_kit.store.build import build_store
+from colab_kit.store.format import GraphStore
 
 TINY = ["--model", "cgcnn", "--mode", "debug", "--set", "hidden=16", "--set", "n_conv=1", "--set", "epochs=1"]
 BENCH = "matbench_phonons-cgcnn-hidden=16-n_conv=1-debug"

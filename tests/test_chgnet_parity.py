@@ -168,8 +168,8 @@ def test_warning_without_an_id_names_the_formula() -> None:
 
 def test_warn_mode_in_a_conversion_is_recorded_with_the_item(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     """A conversion keeps the warning in the store's record (and the report's warnings.csv), not on the terminal."""
-    from colab_kit.convert import build_store
-    from colab_kit.store import GraphStore
+    from colab_kit.store.build import build_store
+    from colab_kit.store.format import GraphStore
 
     structures = [("nacl-strained", _strained_nacl(), 1.0), ("limno2", limno2(), 2.0), ("limno2-b", limno2(), 3.0)]
     res = build_store(structures_source(structures), tmp_path / "s",
@@ -250,8 +250,8 @@ def test_every_vendored_structure_gives_chgnets_graph(config: str) -> None:
 def test_store_round_trip_keeps_graphs_identical_with_isolated_atoms(tmp_path: Path) -> None:
     """Built in "ignore" mode at 4 Å (graphs with isolated atoms, single-site cells without any edge), stored in
     compact dtypes and read back: every graph still equals CHGNet's; the policy is part of the fingerprint."""
-    from colab_kit.convert import build_store
-    from colab_kit.store import GraphStore, StoreError
+    from colab_kit.store.build import build_store
+    from colab_kit.store.format import GraphStore, StoreError
 
     src = FIXTURES / "mp20_subset_sample.json.gz"
     conv = get_converter("chgnet", cutoff=4, on_isolated_atoms="ignore")

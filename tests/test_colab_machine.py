@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from colab_kit.detect import COLAB_ENV_VARS, GIB, Gpu, Machine, detect
-from colab_kit.plan import make_plan
+from colab_kit.plan.machine import COLAB_ENV_VARS, GIB, Gpu, Machine, detect
+from colab_kit.plan.planner import make_plan
 
 REPO = Path(__file__).resolve().parents[1]
 OS_INFO = REPO.parent / "shared" / "colab" / "os-info-gpu.txt"

@@ -15,13 +15,13 @@ import pytest
 import torch
 from helpers import SHIPPED, assert_sigkill_resume_identical, assert_stop_resume_identical, run_cli
 
-from colab_kit.checkpoint import LATEST
-from colab_kit.convert import build_store
-from colab_kit.detect import detect
 from colab_kit.graphs import get_converter
-from colab_kit.plan import make_plan
-from colab_kit.store import GraphStore
-from colab_kit.train import fit
+from colab_kit.plan.machine import detect
+from colab_kit.plan.planner import make_plan
+from colab_kit.store.build import build_store
+from colab_kit.store.format import GraphStore
+from colab_kit.training.checkpoint import LATEST
+from colab_kit.training.trainer import fit
 
 SMALL = ["--set", "hidden=32", "--set", "comformer_layers=2"]
 

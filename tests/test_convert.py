@@ -21,10 +21,10 @@ from helpers import (
     write_matbench,
 )
 
-from colab_kit.convert import ConversionError, build_store
 from colab_kit.graphs import get_converter
 from colab_kit.sources import SourceError
-from colab_kit.store import GraphStore, StoreError
+from colab_kit.store.build import ConversionError, build_store
+from colab_kit.store.format import GraphStore, StoreError
 
 
 def _digest(store_dir: Path) -> list[tuple[int, str, int]]:
@@ -231,7 +231,7 @@ def test_resume_with_split_first_shard_gives_identical_shards(tmp_path: Path, mo
                                                                name: str) -> None:
     """Each call's first shard is converted in ``workers`` slices and assembled: its bytes (graphs, ids, targets,
     failures, warnings) are those of a shard one worker built whole."""
-    import colab_kit.convert as convert_module
+    import colab_kit.store.build as convert_module
 
     ids, rows = shipped_records(160)
     for i in (3, 20, 70, 90):  # failures in both slices of the split shards (0 and 2: slices of 16)
@@ -283,7 +283,7 @@ def test_split_first_shard_names_the_first_bad_item_in_source_order(tmp_path: Pa
 
 
 def test_slice_bounds_cover_the_items_in_order() -> None:
-    from colab_kit.shard_build import slice_bounds
+    from colab_kit.store.shard_build import slice_bounds
 
     assert slice_bounds(1000, 2) == [(0, 500), (500, 1000)]
     assert slice_bounds(7, 3) == [(0, 2), (2, 4), (4, 7)]

@@ -14,13 +14,13 @@ import pytest
 import torch
 from helpers import SHIPPED, run_cli
 
-from colab_kit.checkpoint import LATEST, PREVIOUS, load_checkpoint
-from colab_kit.convert import build_store
-from colab_kit.detect import detect
 from colab_kit.graphs import get_converter
-from colab_kit.plan import make_plan
-from colab_kit.store import GraphStore, StoreError
-from colab_kit.train import fit
+from colab_kit.plan.machine import detect
+from colab_kit.plan.planner import make_plan
+from colab_kit.store.build import build_store
+from colab_kit.store.format import GraphStore, StoreError
+from colab_kit.training.checkpoint import LATEST, PREVIOUS, load_checkpoint
+from colab_kit.training.trainer import fit
 
 
 def _flip_target_byte(store_dir: Path, shard: int = 0, graph: int = 3) -> None:
@@ -82,7 +82,7 @@ def _plan(**kw: object):
 
 def test_damaged_checkpoints_and_best_weights_are_found_and_recovered(radius_store: Path, tmp_path: Path,
                                                                       caplog: pytest.LogCaptureFixture) -> None:
-    from colab_kit.evaluate import evaluate_weights
+    from colab_kit.training.evaluate import evaluate_weights
 
     store = GraphStore(radius_store)
     plan = _plan()
@@ -179,7 +179,7 @@ def test_a_read_only_persist_dir_stops_mirroring_once_and_the_run_goes_on(read_o
     in a row mirroring stops for the run, said once, and the run ends normally, quickly."""
     import time
 
-    from colab_kit.persist import Mirror
+    from colab_kit.run.persist import Mirror
     from colab_kit.run_folder import RunFolder
 
     persist = tmp_path / "drive"

@@ -1,4 +1,4 @@
-"""colab_kit.datasets over real sockets: a local HTTP server (Range, 403/404/429, dropped connections) and,
+"""colab_kit.sources.datasets over real sockets: a local HTTP server (Range, 403/404/429, dropped connections) and,
 for Google Drive, real gdown reaching a local Drive look-alike through an HTTPS proxy that the test runs."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from colab_kit.datasets import (
+from colab_kit.sources.datasets import (
     DEFAULT_DATASET,
     REGISTRY,
     DownloadError,
@@ -501,8 +501,8 @@ def test_run_pins_the_downloaded_file_with_data_sha256(server: tuple[str, State]
                   "--set", f"data_sha256={'ab' * 32}", "--work-dir", str(tmp_path), env={"NO_PROXY": "127.0.0.1"})
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert f"checksum mismatch for {base}/mp.json.gz: expected sha256 {'ab' * 32}" in res.stderr
-    from colab_kit.detect import detect
-    from colab_kit.plan import PlanError, make_plan
+    from colab_kit.plan.machine import detect
+    from colab_kit.plan.planner import PlanError, make_plan
 
     with pytest.raises(PlanError, match="data_sha256 must be the downloaded file's sha256, 64 hex digits"):
         make_plan(detect(), "debug", data_sha256="abc")

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from colab_kit.detect import GIB, Gpu, detect, read_cgroup_limit
+from colab_kit.plan.machine import GIB, Gpu, detect, read_cgroup_limit
 
 
 def _write(root: Path, rel: str, text: str) -> None:

@@ -11,15 +11,15 @@ import torch
 from helpers import SHIPPED, assert_same_batch, run_cli
 from pymatgen.core import Lattice, Structure
 
-from colab_kit.batch_read import gather
-from colab_kit.convert import build_store
-from colab_kit.detect import detect
 from colab_kit.graphs import get_converter
 from colab_kit.graphs.radius import batch_from, complete, with_edges
-from colab_kit.loader import GraphDataset, make_loader
-from colab_kit.plan import PlanError, make_plan
-from colab_kit.store import GraphStore
-from colab_kit.train import fit
+from colab_kit.loader.batching import GraphDataset, make_loader
+from colab_kit.plan.machine import detect
+from colab_kit.plan.planner import PlanError, make_plan
+from colab_kit.store.batch_read import gather
+from colab_kit.store.build import build_store
+from colab_kit.store.format import GraphStore
+from colab_kit.training.trainer import fit
 
 SEARCHES = ("cells", "images")
 
@@ -134,7 +134,7 @@ def test_training_on_device_graphs_equals_stored(stores: tuple[GraphStore, Graph
 
 
 def test_loader_workers_deliver_structure_batches(stores: tuple[GraphStore, GraphStore]) -> None:
-    from colab_kit.loader import BudgetBatchSampler
+    from colab_kit.loader.batching import BudgetBatchSampler
     from colab_kit.models.common import PygAdapter
 
     stored, device = stores
@@ -173,7 +173,7 @@ def test_run_switched_to_device_graphs_resumes_and_mirrors(tmp_path: Path) -> No
 
 
 def test_device_feed_on_cpu_moves_each_batch_when_reached() -> None:
-    from colab_kit.device_feed import ahead
+    from colab_kit.loader.device_feed import ahead
 
     seen: list[int] = []
 
@@ -191,8 +191,8 @@ def test_device_feed_on_cpu_moves_each_batch_when_reached() -> None:
 @pytest.mark.gpu
 def test_device_feed_on_cuda_overlaps_and_delivers_the_same_batches(stores: tuple[GraphStore, GraphStore]) -> None:
     """The side-stream feed gives the batches a plain move gives, edges built on the GPU included."""
-    from colab_kit.device_feed import ahead
-    from colab_kit.loader import BudgetBatchSampler
+    from colab_kit.loader.batching import BudgetBatchSampler
+    from colab_kit.loader.device_feed import ahead
     from colab_kit.models.common import PygAdapter
 
     stored, device = stores

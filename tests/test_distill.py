@@ -12,9 +12,9 @@ import torch
 from helpers import SHIPPED, run_cli
 
 import colab_kit
-from colab_kit.distill import blended_targets, load_column
-from colab_kit.loader import GraphDataset
-from colab_kit.store import GraphStore
+from colab_kit.loader.batching import GraphDataset
+from colab_kit.store.format import GraphStore
+from colab_kit.use.distill import blended_targets, load_column
 
 SMALL = ["--mode", "debug", "--model", "cgcnn", "--set", "hidden=16", "--set", "n_samples=150", "--set", "epochs=2"]
 
@@ -53,8 +53,8 @@ def test_same_graph_teacher_cached_blended_and_alpha_one_is_plain_training(teach
     p = colab_kit.load(teacher, device="cpu").predict(_first_structures(store, 10))
     assert np.allclose(p, column[:10], atol=1e-5)
     # alpha 0: the train loader's targets are the teacher's outputs; validation keeps the labels
-    from colab_kit.loader import make_loaders
-    from colab_kit.plan import Plan
+    from colab_kit.loader.batching import make_loaders
+    from colab_kit.plan.planner import Plan
 
     plan = Plan.from_dict(json.loads((run_dir / "plan.json").read_text()))
     loaders = make_loaders(store, plan, train_targets=blended_targets(store.targets(), column, 0.0))

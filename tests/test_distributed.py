@@ -19,14 +19,14 @@ import pytest
 import torch
 from helpers import SHIPPED, run_cli
 
-from colab_kit.convert import build_store
-from colab_kit.detect import GIB, Machine, detect
-from colab_kit.distributed import DistributedError, World, world_from_env
-from colab_kit.folder_lock import LOCK_NAME
 from colab_kit.graphs import get_converter
-from colab_kit.loader import BudgetBatchSampler, rank_batches
-from colab_kit.plan import make_plan
-from colab_kit.store import GraphStore
+from colab_kit.loader.batching import BudgetBatchSampler, rank_batches
+from colab_kit.plan.machine import GIB, Machine, detect
+from colab_kit.plan.planner import make_plan
+from colab_kit.store.build import build_store
+from colab_kit.store.format import GraphStore
+from colab_kit.util.distributed import DistributedError, World, world_from_env
+from colab_kit.util.locks import LOCK_NAME
 
 HERE = Path(__file__).parent
 ENV = {"OMP_NUM_THREADS": "1"}  # two ranks on two cores
@@ -131,7 +131,7 @@ def test_detect_says_rank_and_one_process_commands_are_refused() -> None:
 
 def test_panel_refuses_a_distributed_run(tmp_path: Path) -> None:
     pytest.importorskip("ipywidgets")
-    from colab_kit.ui import ControlPanel
+    from colab_kit.notebook.panel import ControlPanel
 
     world = World(1, 1, 2, 2)
     panel = ControlPanel(machine=_machine(world), background=False)
@@ -147,7 +147,7 @@ def test_two_ranks_partition_each_epoch_and_gather_the_evaluation(store_dir: Pat
     store = GraphStore(store_dir)
     ids = store.ids()
     rec = [json.loads((tmp_path / "rec" / f"rank{r}.json").read_text()) for r in range(2)]
-    from colab_kit.splits import splits_for
+    from colab_kit.loader.splits import splits_for
 
     sys.path.insert(0, str(HERE))
     from ddp_record import plan_for
@@ -170,7 +170,7 @@ def test_two_ranks_partition_each_epoch_and_gather_the_evaluation(store_dir: Pat
         planned = [[ids[i] for i in b] for e in (0, 1) for b in epochs[e][r]["batches"]]
         assert rec[r]["trained"][-len(planned):] == planned
     # evaluation gathered across ranks = one process's evaluation of the same weights, graph for graph
-    from colab_kit.evaluate import evaluate_weights
+    from colab_kit.training.evaluate import evaluate_weights
 
     single = evaluate_weights(store, plan1, tmp_path / "out" / "best.pt")
     gathered = np.load(tmp_path / "rec" / "test.npz")

@@ -24,9 +24,9 @@ import torch
 from conftest import SHARED_DATA
 from helpers import FIXTURE_SETS, FIXTURES
 
-from colab_kit.convert import build_store
 from colab_kit.graphs import get_converter
-from colab_kit.store import GraphStore
+from colab_kit.store.build import build_store
+from colab_kit.store.format import GraphStore
 
 pytestmark = pytest.mark.extras  # CI runs these in the environment with the extras; the README's command skips them
 pytest.importorskip("alignn.torch_graph_builder", reason='needs pip install "colab_kit[alignn]"')
@@ -153,7 +153,7 @@ def check_matgl(store: GraphStore, structures: list[Any]) -> int:
 
 
 def store_batch(store: GraphStore, n: int) -> Any:
-    from colab_kit.loader import collate_fn
+    from colab_kit.loader.batching import collate_fn
 
     return collate_fn(store)([store.item(i) for i in range(n)])
 

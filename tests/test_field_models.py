@@ -19,15 +19,15 @@ import pytest
 import torch
 from helpers import SHIPPED, assert_sigkill_resume_identical, assert_stop_resume_identical, run_cli
 
-from colab_kit.checkpoint import LATEST
-from colab_kit.convert import build_store
-from colab_kit.detect import detect
 from colab_kit.graphs import get_converter
 from colab_kit.models import build_model
-from colab_kit.plan import make_plan
+from colab_kit.plan.machine import detect
+from colab_kit.plan.planner import make_plan
 from colab_kit.registry import RegistryError, model_graph_kind
-from colab_kit.store import GraphStore
-from colab_kit.train import fit
+from colab_kit.store.build import build_store
+from colab_kit.store.format import GraphStore
+from colab_kit.training.checkpoint import LATEST
+from colab_kit.training.trainer import fit
 
 pytestmark = pytest.mark.extras  # CI runs these in the environment with the extras; the README's command skips them
 pytest.importorskip("alignn.torch_graph_builder", reason='needs pip install "colab_kit[alignn]"')
@@ -106,7 +106,7 @@ def test_oom_backoff_covers_the_field_models(model: str, stores: dict[str, Path]
 
 
 def _batch(store: GraphStore, n: int = 6):
-    from colab_kit.loader import collate_fn
+    from colab_kit.loader.batching import collate_fn
 
     return collate_fn(store)([store.item(i) for i in range(n)])
 

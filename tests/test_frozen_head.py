@@ -11,13 +11,13 @@ import pytest
 import torch
 from helpers import SHIPPED, matbench_structures, run_cli
 
-from colab_kit.convert import build_store
-from colab_kit.detect import detect
-from colab_kit.frozen_head import crystal_features, features_key, train_head
 from colab_kit.graphs import get_converter
-from colab_kit.plan import make_plan
-from colab_kit.splits import load_or_make_splits
-from colab_kit.store import GraphStore
+from colab_kit.loader.splits import load_or_make_splits
+from colab_kit.plan.machine import detect
+from colab_kit.plan.planner import make_plan
+from colab_kit.run.frozen_head import crystal_features, features_key, train_head
+from colab_kit.store.build import build_store
+from colab_kit.store.format import GraphStore
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from helpers import FIXTURES, REPO, run_cli, shipped_records, write_matbench
 
-from colab_kit.convert import build_store
 from colab_kit.graphs import get_converter
 from colab_kit.sources import SourceError, open_source
-from colab_kit.store import GraphStore
+from colab_kit.store.build import build_store
+from colab_kit.store.format import GraphStore
 
 
 def test_a_cif_folder_is_named_by_its_files_content(tmp_path: Path) -> None:

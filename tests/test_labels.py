@@ -10,9 +10,9 @@ from pathlib import Path
 
 from helpers import FIXTURES, run_cli
 
-from colab_kit.detect import detect
-from colab_kit.plan import make_plan
-from colab_kit.runner import run_name
+from colab_kit.plan.machine import detect
+from colab_kit.plan.planner import make_plan
+from colab_kit.run.pipeline import run_name
 
 SMALL = ["--mode", "debug", "--graph-kind", "radius", "--set", "epochs=1", "--set", "convert_workers=1"]
 

@@ -20,9 +20,9 @@ from helpers import REPO, run_cli, shipped_records
 from pymatgen.core import Structure
 
 import colab_kit
-from colab_kit.convert import build_store
 from colab_kit.graphs import get_converter
-from colab_kit.store import GraphStore
+from colab_kit.store.build import build_store
+from colab_kit.store.format import GraphStore
 
 LEGACY = REPO / "tests" / "data" / "legacy-6a83702"
 RUN_NAME = "mp_eform_cgcnn_3000-radius-cgcnn-hidden=16-n_conv=2-debug"

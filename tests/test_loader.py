@@ -11,11 +11,11 @@ import pytest
 import torch
 from helpers import SHIPPED
 
-from colab_kit.convert import build_store
 from colab_kit.graphs import get_converter
-from colab_kit.loader import BudgetBatchSampler, GraphDataset, make_loader, pack
-from colab_kit.splits import load_or_make_splits
-from colab_kit.store import GraphStore
+from colab_kit.loader.batching import BudgetBatchSampler, GraphDataset, make_loader, pack
+from colab_kit.loader.splits import load_or_make_splits
+from colab_kit.store.build import build_store
+from colab_kit.store.format import GraphStore
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +151,7 @@ def test_one_epoch_keeps_rss_flat(radius_store: GraphStore) -> None:
 def test_cpu_step_measurement_is_what_the_step_allocates_whatever_came_before() -> None:
     """A CPU step is measured by the tensors it creates, not by resident memory: the same step measures the same
     after the process once used far more (a notebook kernel) and when the allocator reuses freed pages."""
-    from colab_kit.memory import measure_step
+    from colab_kit.training.budget import measure_step
 
     def step(_batch: list[int]) -> None:  # 120 MiB of activations kept for the backward, a 40 MiB temporary
         x = torch.ones(120 * 2**20 // 4, requires_grad=True)

@@ -14,8 +14,8 @@ import pytest
 from sklearn.model_selection import KFold, StratifiedKFold
 
 from colab_kit.errors import ColabKitError
-from colab_kit.matbench import MATBENCH_TASKS, is_matbench_task, matbench_ids, read_results, write_results
-from colab_kit.splits import FOLD_SEED, N_FOLDS, MatbenchError, matbench_folds, matbench_split
+from colab_kit.loader.splits import FOLD_SEED, N_FOLDS, MatbenchError, matbench_folds, matbench_split
+from colab_kit.run.matbench import MATBENCH_TASKS, is_matbench_task, matbench_ids, read_results, write_results
 
 PHONONS = "matbench_phonons"
 

@@ -28,7 +28,7 @@ nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 pytest.importorskip("ipywidgets")
 
-from colab_kit.detect import COLAB_ENV_VARS  # noqa: E402
+from colab_kit.plan.machine import COLAB_ENV_VARS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "colab_kit_quickstart.ipynb"

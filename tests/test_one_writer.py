@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from helpers import run_cli
 
-from colab_kit.folder_lock import LOCK_NAME, FolderBusy, hold
+from colab_kit.util.locks import LOCK_NAME, FolderBusy, hold
 
 SMALL = ["--mode", "debug", "--graph-kind", "radius", "--set", "n_samples=80", "--set", "epochs=1",
          "--set", "convert_workers=1"]
@@ -85,7 +85,7 @@ def test_convert_and_predict_refuse_a_busy_output(tmp_path: Path) -> None:
                       "--out", str(store), "--limit", "20", cwd=Path(__file__).resolve().parents[1])
     assert res.returncode == 1 and f"the store {store} is in use by process {os.getpid()}" in res.stderr
     assert "Traceback" not in res.stderr and not (store / "manifest.json").exists()
-    from colab_kit.folder_lock import hold_file
+    from colab_kit.util.locks import hold_file
 
     out = tmp_path / "preds.csv"
     with hold_file(out, "predictions file"):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from helpers import run_cli
 
-from colab_kit.detect import GIB, Gpu, Machine
-from colab_kit.plan import MODES, PlanError, make_plan
+from colab_kit.plan.machine import GIB, Gpu, Machine
+from colab_kit.plan.planner import MODES, PlanError, make_plan
 
 
 def colab_free(drive: bool = True) -> Machine:
@@ -133,15 +133,15 @@ def test_overrides_validated_and_recorded() -> None:
 def test_plan_is_pure_and_round_trips() -> None:
     a, b = make_plan(colab_free(), "quick"), make_plan(colab_free(), "quick")
     assert a == b and a.to_dict() == b.to_dict()
-    from colab_kit.plan import Plan
+    from colab_kit.plan.planner import Plan
 
     assert Plan.from_dict(a.to_dict()) == a
 
 
 def test_converter_is_the_graph_kinds_old_name() -> None:
     """``--set converter=`` / ``--converter`` and a plan.json saved with "converter" still mean graph_kind."""
-    from colab_kit.plan import Plan
-    from colab_kit.train_state import check_resume
+    from colab_kit.plan.planner import Plan
+    from colab_kit.training.state import check_resume
 
     plan = make_plan(colab_free(), "debug", converter="radius")
     assert (plan.graph_kind, plan.model) == ("radius", "cgcnn")

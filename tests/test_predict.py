@@ -14,7 +14,7 @@ import torch
 from helpers import SHIPPED, kill_when, run_cli, shard_count, shipped_records, write_matbench
 
 import colab_kit
-from colab_kit.trained import TrainedModelError, load_trained
+from colab_kit.use.trained import TrainedModelError, load_trained
 
 RUN = "mp_eform_cgcnn_3000-radius-cgcnn-hidden=32-debug"
 
@@ -132,7 +132,7 @@ def test_bad_inputs_give_one_line_errors(run_dir: Path, tmp_path: Path) -> None:
 
     lone = Structure(Lattice.cubic(30.0), ["Na"], [[0, 0, 0]])  # no neighbour within 8 Å: no radius graph
     p = colab_kit.load(run_dir, device="cpu")
-    with pytest.raises(colab_kit.predictor.PredictionError, match=r"structure 0 \(Na\).*on_bad='nan'"):
+    with pytest.raises(colab_kit.use.predictor.PredictionError, match=r"structure 0 \(Na\).*on_bad='nan'"):
         p.predict([lone])
     assert np.isnan(p.predict([lone], on_bad="nan")).all()
     with pytest.raises(TrainedModelError, match="holds no model.json, plan.json or checkpoint"):

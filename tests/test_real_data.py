@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from colab_kit.detect import detect
-from colab_kit.plan import make_plan
-from colab_kit.runner import run
+from colab_kit.plan.machine import detect
+from colab_kit.plan.planner import make_plan
+from colab_kit.run.pipeline import run
 
 # (name, path under shared/data[, label column]); the cif_dir comes out of its tarball
 SOURCES = [

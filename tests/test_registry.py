@@ -17,12 +17,12 @@ from helpers import SHIPPED, shipped_records
 from torch import nn
 
 from colab_kit import registry
-from colab_kit.cli import build_parser, main
-from colab_kit.convert import build_store
-from colab_kit.detect import GIB, Machine
+from colab_kit.cli.commands import build_parser, main
 from colab_kit.graphs import get_converter
 from colab_kit.models.common import PygAdapter
-from colab_kit.plan import PlanError, make_plan
+from colab_kit.plan.machine import GIB, Machine
+from colab_kit.plan.planner import PlanError, make_plan
+from colab_kit.store.build import build_store
 
 PACKAGE = Path(__file__).resolve().parents[1] / "colab_kit"
 
@@ -125,7 +125,7 @@ def _subcommand_help(name: str) -> str:
 
 def test_the_panel_offers_a_registered_model(tmp_path: Path, toy: registry.Model) -> None:
     pytest.importorskip("ipywidgets")
-    from colab_kit.ui import ControlPanel
+    from colab_kit.notebook.panel import ControlPanel
 
     panel = ControlPanel(machine=_machine(tmp_path), model="toy", work_dir=str(tmp_path / "work"), progress=False)
     assert "toy" in panel.model.options and panel.graph_kind.value == "radius"
@@ -158,7 +158,7 @@ def _check_kind(name: str) -> None:
     """A graph kind writes what it says it needs and reads it back into a graph."""
     from pymatgen.core import Structure
 
-    from colab_kit.store import RAGGED
+    from colab_kit.store.format import RAGGED
 
     ids, rows = shipped_records(3)
     kind = registry.graph_kind(name)
@@ -184,7 +184,7 @@ def test_registry_kinds_of_the_extras(name: str) -> None:
 def _plan_fields() -> list[str]:
     from dataclasses import fields
 
-    from colab_kit.plan import Plan
+    from colab_kit.plan.planner import Plan
 
     return [f.name for f in fields(Plan)]
 

@@ -10,12 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from colab_kit.convert import build_store
-from colab_kit.detect import detect
 from colab_kit.graphs import get_converter
-from colab_kit.memory import Budget
-from colab_kit.plan import make_plan
-from colab_kit.report import (
+from colab_kit.plan.machine import detect
+from colab_kit.plan.planner import make_plan
+from colab_kit.run.report import (
     format_scores,
     format_timing,
     loss_curve_figure,
@@ -26,8 +24,10 @@ from colab_kit.report import (
 )
 from colab_kit.run_folder import RunFolder
 from colab_kit.sources import open_source
-from colab_kit.store import GraphStore
-from colab_kit.units import target_label, target_unit
+from colab_kit.store.build import build_store
+from colab_kit.store.format import GraphStore
+from colab_kit.training.budget import Budget
+from colab_kit.util.units import target_label, target_unit
 
 # Every labelled source in shared/data: (path inside it, unit, label). The name each reader records for
 # the label comes from opening the real source, so a reader that renames a column breaks this test.

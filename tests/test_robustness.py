@@ -14,12 +14,12 @@ import pytest
 import torch
 from helpers import SHIPPED, run_cli
 
-from colab_kit.convert import build_store
-from colab_kit.detect import GIB, Gpu, Machine, detect
-from colab_kit.fsutil import remove_stale_temporaries
 from colab_kit.graphs import get_converter
-from colab_kit.plan import PlanError, make_plan
-from colab_kit.store import GraphStore
+from colab_kit.plan.machine import GIB, Gpu, Machine, detect
+from colab_kit.plan.planner import PlanError, make_plan
+from colab_kit.store.build import build_store
+from colab_kit.store.format import GraphStore
+from colab_kit.util.files import remove_stale_temporaries
 
 FIXTURES = Path(__file__).parent / "data"
 SINGLE_SITE = ("mp-71", "mp-81", "mp-8640")  # real one-atom cells of the shipped set
@@ -66,7 +66,7 @@ def test_a_batch_of_one_single_site_cell_trains(small_sets: dict[str, Path], kin
 @pytest.mark.parametrize("kind", ["radius", "chgnet"])
 def test_calibration_and_training_on_real_single_site_cells(small_sets: dict[str, Path], tmp_path: Path, kind: str) -> None:
     """The calibration's first step is the smallest graph alone: a one-atom cell (it crashed CGCNN's BatchNorm)."""
-    from colab_kit.train import fit
+    from colab_kit.training.trainer import fit
 
     store = GraphStore(small_sets[kind])
     plan = make_plan(detect(), "debug", graph_kind=kind, epochs=1, batch_size=4)
@@ -94,7 +94,7 @@ def test_plan_decides_from_its_final_values() -> None:
 
 
 def test_resume_under_other_shape_fixing_settings_is_refused(small_sets: dict[str, Path], tmp_path: Path) -> None:
-    from colab_kit.train import fit
+    from colab_kit.training.trainer import fit
 
     store = GraphStore(small_sets["radius"])
     base = dict(graph_kind="radius", epochs=1, batch_size=8, batch_atoms=4000, batch_edges=60000)
@@ -107,7 +107,7 @@ def test_resume_under_other_shape_fixing_settings_is_refused(small_sets: dict[st
 
 
 def test_resumed_epoch_reports_the_mean_over_all_its_batches(small_sets: dict[str, Path], tmp_path: Path) -> None:
-    from colab_kit.train import fit
+    from colab_kit.training.trainer import fit
 
     store = GraphStore(small_sets["radius"])
     plan = make_plan(detect(), "debug", graph_kind="radius", epochs=2, batch_size=4, batch_atoms=4000,
@@ -126,7 +126,7 @@ def test_resumed_epoch_reports_the_mean_over_all_its_batches(small_sets: dict[st
 
 
 def test_cpu_allocator_failure_is_out_of_memory() -> None:
-    from colab_kit.oom import is_oom, retry_on_oom
+    from colab_kit.training.oom import is_oom, retry_on_oom
 
     cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
                        "you tried to allocate 8589934592 bytes. Error code 12 (Cannot allocate memory)")
@@ -219,7 +219,7 @@ def test_bad_input_gives_one_clean_line_and_no_run_folder(tmp_path: Path, case: 
 
 
 def test_evaluate_prints_units_n_and_the_mean_predictor(small_sets: dict[str, Path], tmp_path: Path) -> None:
-    from colab_kit.train import fit
+    from colab_kit.training.trainer import fit
 
     store = GraphStore(small_sets["radius"])
     fit(store, make_plan(detect(), "debug", graph_kind="radius", epochs=1, batch_atoms=4000, batch_edges=60000),

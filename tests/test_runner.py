@@ -10,11 +10,11 @@ import numpy as np
 import torch
 from helpers import kill_when, run_cli, shard_count
 
-from colab_kit.detect import GIB, Gpu, detect
-from colab_kit.manifest import Manifest, ShardEntry
-from colab_kit.persist import Mirror, restore
-from colab_kit.plan import make_plan
+from colab_kit.plan.machine import GIB, Gpu, detect
+from colab_kit.plan.planner import make_plan
+from colab_kit.run.persist import Mirror, restore
 from colab_kit.run_folder import RunFolder
+from colab_kit.store.manifest import Manifest, ShardEntry
 
 
 def test_run_debug_end_to_end(tmp_path: Path) -> None:
@@ -114,7 +114,7 @@ def test_colab_machine_plans_local_work_and_drive_persistence(tmp_path: Path) ->
 
 
 def test_stop_during_conversion_returns_stopped_with_shards_kept(tmp_path: Path) -> None:
-    from colab_kit.runner import run
+    from colab_kit.run.pipeline import run
 
     plan = make_plan(detect(), "debug", graph_kind="radius", shard_size=50,
                      convert_workers=1, work_dir=str(tmp_path))

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from helpers import shipped_records
 
-from colab_kit.convert import build_store
 from colab_kit.graphs import get_converter
 from colab_kit.sources import RawItem, SourceError, check_target, open_source, parse_structure
-from colab_kit.store import GraphStore
+from colab_kit.store.build import build_store
+from colab_kit.store.format import GraphStore
 
 pytestmark = pytest.mark.filterwarnings("ignore:Not all sites have property")  # the "note" added to one site
 LABELS = {3: float("nan"), 8: float("inf"), 12: float("-inf"), 17: None, 25: float("nan")}

@@ -16,7 +16,7 @@ from pymatgen.core import Composition
 
 from colab_kit.graphs import get_converter
 from colab_kit.sources import SourceError, detect_format, open_source, parse_structure
-from colab_kit.store import GraphStore
+from colab_kit.store.format import GraphStore
 from tests.helpers import FIXTURES
 
 MP20_CSV = FIXTURES / "mp20_sample.csv"  # 10 real MP-20 rows, copied unchanged (tests/data/README.md)
@@ -113,7 +113,7 @@ def test_parquet_reads_the_same_items_by_row_group(tmp_path: Path) -> None:
 
 
 def test_csv_converts_into_a_store(tmp_path: Path) -> None:
-    from colab_kit.convert import build_store
+    from colab_kit.store.build import build_store
 
     res = build_store(MP20_CSV, tmp_path / "store", get_converter("radius"), target="formation_energy_per_atom",
                       progress=False, on_bad_structure="skip")

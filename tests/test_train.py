@@ -12,13 +12,13 @@ import pytest
 import torch
 from helpers import SHIPPED, kill_mid_epoch, run_cli
 
-from colab_kit.checkpoint import LATEST, PREVIOUS, load_checkpoint
-from colab_kit.convert import build_store
-from colab_kit.detect import detect
 from colab_kit.graphs import get_converter
-from colab_kit.plan import make_plan
-from colab_kit.store import GraphStore
-from colab_kit.train import fit
+from colab_kit.plan.machine import detect
+from colab_kit.plan.planner import make_plan
+from colab_kit.store.build import build_store
+from colab_kit.store.format import GraphStore
+from colab_kit.training.checkpoint import LATEST, PREVIOUS, load_checkpoint
+from colab_kit.training.trainer import fit
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_truncated_checkpoint_falls_back_to_previous(radius_store: Path, tmp_pat
     assert res.resumed_from is not None and res.epochs_done == 2
     (ck / PREVIOUS).write_bytes(b"garbage")
     (ck / LATEST).write_bytes(b"garbage")
-    from colab_kit.checkpoint import CheckpointError
+    from colab_kit.training.checkpoint import CheckpointError
 
     with pytest.raises(CheckpointError, match="every checkpoint in .* is damaged; delete that folder"):
         load_checkpoint(ck)
@@ -100,7 +100,7 @@ def test_oom_backoff_shrinks_budget_and_skips_nothing(radius_store: Path, tmp_pa
     def always(batch) -> None:
         raise torch.OutOfMemoryError("CUDA out of memory")
 
-    from colab_kit.train import TrainingError
+    from colab_kit.training.trainer import TrainingError
 
     with pytest.raises(TrainingError, match=r"out of memory \d+ times in a row, the last on a batch of 1 graph.*; free RAM .*smaller cutoff"):
         fit(store, plan, tmp_path / "never", progress=False, step_hook=always)
@@ -129,7 +129,7 @@ def test_chgnet_fine_tuning_learns(tmp_path: Path) -> None:
 
 
 def test_schedules_per_epoch() -> None:
-    from colab_kit.train import lr_factor
+    from colab_kit.training.trainer import lr_factor
 
     cos = _plan(epochs=10, lr=1e-3)
     assert cos.schedule == "cosine"
@@ -150,7 +150,7 @@ def test_schedules_per_epoch() -> None:
 
 def test_a_checkpoint_from_before_schedules_resumes(radius_store: Path, tmp_path: Path) -> None:
     """Checkpoints written before schedules hold a CosineAnnealingLR state (no lr_lambdas): they still resume."""
-    from colab_kit.checkpoint import save_checkpoint
+    from colab_kit.training.checkpoint import save_checkpoint
 
     store, plan = GraphStore(radius_store), _plan(epochs=2)
     steps = {"n": 0}
@@ -170,7 +170,7 @@ def test_cpu_calibration_measures_the_step_never_warns_with_room_and_estimates_t
     """CGCNN on 8 GiB: calibration from the tensors a step creates gives the same budget every time (RSS growth
     gave "no room for a batch" in 6 of 12 runs), warns about nothing, and says how long training will take."""
     from colab_kit.models import build_model
-    from colab_kit.train_budget import initial_budget
+    from colab_kit.training.budget import initial_budget
 
     store = GraphStore(radius_store)
     plan = make_plan(detect(), "debug", graph_kind="radius", train_memory=8 * 2**30, workers=0)

@@ -12,8 +12,8 @@ import pytest
 
 pytest.importorskip("ipywidgets")
 
-from colab_kit.detect import GIB, Machine  # noqa: E402
-from colab_kit.ui import ControlPanel, earlier_work, render_loss_plot  # noqa: E402
+from colab_kit.notebook.panel import ControlPanel, earlier_work, render_loss_plot  # noqa: E402
+from colab_kit.plan.machine import GIB, Machine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_NAME = "mp_eform_cgcnn_3000-radius-cgcnn-debug"
@@ -148,7 +148,7 @@ def test_synchronous_panel_and_plot(tmp_path: Path) -> None:
 
 def test_import_without_ipywidgets() -> None:
     code = ("import sys; sys.modules['ipywidgets'] = None; sys.modules['IPython'] = None\n"
-            "import colab_kit.ui as ui\n"
+            "import colab_kit.notebook as ui\n"
             "try:\n    ui.show_panel()\nexcept ImportError as e:\n    print('ERR', e)\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert res.returncode == 0, res.stderr

@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from colab_kit import registry
+from colab_kit.graphs import matgl, radius
 from colab_kit.graphs.common import BadStructure, ConverterError, check_policy
 
-__all__ = ["BadStructure", "Converter", "ConverterError", "get_converter"]
+__all__ = ["BadStructure", "Converter", "ConverterError", "get_converter", "matgl", "radius"]  # models read two kinds' helpers
 
 _KIND_DEFAULT: Any = object()  # "the kind's own default" (None means something for bond_cutoff and max_neighbors)
 

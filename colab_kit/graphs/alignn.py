@@ -38,7 +38,7 @@ from colab_kit.graphs.common import (
     neighbor_cap,
     positive_cutoff,
 )
-from colab_kit.plan_settings import IsolatedPolicy
+from colab_kit.plan import IsolatedPolicy
 from colab_kit.registry import Graphs
 
 if TYPE_CHECKING:

@@ -30,7 +30,7 @@ import numpy as np
 from colab_kit.graphs import radius
 from colab_kit.graphs.common import ConverterError, base_arrays, check_policy, neighbor_list
 from colab_kit.graphs.radius import collate, to_data
-from colab_kit.plan_settings import IsolatedPolicy
+from colab_kit.plan import IsolatedPolicy
 from colab_kit.registry import Graphs
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from colab_kit.errors import ColabKitError
-from colab_kit.plan_settings import ISOLATED_ATOM_POLICIES, IsolatedPolicy
+from colab_kit.plan import ISOLATED_ATOM_POLICIES, IsolatedPolicy
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure

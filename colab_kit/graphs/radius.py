@@ -25,7 +25,7 @@ from colab_kit.graphs.common import (
     positive_cutoff,
 )
 from colab_kit.graphs.neighbors import MARGIN, cartesian, nearest, squared_lengths
-from colab_kit.plan_settings import IsolatedPolicy
+from colab_kit.plan import IsolatedPolicy
 from colab_kit.registry import Graphs
 
 EDGES = ("stored", "device")  # where a radius graph's edges come from: the store, or built per batch on the device
@@ -101,7 +101,7 @@ def to_data(g: dict[str, Any], target: float | None = None, graph_id: str | None
 
 def batch_from(g: Any, params: Any = None) -> Any:
     """The PyG ``Batch`` that :func:`collate` makes of the graphs' :func:`to_data`, assembled from a whole-batch read
-    (:func:`colab_kit.batch_read.gather`) with vectorised operations: no ``Data`` per graph.
+    (:func:`colab_kit.store.batch_read.gather`) with vectorised operations: no ``Data`` per graph.
 
     From a structure-only store (no ``nbr``) it is a batch of structures (``z``, ``frac``, float64 ``lattice``)
     that :func:`complete` turns into that same batch on the device it is moved to (the model adapter's

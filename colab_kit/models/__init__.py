@@ -9,6 +9,9 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from colab_kit import registry
+from colab_kit.models.chgnet import CHGNetRegressor
+
+__all__ = ["CHGNetRegressor", "build_model"]  # the frozen-head mode reads CHGNet's features
 
 
 def build_model(name: str, target_mean: float = 0.0, target_std: float = 1.0,
@@ -17,7 +20,7 @@ def build_model(name: str, target_mean: float = 0.0, target_std: float = 1.0,
     """The adapter of model ``name``, its output normalised by the training targets' ``target_mean``/``target_std``.
 
     Args:
-        graph_params: the store's converter parameters (a model takes what fixes its input, e.g. the cutoff, Å).
+        graph_params: the store's graph parameters (a model takes what fixes its input, e.g. the cutoff, Å).
         options: the model's options (``Plan.model_options``); ``**kwargs`` are merged into them.
 
     Raises:

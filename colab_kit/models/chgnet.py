@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from colab_kit.errors import ColabKitError
-from colab_kit.fsutil import atomic_write_bytes
 from colab_kit.registry import Model, Option
+from colab_kit.util.files import atomic_write_bytes
 
 N_ELEMENTS = 94  # AtomRef's max_num_elements: CHGNet embeds Z = 1..94
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from colab_kit.sources.base import Source
+from colab_kit.sources.datasets import resolve
 from colab_kit.sources.extxyz import ExtxyzSource
 from colab_kit.sources.folders import DIR_SUFFIXES, LAYOUTS, FolderSource, is_structure_file
 from colab_kit.sources.json_files import JarvisSource, MatbenchSource
@@ -35,7 +36,7 @@ from colab_kit.sources.streams import first_char
 from colab_kit.sources.tables import CsvSource, ParquetSource
 
 __all__ = ["FORMATS", "KINDS", "RawItem", "Source", "SourceError", "check_target", "detect_format", "open_source",
-           "parse_structure"]
+           "parse_structure", "resolve"]
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:

@@ -7,8 +7,8 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from colab_kit.fsutil import sha256_file
 from colab_kit.sources.records import RawItem
+from colab_kit.util.files import sha256_file
 
 
 class Source:

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from colab_kit.fsutil import hash_file
 from colab_kit.sources.base import Source
 from colab_kit.sources.records import RawItem, SourceError, to_target
+from colab_kit.util.files import hash_file
 
 _STRUCTURE_SUFFIXES = (".cif", ".vasp", ".poscar")
 #: a structure file larger than this is refused unread: a CIF of a 10,000-atom cell is ~1 MB
