@@ -42,7 +42,7 @@ setup(
     extras_require={
         **MODEL_EXTRAS,
         "test": ["pytest>=8", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6", "ruff>=0.5", "cryptography>=42",
-                 "pyarrow>=14"],
+                 "pyarrow>=14", "import-linter>=2.1"],
     },
     entry_points={"console_scripts": ["colab_kit=colab_kit.cli:main"]},
     classifiers=[

@@ -146,7 +146,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from colab_kit.store import GraphStore
-    from colab_kit.training.trainer import fit
+    from colab_kit.training import fit
     from colab_kit.util.interrupt import stop_on_signals
 
     store = GraphStore(args.store)

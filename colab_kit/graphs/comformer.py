@@ -29,7 +29,7 @@ import numpy as np
 
 from colab_kit.graphs import radius
 from colab_kit.graphs.common import ConverterError, base_arrays, check_policy, neighbor_list
-from colab_kit.graphs.radius import collate, to_data
+from colab_kit.graphs.radius import collate, record_slices, to_data
 from colab_kit.plan import IsolatedPolicy
 from colab_kit.registry import Graphs
 
@@ -181,7 +181,6 @@ def batch_from(g: Any, params: Any = None) -> Any:
     lattice's three loop vectors are looked up (computed once per lattice)."""
     import torch
 
-    from colab_kit.graphs.radius import record_slices
 
     base = radius.batch_from(g)
     images = np.stack([_images_of(np.ascontiguousarray(lat, dtype=np.float64).tobytes()) for lat in g.lattice])

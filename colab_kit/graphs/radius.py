@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from colab_kit.graphs import radius_device
 from colab_kit.graphs.common import (
     ConverterError,
     base_arrays,
@@ -142,7 +143,6 @@ def complete(batch: Any, search: str | None = None) -> Any:
     A batch that has its edges is returned as it is."""
     import torch
 
-    from colab_kit.graphs import radius_device
 
     rule = getattr(batch, "_device_edges", None)  # PyG keeps "_" attributes beside the data, through .to() and pickling
     if rule is None:
@@ -226,7 +226,6 @@ def with_edges(arrays: dict[str, np.ndarray], params: Any, search: str | None = 
     """A structure-only store's arrays with ``nbr`` and ``image`` built on the CPU (:mod:`.radius_device`)."""
     import torch
 
-    from colab_kit.graphs import radius_device
 
     n = len(arrays["z"])
     center, neighbor, image = radius_device.build(

@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from colab_kit import registry
 from colab_kit.errors import ColabKitError
 from colab_kit.loader.splits import splits_for
-from colab_kit.store import GraphStore
+from colab_kit.store import GraphStore, gather
+from colab_kit.util import distributed
 
 if TYPE_CHECKING:
     from colab_kit.plan import Plan
@@ -61,7 +62,6 @@ class GraphDataset(Dataset):
     def __getitems__(self, indices: list[int]) -> Any:
         """A batch: assembled from one read of its graphs' slices (``batch_reads``), else the list of its items."""
         if self.batch_reads:
-            from colab_kit.store import gather
 
             kind = registry.graph_kind(self.store.graph_kind)
             return kind.batch_fn(gather(self.store, indices, self.targets), self.store.params)
@@ -236,7 +236,6 @@ def make_loaders(store: GraphStore, plan: Plan, splits: dict[str, np.ndarray] | 
     batch_size`` times larger (no gradients). ``budget`` = (max_atoms, max_edges) overrides the Plan's;
     ``train_targets`` [N] replace the labels in the train loader only (distillation: validation and test see labels).
     In a torchrun launch each loader yields this rank's share of the batches."""
-    from colab_kit.util import distributed
 
     splits = splits or splits_for(store, plan)
     atoms, edges = store.sizes()

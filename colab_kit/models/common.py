@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from colab_kit.graphs.radius import complete
+
 
 class PygAdapter:
     """The trainer's batch interface for a model that consumes PyG ``Batch`` objects (targets in ``batch.y``).
@@ -21,7 +23,6 @@ class PygAdapter:
         there."""
         moved = batch.to(device, non_blocking=non_blocking)
         if getattr(moved, "_device_edges", None) is not None:
-            from colab_kit.graphs.radius import complete
 
             return complete(moved)
         return moved

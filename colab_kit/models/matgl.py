@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from colab_kit import registry
+from colab_kit.graphs.matgl import element_types
 from colab_kit.models.common import PygAdapter
 from colab_kit.registry import Model, Option, RegistryError
 
@@ -108,7 +109,6 @@ def _build_tensornet(target_mean: float, target_std: float, graph_params: dict[s
 
 
 def _element_types() -> tuple[str, ...]:
-    from colab_kit.graphs.matgl import element_types
 
     return element_types()
 

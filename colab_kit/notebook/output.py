@@ -9,6 +9,8 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from colab_kit.util.logs import FORMAT
+
 
 def render_loss_plot(losses: Sequence[float], epochs: Sequence[dict[str, Any]], mae_unit: str | None = None) -> bytes:
     """PNG of the training loss per step and per epoch, and the validation MAE per epoch (headless Agg).
@@ -64,7 +66,6 @@ def into_panel(output: Any, log_file: Path) -> Iterator[None]:
     output. So the panel appends to the widget itself: log records through a handler, and the
     progress bars ``tqdm.auto`` displays through the kernel's (thread-local) display hook.
     """
-    from colab_kit.util.logs import FORMAT
 
     logger = logging.getLogger("colab_kit")
     handlers = [_LineHandler(output.append_stdout, "%(levelname)s %(message)s"), _LineHandler(_appender(log_file), FORMAT)]

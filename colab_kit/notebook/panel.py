@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 from colab_kit import registry
 from colab_kit.errors import ColabKitError
 from colab_kit.notebook.output import into_panel, render_loss_plot
-from colab_kit.plan import MODES, Plan, PlanError, make_plan
+from colab_kit.plan import MODES, Plan, PlanError, detect, make_plan
+from colab_kit.run import folder_for, run
 from colab_kit.run_folder import RunFolder
 
 if TYPE_CHECKING:
@@ -86,7 +87,6 @@ class ControlPanel:
                  progress: bool = True, plot_interval_s: float = 2.0, **overrides: Any) -> None:
         w = _ipywidgets()
         if machine is None:
-            from colab_kit.plan import detect
 
             machine = detect(extra_dirs=tuple(str(overrides[k]) for k in ("work_dir",) if overrides.get(k)))
         self.machine = machine
@@ -309,7 +309,6 @@ class ControlPanel:
         return self.result
 
     def _work(self, plan: Plan, fresh: bool) -> None:
-        from colab_kit.run import folder_for, run
 
         t0 = time.perf_counter()
         with into_panel(self.output, folder_for(plan).log):
@@ -394,7 +393,6 @@ class ControlPanel:
 def earlier_work(plan: Plan) -> list[str]:
     """What a run of ``plan`` would pick up: its store (either kind), checkpoint and report, locally or in the persist
     dir."""
-    from colab_kit.run import folder_for
 
     found = []
     for root in [plan.work_dir] + ([plan.persist_dir] if plan.persist_dir else []):

@@ -27,8 +27,11 @@ import numpy as np
 
 from colab_kit.loader import N_FOLDS, MatbenchError, splits_for, store_rows
 from colab_kit.run.matbench import MATBENCH_TASKS, matbench_ids, write_results
+from colab_kit.run.persist import Mirror, restore
+from colab_kit.run.pipeline import folder_for, run, variant_suffix
 from colab_kit.run_folder import RunFolder
-from colab_kit.store import GraphStore
+from colab_kit.store import GraphStore, read_manifest
+from colab_kit.training import evaluate_weights
 from colab_kit.util.files import atomic_write_bytes, atomic_write_json
 
 if TYPE_CHECKING:
@@ -39,7 +42,6 @@ _MB_ID = re.compile(r"^mb-[a-z0-9-]+-(\d+)$")
 
 
 def bench_dir(plan: Plan, task: str) -> Path:
-    from colab_kit.run.pipeline import variant_suffix
 
     name = re.sub(r"[^A-Za-z0-9_.=-]+", "_", f"{task}-{plan.model}{variant_suffix(plan)}-{plan.mode}")
     return Path(plan.work_dir) / "benchmark" / name.replace("-fold0", "")
@@ -48,7 +50,6 @@ def bench_dir(plan: Plan, task: str) -> Path:
 def _seed_store(root: Path, folder: RunFolder) -> None:
     """Give a fold's run the store another fold converted (the same data and graphs: folds only split it), by hard
     links where the file system has them, so five folds convert once."""
-    from colab_kit.store import read_manifest
 
     dst = folder.store
     if (dst / "manifest.json").exists():
@@ -72,9 +73,6 @@ def run_benchmark(task: str, make: Callable[[int], Any], *, folds: list[int] | N
     Returns:
         {"dir", "folds": [{fold, n_test, mae, rmse, seconds}], "mae_mean", "mae_std", "results", "status"}.
     """
-    from colab_kit.run.persist import Mirror, restore
-    from colab_kit.run.pipeline import folder_for, run
-    from colab_kit.training import evaluate_weights
 
     if task not in MATBENCH_TASKS:
         raise MatbenchError(f"unknown matbench task {task!r}; choose one of {sorted(MATBENCH_TASKS)}")

@@ -18,7 +18,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from colab_kit.store import GraphStore
+from colab_kit import registry
+from colab_kit.errors import ColabKitError
+from colab_kit.graphs import get_converter
+from colab_kit.loader import splits_for
+from colab_kit.models import CHGNetRegressor
+from colab_kit.run.pipeline import run_name
+from colab_kit.run.report import mean_predictor_mae
+from colab_kit.sources import resolve
+from colab_kit.store import GraphStore, build_store
+from colab_kit.use import read_outputs, run_pass
+from colab_kit.util.files import atomic_write_bytes, atomic_write_json
 
 if TYPE_CHECKING:
     from colab_kit.plan import Plan
@@ -35,10 +45,6 @@ def features_key(pretrained: str) -> str:
 def crystal_features(store: GraphStore, plan: Plan, pretrained: str = "0.3.0", progress: bool = True,
                      should_stop: Any = None) -> np.ndarray | None:
     """CHGNet's crystal features ``[N, 64]`` for every graph of a CHGNet store (cached; None if stopped first)."""
-    from colab_kit import registry
-    from colab_kit.errors import ColabKitError
-    from colab_kit.models import CHGNetRegressor
-    from colab_kit.use import read_outputs, run_pass
 
     if store.graph_kind != registry.model_graph_kind("chgnet"):
         raise ColabKitError(f"store {store.root} holds {store.graph_kind} graphs; CHGNet features need chgnet "
@@ -124,13 +130,6 @@ def run_head(plan: Plan, progress: bool = True, should_stop: Any = None) -> dict
     import io
     from pathlib import Path
 
-    from colab_kit.graphs import get_converter
-    from colab_kit.loader import splits_for
-    from colab_kit.run.pipeline import run_name
-    from colab_kit.run.report import mean_predictor_mae
-    from colab_kit.sources import resolve
-    from colab_kit.store import build_store
-    from colab_kit.util.files import atomic_write_bytes, atomic_write_json
 
     data = resolve(plan.data, Path(plan.work_dir) / "downloads", progress=progress, sha256=plan.data_sha256)
     # one store and one feature cache for every fold and seed; the head's files name them

@@ -18,7 +18,7 @@ from typing import Any
 
 from colab_kit.run_folder import STORES, RunFolder
 from colab_kit.store import Manifest, ManifestError
-from colab_kit.util.files import CHECKSUMS
+from colab_kit.util.files import CHECKSUMS, has_sha256, is_intact, merge_checksums
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,6 @@ def restore(persist: RunFolder | None, folder: RunFolder) -> list[str]:
     if persist is None or not persist.root.is_dir():
         return []
     src_root, dst_root = persist.root, folder.root
-    from colab_kit.util.files import is_intact, merge_checksums
 
     checksums: dict[tuple[str, str], tuple[int, str]] = {}  # (store dir, shard) -> size, sha256
     untrusted: set[str] = set()  # store dirs whose persisted manifest is damaged
@@ -152,7 +151,6 @@ def restore(persist: RunFolder | None, folder: RunFolder) -> list[str]:
 
 def _passes(path: Path, checksums: dict[tuple[str, str], tuple[int, str]], is_intact: Any) -> bool:
     """A shard against its manifest's size and sha256; a checked file (.pt) against its folder's record; others pass."""
-    from colab_kit.util.files import has_sha256
 
     key = (path.parent.name, path.name)
     if key in checksums:

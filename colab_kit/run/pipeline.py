@@ -22,10 +22,21 @@ from typing import Any, Callable
 
 from colab_kit import registry
 from colab_kit.errors import ColabKitError
+from colab_kit.graphs import get_converter
+from colab_kit.loader import splits_for
 from colab_kit.plan import Plan
+from colab_kit.run.persist import Mirror, restore
+from colab_kit.run.report import mean_predictor_mae, write_report
 from colab_kit.run_folder import RunFolder
-from colab_kit.store import ShardEntry
-from colab_kit.util.files import atomic_write_bytes, atomic_write_json
+from colab_kit.sources import open_source, resolve
+from colab_kit.store import GraphStore, ShardEntry, StoreError, build_store
+from colab_kit.training import evaluate_weights, fit
+from colab_kit.use import blended_targets, teacher_column
+from colab_kit.util.distributed import refuse_fresh
+from colab_kit.util.files import atomic_write_bytes, atomic_write_json, remove_stale_temporaries
+from colab_kit.util.interrupt import stop_on_signals
+from colab_kit.util.locks import clear, ensure_dir, hold
+from colab_kit.util.logs import format_duration, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +147,6 @@ def run(
         ColabKitError: the data cannot be had or read, or training cannot go on; a run folder that
             this call created for nothing is removed first.
     """
-    from colab_kit.util.interrupt import stop_on_signals
 
     with stop_on_signals(should_stop) as stop:
         result = _run(plan, fresh, progress, list(callbacks or []), stop, log_to_file)
@@ -149,7 +159,6 @@ def run(
 
 def _run(plan: Plan, fresh: bool, progress: bool, callbacks: list[Callable[[dict[str, Any]], None]],
          should_stop: Callable[[], bool], log_to_file: bool) -> RunResult:
-    from colab_kit.sources import open_source, resolve
 
     t0 = time.perf_counter()
     folder = folder_for(plan)
@@ -161,12 +170,10 @@ def _run(plan: Plan, fresh: bool, progress: bool, callbacks: list[Callable[[dict
             cb({"event": "stage", "stage": name_, "message": msg})
 
     if plan.world_size > 1:
-        from colab_kit.util.distributed import refuse_fresh
 
         refuse_fresh(fresh, plan.world_size, folder.root)
         if plan.rank != 0:
             return _follow(plan, folder, should_stop)
-    from colab_kit.util.locks import clear, ensure_dir, hold
 
     ensure_dir(plan.work_dir, "the work dir", "pass --work-dir on a writable disk (on Colab, /content/...)")
     if plan.persist_dir:
@@ -198,7 +205,6 @@ def _announce_earlier_run(folder: RunFolder, persist: RunFolder | None,
                           callbacks: list[Callable[[dict[str, Any]], None]]) -> None:
     """Say which earlier run this command continues (its folder and age) and how to start fresh instead: the default
     work dir is shared by every checkout and environment of this user."""
-    from colab_kit.util.logs import format_duration
 
     where = next((d for d in (folder, persist) if d is not None and d.timing.is_file()), None)
     if where is None:  # nothing ran here yet (a folder an earlier, failed start left)
@@ -223,12 +229,6 @@ def _announce_earlier_run(folder: RunFolder, persist: RunFolder | None,
 def _pipeline(plan: Plan, folder: RunFolder, persist: RunFolder | None, data_path: Path, progress: bool,
               callbacks: list[Callable[[dict[str, Any]], None]], should_stop: Callable[[], bool],
               log_to_file: bool, stage: Callable[[str, str], None], t0: float) -> RunResult:
-    from colab_kit.graphs import get_converter
-    from colab_kit.run.persist import Mirror, restore
-    from colab_kit.store import GraphStore, build_store
-    from colab_kit.training.trainer import fit
-    from colab_kit.util.files import remove_stale_temporaries
-    from colab_kit.util.logs import setup_logging
 
     if log_to_file:
         setup_logging(logging.getLogger("colab_kit").getEffectiveLevel() or logging.INFO, folder.log)
@@ -285,7 +285,6 @@ def _pipeline(plan: Plan, folder: RunFolder, persist: RunFolder | None, data_pat
 
     train_targets = None
     if plan.teacher:  # the teacher's column, computed (or read) here: training never loads a trained model itself
-        from colab_kit.use import blended_targets, teacher_column
 
         stage("teacher", f"outputs of {plan.teacher} over the {len(store)} graphs (computed once, then cached)")
         column = teacher_column(store, plan, data_path, progress=progress, should_stop=should_stop)
@@ -317,9 +316,6 @@ def _follow(plan: Plan, folder: RunFolder, should_stop: Callable[[], bool]) -> R
     (its ``prepared.json`` names this run and the store is complete), then train and evaluate its share. Rank 0
     writes every file and the report, and hands every rank the teacher's targets; a stale marker of an earlier
     launch of the same run is safe to follow, because what it marks is complete and rank 0 only reuses it."""
-    from colab_kit.store import GraphStore, StoreError
-    from colab_kit.training import evaluate_weights
-    from colab_kit.training.trainer import fit
 
     want = _prepared_key(plan)
     log.info("rank %d: waiting for rank 0 to prepare %s", plan.rank, folder.store)
@@ -344,9 +340,6 @@ def _finish(plan: Plan, folder: RunFolder, store: Any, result: Any, timing: Timi
             stage: Callable[[str, str], None], t0: float) -> RunResult:
     """Test-set evaluation with the best weights, the mean-predictor baseline, and the report."""
 
-    from colab_kit.loader import splits_for
-    from colab_kit.run.report import mean_predictor_mae, write_report
-    from colab_kit.training import evaluate_weights
 
     stage("evaluate", "test set with the best validation weights")
     test = evaluate_weights(store, plan, folder.best)

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from colab_kit.sources.records import SourceError
+from colab_kit.sources.seek import exact_scan, reduced_scan, scan_tables
 
 DAMAGED = (EOFError, zlib.error, gzip.BadGzipFile)
 NOT_ELEMENTS = ("end_map", "end_array", "map_key")  # ijson events that do not start an array element
@@ -176,7 +177,6 @@ class _Guard:
         return self.f.tell()
 
     def _check(self, chunk: bytes) -> None:
-        from colab_kit.sources.seek import exact_scan, reduced_scan, scan_tables
 
         np, _, step = scan_tables()
         reduced = None if self.escaped else reduced_scan(chunk, self.in_string)

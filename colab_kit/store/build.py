@@ -26,7 +26,7 @@ from colab_kit.errors import ColabKitError
 from colab_kit.graphs import BadStructure, Converter
 from colab_kit.plan import BAD_STRUCTURE_POLICIES
 from colab_kit.sources import RawItem, Source, SourceError, check_target, open_source, parse_structure
-from colab_kit.store.format import StoreError, fingerprint, narrow, write_shard
+from colab_kit.store.format import GraphStore, StoreError, fingerprint, narrow, write_shard
 from colab_kit.store.manifest import NAME as MANIFEST
 from colab_kit.store.manifest import PART_GLOB, Manifest, ManifestError, ShardEntry, part_name
 from colab_kit.store.shard_build import build_split_shard
@@ -310,7 +310,6 @@ def _drain(pending: dict[Future, int], mpath: Path, manifest: Manifest, policy: 
 
 def _first_warning(root: Path) -> str:
     """One warning from the store, quoted, for the summary line."""
-    from colab_kit.store.format import GraphStore
 
     warned = GraphStore(root).warnings()
     if warned:

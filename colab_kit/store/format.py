@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from colab_kit.errors import ColabKitError
+from colab_kit.graphs import Converter
 from colab_kit.store.manifest import FORMAT_VERSION, Manifest, ManifestError, ShardEntry
 from colab_kit.store.manifest import NAME as MANIFEST
 from colab_kit.util.files import (  # noqa: F401 - the store's API too
@@ -320,7 +321,6 @@ class GraphStore:
     @property
     def converter(self) -> Any:
         if self._converter is None:
-            from colab_kit.graphs import Converter
 
             self._converter = Converter(self.graph_kind, self.params)
         return self._converter

@@ -23,6 +23,7 @@ import torch
 from colab_kit.errors import ColabKitError
 from colab_kit.run_folder import RunFolder
 from colab_kit.util.files import is_intact, write_checked
+from colab_kit.util.reproducible import seed_everything
 
 log = logging.getLogger(__name__)
 LATEST = RunFolder(Path()).latest.name
@@ -63,7 +64,6 @@ def restore_rank_rng(streams: list[dict[str, Any]], rank: int, world: int, seed:
     if rank < len(streams) and (rank == 0 or len(streams) == world):
         set_rng_state(streams[rank])
     else:
-        from colab_kit.util.reproducible import seed_everything
 
         seed_everything(seed + 1_000_003 * rank + step)
 

@@ -14,9 +14,10 @@ from colab_kit.loader import make_loaders, splits_for
 from colab_kit.models import build_model
 from colab_kit.run_folder import RunFolder
 from colab_kit.store import GraphStore
-from colab_kit.training.checkpoint import recover_best
+from colab_kit.training.checkpoint import CheckpointError, load_checkpoint, recover_best
 from colab_kit.training.oom import memory_fix, retry_on_oom
 from colab_kit.util import distributed
+from colab_kit.util.reproducible import use_threads
 
 if TYPE_CHECKING:
     from colab_kit.plan import Plan
@@ -95,7 +96,6 @@ def evaluate_with_backoff(model: Any, loader: Any, device: torch.device, amp_dty
 def trained_model_settings(weights: str | Path) -> dict[str, Any]:
     """The model and its options the run that wrote ``weights`` (a ``best.pt``) trained, from the checkpoint beside
     it ({} when there is none): evaluating a ``--set hidden=64`` model needs no ``--set`` again."""
-    from colab_kit.training.checkpoint import CheckpointError, load_checkpoint
 
     try:
         saved = load_checkpoint(RunFolder(Path(weights).parent).checkpoints)
@@ -127,7 +127,6 @@ def load_weights(store: GraphStore, plan: Plan, weights: str | Path) -> Any:
 
 def evaluate_weights(store: GraphStore, plan: Plan, weights: str | Path, split: str = "test") -> dict[str, Any]:
     """Load saved model weights and evaluate them on a split of ``store``."""
-    from colab_kit.util.reproducible import use_threads
 
     use_threads(plan.threads)
     device = torch.device(plan.device)

@@ -10,6 +10,8 @@ from typing import Callable, TypeVar
 
 import torch
 
+from colab_kit.util import distributed
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -53,7 +55,6 @@ def retry_on_oom(work: Callable[[], T], shrink: Callable[[BaseException], None],
             # drop the traceback: its frames hold the failed batch's tensors, which must be freed first
             failure = exc.with_traceback(None)
         if agreed:
-            from colab_kit.util import distributed
 
             (anywhere,) = distributed.agree(failure is not None)
             if anywhere and failure is None:

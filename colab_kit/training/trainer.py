@@ -56,6 +56,7 @@ from colab_kit.training.schedule import lr_factor, make_scheduler  # noqa: F401 
 from colab_kit.training.state import TrainState, check_resume
 from colab_kit.util import distributed
 from colab_kit.util.files import atomic_write_bytes, remove_stale_temporaries
+from colab_kit.util.logs import format_duration
 from colab_kit.util.reproducible import reproducible_on_cpu, seed_everything, use_threads
 
 log = logging.getLogger(__name__)
@@ -279,7 +280,6 @@ def _setup(store: GraphStore, plan: Plan, folder: RunFolder, options: FitOptions
 def _say_how_long(plan: Plan, state: TrainState, loaders: dict[str, Any], step_time: Any) -> None:
     """Log, before the first step, how long training will take on this machine: from the calibration steps' times
     (a new run), or from the epochs done so far (a resumed one)."""
-    from colab_kit.util.logs import format_duration
 
     left = plan.epochs - int(state.sampler.get("epoch", 0))
     if left <= 0 or state.status == "early-stopped":

@@ -26,6 +26,9 @@ import numpy as np
 
 from colab_kit.errors import ColabKitError
 from colab_kit.store import GraphStore
+from colab_kit.use.prediction_pass import read_outputs
+from colab_kit.use.predictor import Predictor, plan_for
+from colab_kit.use.trained import load_trained
 from colab_kit.util.files import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -44,7 +47,6 @@ def column_path(store: GraphStore, weights_sha256: str) -> Path:
 
 def load_column(store: GraphStore, teacher: str) -> np.ndarray | None:
     """The teacher's cached outputs for ``store`` ([N] float32), or None when not computed (or stale)."""
-    from colab_kit.use.trained import load_trained
 
     sha = load_trained(teacher).weights_sha256
     path = column_path(store, sha)
@@ -75,9 +77,6 @@ def teacher_column(store: GraphStore, plan: Plan, source: str | Path | None = No
         return cached
     import torch
 
-    from colab_kit.use.prediction_pass import read_outputs
-    from colab_kit.use.predictor import Predictor, plan_for
-    from colab_kit.use.trained import load_trained
 
     trained = load_trained(plan.teacher)
     predictor = Predictor(trained, plan_for(trained, device=plan.device, work_dir=plan.work_dir))

@@ -24,7 +24,9 @@ import numpy as np
 import torch
 
 from colab_kit.errors import ColabKitError
+from colab_kit.loader import dataset_and_collate, pack
 from colab_kit.store import GraphStore
+from colab_kit.training import memory_fix, retry_on_oom
 from colab_kit.util.files import (
     TMP_SUFFIX,
     atomic_write_bytes,
@@ -89,7 +91,6 @@ def run_pass(store: GraphStore, model: Any, key: str, what: str, *, device: torc
     """
     from tqdm.auto import tqdm
 
-    from colab_kit.training import memory_fix, retry_on_oom
 
     out = outputs_dir(store, key)
     out.mkdir(parents=True, exist_ok=True)
@@ -145,7 +146,6 @@ def _shard_outputs(store: GraphStore, model: Any, shards: list[int], limits: lis
     """Yields (shard, outputs) in shard order, or (shard, None) when a stop was requested."""
     from torch.utils.data import DataLoader
 
-    from colab_kit.loader import dataset_and_collate, pack
 
     atoms, edges = store.sizes()
     plan: list[tuple[int, int]] = []  # (shard, batches of it)

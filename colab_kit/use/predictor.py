@@ -17,9 +17,17 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 import numpy as np
 import torch
 
+from colab_kit.graphs import Converter
+from colab_kit.plan import detect, make_plan
+from colab_kit.registry import GRAPH_SETTINGS
+from colab_kit.sources import open_source
+from colab_kit.store import ConversionError, GraphStore, build_store, fingerprint
+from colab_kit.training import amp_dtype_for
 from colab_kit.use.prediction_pass import PredictionError, read_outputs, run_pass, write_csv
 from colab_kit.use.trained import TrainedModel, export_model, load_trained
 from colab_kit.util.files import atomic_write_bytes
+from colab_kit.util.locks import hold, hold_file
+from colab_kit.util.reproducible import use_threads
 
 if TYPE_CHECKING:
     from colab_kit.plan import Plan
@@ -74,14 +82,11 @@ class Predictor:
     def predict_store(self, store: Any, *, progress: bool = True, should_stop: Callable[[], bool] | None = None,
                       workers: int | None = None) -> Any:
         """The prediction pass over a store built with this model's graphs (resumes; see :mod:`colab_kit.use.prediction_pass`)."""
-        from colab_kit.training import amp_dtype_for
 
         if store.graph_kind != self.trained.graph_kind or store.params != self.trained.graph_params:
             raise PredictionError(
                 f"store {store.root} has {store.graph_kind} graphs with {store.params}; this {self.trained.model} "
                 f"reads {self.trained.graph_kind} graphs with {self.trained.graph_params}: convert the data with those")
-        from colab_kit.util.locks import hold
-        from colab_kit.util.reproducible import use_threads
 
         use_threads(self.plan.threads)
         with hold(store.root, "prediction store"):
@@ -98,9 +103,6 @@ class Predictor:
         Args:
             on_bad: a structure that cannot be made into a graph: ``"error"`` raises naming it; ``"nan"`` gives NaN.
         """
-        from colab_kit.graphs import Converter
-        from colab_kit.sources import open_source
-        from colab_kit.store import ConversionError, GraphStore, build_store
 
         if on_bad not in ("error", "nan"):
             raise PredictionError(f"on_bad must be 'error' or 'nan' (got {on_bad!r})")
@@ -142,7 +144,6 @@ class Predictor:
         Rows are ``id,prediction`` (``,target`` too when the source has labels), in source order, one per structure
         that converted; the others are listed with their reason in ``<out>.skipped.csv``.
         """
-        from colab_kit.util.locks import hold_file
 
         out = Path(out)
         with hold_file(out, "predictions file"):
@@ -172,16 +173,12 @@ class Predictor:
                          should_stop: Callable[[], bool] | None = None) -> tuple[Path, Any]:
         """(its directory, the store) of ``source`` (its first ``limit`` items) in this model's graphs, labels optional,
         under ``<work dir>/predict/`` by fingerprint: built, resumed or reused. The store is None when a stop came first."""
-        from colab_kit.graphs import Converter
-        from colab_kit.sources import open_source
-        from colab_kit.store import GraphStore, build_store, fingerprint
 
         src = open_source(source, target=target)
         conv = Converter(self.trained.graph_kind, self.trained.graph_params)
         fp = fingerprint(conv.name, conv.params, {**src.identity(), "labels": "optional"}, limit)
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(str(source).rstrip("/")).name.split(".")[0])[:60] or "data"
         root = Path(work_dir or self.plan.work_dir) / "predict" / f"{stem}-{conv.name}-{fp[:12]}"
-        from colab_kit.util.locks import hold
 
         with hold(root, "prediction store"):
             res = build_store(src, root, conv, workers=self.plan.convert_workers, shard_size=self.plan.shard_size,
@@ -219,8 +216,6 @@ def _as_structure(x: Any, i: int) -> Any:
 
 def plan_for(trained: TrainedModel, mode: str = "full", **overrides: Any) -> Any:
     """The Plan this machine would use for the trained model's graphs (device, eval budget, workers)."""
-    from colab_kit.plan import detect, make_plan
-    from colab_kit.registry import GRAPH_SETTINGS
 
     fixed = {**trained.graph_settings(), "model": trained.model, "graph_kind": trained.graph_kind}
     if clash := [k for k in overrides if k in (*GRAPH_SETTINGS, "model", "graph_kind") and overrides[k] != fixed.get(k)]:

@@ -18,9 +18,16 @@ from typing import Any
 
 import torch
 
+from colab_kit import registry
 from colab_kit.errors import ColabKitError
+from colab_kit.graphs import get_converter
+from colab_kit.models import build_model
 from colab_kit.run_folder import RunFolder
+from colab_kit.store import read_manifest
+from colab_kit.training import CheckpointError, load_checkpoint, recover_best
 from colab_kit.util.files import atomic_write_bytes, atomic_write_json, sha256_file
+from colab_kit.util.units import target_unit
+from colab_kit.version import VERSION
 
 SPEC_FILE = "model.json"
 WEIGHTS_FILE = "weights.pt"
@@ -60,11 +67,9 @@ class TrainedModel:
 
     def build(self, device: str | torch.device = "cpu") -> Any:
         """The model with its trained weights, in eval mode on ``device``."""
-        from colab_kit.models import build_model
 
         module = build_model(self.model, graph_params=self.graph_params, options=self.options)
         if self.weights == RunFolder(self.weights.parent).best:
-            from colab_kit.training import recover_best
 
             recover_best(self.weights.parent)  # damaged since it was found: rebuilt from a checkpoint
         try:
@@ -77,7 +82,6 @@ class TrainedModel:
 
     def graph_settings(self) -> dict[str, Any]:
         """The Plan's graph settings (cutoff, ...) for these graph parameters."""
-        from colab_kit import registry
 
         return registry.graph_kind(self.graph_kind).settings(self.graph_params)
 
@@ -103,13 +107,10 @@ def load_trained(path: str | Path) -> TrainedModel:
             "are; pass the run directory that trained them, or export one with `python -m colab_kit export`")
     folder = RunFolder(root)
     weights = weights or folder.best
-    from colab_kit.training import recover_best
 
     if weights == RunFolder(weights.parent).best and not recover_best(weights.parent):
         raise TrainedModelError(f"{root} has no best.pt yet, and no checkpoint to rebuild it from: training has not "
                                 "finished a validation epoch; run the same training command again to continue it")
-    from colab_kit.graphs import get_converter
-    from colab_kit.util.units import target_unit
 
     conv = get_converter(plan.get("graph_kind", plan.get("converter")), cutoff=plan["cutoff"], bond_cutoff=plan["bond_cutoff"],
                          max_neighbors=plan["max_neighbors"], on_isolated_atoms=plan.get("on_isolated_atoms", "error"))
@@ -135,7 +136,6 @@ def _saved_plan(root: Path) -> dict[str, Any] | None:
     folder = RunFolder(root)
     if folder.plan.exists():
         return json.loads(folder.plan.read_text())
-    from colab_kit.training import CheckpointError, load_checkpoint
 
     try:
         saved = load_checkpoint(folder.checkpoints)
@@ -145,7 +145,6 @@ def _saved_plan(root: Path) -> dict[str, Any] | None:
 
 
 def _store_target(root: Path) -> str | None:
-    from colab_kit.store import read_manifest
 
     for store in RunFolder(root).stores:
         manifest = read_manifest(store / "manifest.json")
@@ -167,8 +166,6 @@ def export_model(path: str | Path, out: str | Path) -> dict[str, Path]:
     files = {"weights": out / WEIGHTS_FILE, "spec": out / SPEC_FILE}
     if trained.weights.resolve() != files["weights"].resolve():
         atomic_write_bytes(files["weights"], trained.weights.read_bytes())
-    from colab_kit import registry
-    from colab_kit.version import VERSION
 
     exports = getattr(registry.model(trained.model), "exports", {})
     if exports:
