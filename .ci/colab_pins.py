@@ -1,4 +1,4 @@
-"""Colab's package set, read from Google's published ``pip freeze``, for CI and tests/test_colab_install.py.
+"""Colab's package set, read from Google's published ``pip freeze``, for CI and tests/e2e/test_colab_install.py.
 
 Two uses:
 

@@ -1,7 +1,7 @@
 """Accuracy against the reference implementations (issue #14): colab_kit's models and the original codes,
 trained on the same split for the same number of epochs, on CPU, over several seeds.
 
-Contenders (``--contenders``; each run is a fresh process tree watched by ``scale.run_watched``: wall time and
+Contenders (``--contenders``; each run is a fresh process tree watched by ``harness.run_watched``: wall time and
 the peak summed RSS of the tree):
 
 ``cgcnn-ref``      txie-93/cgcnn, the paper's code, run from a checkout (``--cgcnn-repo``) by a small driver this
@@ -89,8 +89,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
-from bench_convert import REPO, BenchRun, loadavg, print_table  # noqa: E402  (sibling scripts, not a package)
-from scale import GB, run_watched  # noqa: E402
+from harness import GB, REPO, BenchRun, loadavg, print_table, run_watched  # noqa: E402  # noqa: E402
 
 DATA_ROOT = Path(os.environ.get("COLAB_KIT_SHARED_DATA", REPO.parent / "shared" / "data"))
 DATASETS = {  # name: (matbench json, target unit)

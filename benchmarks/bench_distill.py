@@ -1,7 +1,7 @@
 """Knowledge distillation on real data: a CHGNet teacher fine-tuned by colab_kit, CGCNN students trained with and
 without it, and the memory of colab_kit's cached teacher column against a teacher kept in the training loop.
 
-Every measured run is a fresh process tree watched by ``bench_convert.TreeRss`` (summed RSS and RssAnon of the
+Every measured run is a fresh process tree watched by ``harness.TreeRss`` (summed RSS and RssAnon of the
 process and its descendants every 0.2 s, each sample kept with its wall-clock time so a peak can be read over one
 stage of the run, the stage's bounds taken from the timestamps of ``run.log``):
 
@@ -76,7 +76,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
-from bench_convert import REPO, TreeRss, loadavg, machine_info  # noqa: E402  (sibling script, not a package)
+from harness import REPO, TreeRss, loadavg, machine_info  # noqa: E402
 
 MB = 2**20
 SOURCE = REPO / "colab_kit" / "data" / "mp_eform_cgcnn_3000_matbench.json.gz"

@@ -35,15 +35,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_convert import (  # noqa: E402  (sibling script, not a package)
-    DEFAULT_SOURCE,
-    REPO,
-    BenchRun,
-    TreeRss,
-    loadavg,
-    median,
-    print_table,
-)
+from harness import MP_LIKE_132K, REPO, BenchRun, TreeRss, loadavg, median, print_table  # noqa: E402
+
+DEFAULT_SOURCE = MP_LIKE_132K
 
 SECTIONS = ("open", "read", "loader")
 KINDS = ("chgnet", "radius")

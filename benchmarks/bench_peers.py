@@ -1,7 +1,7 @@
 """colab_kit against the packages' own training pipelines (issue #15): ALIGNN's ``train_for_folder`` and matgl's
 ``MGLDataset`` + Lightning path, on the same real data, split, model class, sizes and epochs, on CPU.
 
-Contenders (``--contenders``; each run is a fresh process tree watched by ``scale.run_watched``: wall time and the
+Contenders (``--contenders``; each run is a fresh process tree watched by ``harness.run_watched``: wall time and the
 peak summed RSS of the tree):
 
 ``alignn-ref``     ``alignn.train_alignn.train_for_folder`` (alignn 2026.8.11, its documented train-for-folder path)
@@ -106,8 +106,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 from bench_accuracy import DATASETS, _commit, ck_cmd, ensure_store, mae_on, registered, split_ids, watched  # noqa: E402
-from bench_convert import REPO, BenchRun, loadavg, print_table  # noqa: E402
-from scale import GB, MB, run_watched  # noqa: E402
+from harness import GB, MB, REPO, BenchRun, loadavg, print_table, run_watched  # noqa: E402  # noqa: E402
 
 DS = "mp_eform_cgcnn_3000"
 CONTENDERS = {

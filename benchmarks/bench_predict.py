@@ -1,6 +1,6 @@
 """Prediction at scale: ``python -m colab_kit predict`` on 20,000 MP-like structures with a trained CGCNN.
 
-Measures, each run a fresh process tree watched by ``scale.run_watched`` (wall time, peak summed RSS of the tree,
+Measures, each run a fresh process tree watched by ``harness.run_watched`` (wall time, peak summed RSS of the tree,
 PSS and RssAnon beside it):
 
 ``uninterrupted``  ``predict`` of the first ``--n // 2`` structures and of all ``--n``, each into a fresh work dir:
@@ -56,8 +56,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 from bench_accuracy import _commit, ck_cmd  # noqa: E402  (sibling scripts, not a package)
-from bench_convert import REPO, BenchRun, loadavg, print_table  # noqa: E402
-from scale import GB, MB, read_json, run_watched  # noqa: E402
+from harness import GB, MB, REPO, BenchRun, loadavg, print_table, read_json, run_watched  # noqa: E402  # noqa: E402
 
 CEILING = 12 * GB  # a Colab runtime; a predict run above it is a failure
 RSS_TARGET = 1.10  # the issue: peak RSS at n within 10 % of that at n / 2

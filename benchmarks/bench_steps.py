@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_convert import BenchRun, median, print_table  # noqa: E402  (sibling script, not a package)
+from harness import BenchRun, median, print_table  # noqa: E402
 
 DEFAULT_MODELS = ("cgcnn", "comformer", "chgnet", "m3gnet", "tensornet", "alignn")
 SHIPPED = Path(__file__).resolve().parents[1] / "colab_kit" / "data" / "mp_eform_cgcnn_3000_matbench.json.gz"

@@ -60,14 +60,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_convert import (  # noqa: E402  (sibling script, not a package)
-    REPO,
-    BenchRun,
-    _anon_bytes,
-    loadavg,
-    median,
-    print_table,
-)
+from harness import REPO, BenchRun, anon_bytes, loadavg, median, print_table  # noqa: E402
 
 DEFAULT_SOURCE = str(REPO / "colab_kit" / "data" / "mp_eform_cgcnn_3000_matbench.json.gz")
 MODELS = ("chgnet", "cgcnn")
@@ -169,7 +162,7 @@ def _child_colab_kit(cfg: dict[str, Any]) -> dict[str, Any]:
               should_stop=lambda: len(ends) >= total, calibrate_budget=False, step_hook=hook)
     t_end = time.perf_counter()
     peak = _peak_rss_mb()
-    anon = _anon_bytes(os.getpid()) / 2**20
+    anon = anon_bytes(os.getpid()) / 2**20
     if len(ends) < total:
         raise RuntimeError(f"fit ran only {len(ends)} of {total} steps (status {res.status}); use a larger --n")
     # did it train? trained weights (checkpoint written when should_stop fired) against the initial ones
@@ -277,7 +270,7 @@ def _child_chgnet(cfg: dict[str, Any]) -> dict[str, Any]:
     trainer._train(_Stamped(loader, starts, batch_ids, graphs), 0)
     t_end = time.perf_counter()
     peak = _peak_rss_mb()
-    anon = _anon_bytes(os.getpid()) / 2**20
+    anon = anon_bytes(os.getpid()) / 2**20
     after = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     return {"setup_s": starts[0] - t0 - convert_s, "convert_s": convert_s, "parse_s": parse_s,
             "prewarm_batches": n_pre, "prewarm_s": prewarm_s,

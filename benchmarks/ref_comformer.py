@@ -461,7 +461,7 @@ def _record(sid: str, structure: Any, target: float) -> dict[str, Any]:
 
 def _run_driver(cfg: dict[str, Any], run_dir: Path, python: str | None, name: str) -> tuple[dict[str, Any], dict]:
     sys.path.insert(0, str(HERE))
-    from scale import run_watched  # the bench's tree-RSS sampler
+    from harness import run_watched  # the benchmarks' tree-RSS sampler
 
     (run_dir / "torch_scatter_shim.py").write_text(TORCH_SCATTER_SHIM)
     (run_dir / "comformer_driver.py").write_text(DRIVER)

@@ -12,15 +12,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("COLAB_KIT_SHARED_DATA") or REPO.parent / "shared" / "data")
-FIXTURES = REPO / "tests" / "data"
-SHIPPED = REPO / "colab_kit" / "data" / "mp_eform_cgcnn_3000_matbench.json.gz"
+from helpers import FIXTURES, SHARED_DATA, SHIPPED
 
 # The Plan gives torch one thread per core that other work leaves free (the 1-min load average), and a CPU run's bits
 # depend on its thread count: the tests that compare two runs' weights bit for bit pin the count, as a user does
@@ -69,6 +65,28 @@ def fixture_data() -> Path:
 @pytest.fixture(scope="session")
 def shipped_data() -> Path:
     return SHIPPED
+
+
+@pytest.fixture(scope="session")
+def shipped_store(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``shipped_store(kind, limit=None, shard_size=1000)``: a store of the shipped data, built the first time a test
+    asks for those settings and shared by every test after it. Tests read it; one that changes a store copies it
+    first (``shutil.copytree``)."""
+    from colab_kit.graphs import get_converter
+    from colab_kit.store import build_store
+
+    built: dict[tuple, Path] = {}
+
+    def make(kind: str = "radius", limit: int | None = None, shard_size: int = 1000) -> Path:
+        key = (kind, limit, shard_size)
+        if key not in built:
+            out = tmp_path_factory.mktemp(f"shipped-{kind}") / "store"
+            build_store(SHIPPED, out, get_converter(kind), workers=2, shard_size=shard_size, limit=limit,
+                        on_bad_structure="skip", progress=False)
+            built[key] = out
+        return built[key]
+
+    return make
 
 
 @pytest.fixture(autouse=True)

@@ -14,6 +14,24 @@ from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "colab_kit" / "data" / "mp_eform_cgcnn_3000_matbench.json.gz"
+FIXTURES = REPO / "tests" / "data"  # small real structures vendored with the tests (tests/data/README.md)
+SHARED_DATA = Path(os.environ.get("COLAB_KIT_SHARED_DATA") or REPO.parent / "shared" / "data")
+
+#: Small versions of each model, for tests that train them on a CPU in seconds (model options, ``--set`` keys).
+SMALL_MODELS: dict[str, dict[str, Any]] = {
+    "cgcnn": {"hidden": 32},
+    "chgnet": {"freeze_layers": 3},
+    "comformer": {"hidden": 32, "comformer_layers": 2},
+    "alignn": {"hidden": 32, "alignn_layers": 1, "gcn_layers": 1},
+    "m3gnet": {"units": 16, "nblocks": 1},
+    "tensornet": {"units": 16, "nblocks": 1},
+}
+EXTRAS_MODELS = ("alignn", "m3gnet", "tensornet")  # need colab_kit[alignn] / colab_kit[matgl]
+
+
+def small_sets(model: str) -> list[str]:
+    """``--set`` arguments that make ``model`` small (:data:`SMALL_MODELS`)."""
+    return [a for k, v in SMALL_MODELS[model].items() for a in ("--set", f"{k}={v}")]
 
 
 def shipped_records(n: int | None = None) -> tuple[list[str], list[list[Any]]]:

@@ -16,11 +16,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 from colab_kit.plan.machine import COLAB_ENV_VARS, GIB, Gpu, Machine, detect
 from colab_kit.plan.planner import make_plan
 
-REPO = Path(__file__).resolve().parents[1]
 OS_INFO = REPO.parent / "shared" / "colab" / "os-info-gpu.txt"
 
 COLAB_OS, COLAB_PYTHON = "Ubuntu 22.04", (3, 13)

@@ -4,6 +4,7 @@ cached, and a small head trained on them that beats the mean predictor, end to e
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,20 +12,16 @@ import pytest
 import torch
 from helpers import SHIPPED, matbench_structures, run_cli
 
-from colab_kit.graphs import get_converter
 from colab_kit.loader.splits import load_or_make_splits
 from colab_kit.plan.machine import detect
 from colab_kit.plan.planner import make_plan
 from colab_kit.run.frozen_head import crystal_features, features_key, train_head
-from colab_kit.store.build import build_store
 from colab_kit.store.format import GraphStore
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> GraphStore:
-    root = tmp_path_factory.mktemp("head") / "store"
-    return GraphStore(build_store(SHIPPED, root, get_converter("chgnet"), workers=1, shard_size=40, limit=120,
-                                  progress=False).path)
+@pytest.fixture
+def store(shipped_store: Callable[..., Path]) -> GraphStore:
+    return GraphStore(shipped_store("chgnet", limit=120, shard_size=40))
 
 
 def test_features_are_chgnets_own_and_cached(store: GraphStore) -> None:

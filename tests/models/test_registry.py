@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import pytest
 import torch
-from helpers import SHIPPED, shipped_records
+from helpers import REPO, SHIPPED, shipped_records
 from torch import nn
 
 from colab_kit import registry
@@ -24,7 +24,7 @@ from colab_kit.plan.machine import GIB, Machine
 from colab_kit.plan.planner import PlanError, make_plan
 from colab_kit.store.build import build_store
 
-PACKAGE = Path(__file__).resolve().parents[1] / "colab_kit"
+PACKAGE = REPO / "colab_kit"
 
 
 class MeanElement(PygAdapter, nn.Module):

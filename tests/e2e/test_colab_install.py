@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-REPO = Path(__file__).resolve().parents[1]
 REQUIREMENTS = REPO / "requirements.txt"
 _spec = importlib.util.spec_from_file_location("colab_pins", REPO / ".ci" / "colab_pins.py")
 colab_pins = sys.modules.setdefault("colab_pins", importlib.util.module_from_spec(_spec))  # dataclasses look it up

@@ -4,32 +4,27 @@ from __future__ import annotations
 
 import gc
 import pickle
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
 import torch
-from helpers import SHIPPED
 
-from colab_kit.graphs import get_converter
 from colab_kit.loader.batching import BudgetBatchSampler, GraphDataset, make_loader, pack
 from colab_kit.loader.splits import load_or_make_splits
-from colab_kit.store.build import build_store
 from colab_kit.store.format import GraphStore
 
 
-@pytest.fixture(scope="module")
-def radius_store(tmp_path_factory: pytest.TempPathFactory) -> GraphStore:
-    out = tmp_path_factory.mktemp("radius") / "store"
-    build_store(SHIPPED, out, get_converter("radius"), workers=2, shard_size=500, on_bad_structure="skip", progress=False)
-    return GraphStore(out)
+@pytest.fixture
+def radius_store(shipped_store: Callable[..., Path]) -> GraphStore:
+    return GraphStore(shipped_store("radius", shard_size=500))
 
 
-@pytest.fixture(scope="module")
-def chgnet_store(tmp_path_factory: pytest.TempPathFactory) -> GraphStore:
-    out = tmp_path_factory.mktemp("chgnet") / "store"
-    build_store(SHIPPED, out, get_converter("chgnet"), shard_size=50, limit=150, progress=False)
-    return GraphStore(out)
+@pytest.fixture
+def chgnet_store(shipped_store: Callable[..., Path]) -> GraphStore:
+    return GraphStore(shipped_store("chgnet", limit=150, shard_size=50))
 
 
 def test_batches_respect_budget_and_cover_each_index_once(radius_store: GraphStore, caplog: pytest.LogCaptureFixture) -> None:

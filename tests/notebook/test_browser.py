@@ -36,12 +36,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from helpers import REPO
 
 pytestmark = pytest.mark.slow  # minutes: .ci/run runs it with --runslow in each environment
 
 ipywidgets = pytest.importorskip("ipywidgets")
 
-REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "colab_kit_quickstart.ipynb"
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"

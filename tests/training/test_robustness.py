@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import SHIPPED, run_cli
+from helpers import SHARED_DATA, SHIPPED, run_cli
 
 from colab_kit.graphs import get_converter
 from colab_kit.plan.machine import GIB, Gpu, Machine, detect
@@ -21,7 +21,6 @@ from colab_kit.store.build import build_store
 from colab_kit.store.format import GraphStore
 from colab_kit.util.files import remove_stale_temporaries
 
-FIXTURES = Path(__file__).parent / "data"
 SINGLE_SITE = ("mp-71", "mp-81", "mp-8640")  # real one-atom cells of the shipped set
 
 
@@ -175,7 +174,7 @@ def test_parser_warnings_are_counted_not_printed(tmp_path: Path, capfd: pytest.C
     """pymatgen warns once per odd CIF; the warnings go into the store's record, not the terminal."""
     import tarfile
 
-    shared = Path(os.environ.get("COLAB_KIT_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+    shared = SHARED_DATA
     tar_path = shared / "mp_eform_cgcnn_3000" / "cifs.tar.gz"
     if not tar_path.exists():
         pytest.skip(f"needs {tar_path}")

@@ -12,19 +12,18 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import SHIPPED, assert_sigkill_resume_identical, assert_stop_resume_identical, run_cli
+from helpers import EXTRAS_MODELS, SMALL_MODELS, assert_stop_resume_identical, run_cli, small_sets
 
-from colab_kit.graphs import get_converter
 from colab_kit.models import build_model
 from colab_kit.plan.machine import detect
 from colab_kit.plan.planner import make_plan
 from colab_kit.registry import RegistryError, model_graph_kind
-from colab_kit.store.build import build_store
 from colab_kit.store.format import GraphStore
 from colab_kit.training.checkpoint import LATEST
 from colab_kit.training.trainer import fit
@@ -33,35 +32,23 @@ pytestmark = pytest.mark.extras  # CI runs these in the environment with the ext
 pytest.importorskip("alignn.torch_graph_builder", reason='needs pip install "colab_kit[alignn]"')
 pytest.importorskip("matgl.models", reason='needs pip install "colab_kit[matgl]"')
 
-SMALL = {"alignn": {"hidden": 32, "alignn_layers": 1, "gcn_layers": 1},
-         "m3gnet": {"units": 16, "nblocks": 1}, "tensornet": {"units": 16, "nblocks": 1}}
-MODELS = tuple(SMALL)
 
 
-def _sets(model: str) -> list[str]:
-    return [a for k, v in SMALL[model].items() for a in ("--set", f"{k}={v}")]
-
-
-@pytest.fixture(scope="module")
-def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("field")
-    out = {}
-    for kind in ("alignn", "matgl"):
-        out[kind] = root / kind
-        build_store(SHIPPED, out[kind], get_converter(kind), workers=1, shard_size=40, limit=80, progress=False)
-    return out
+@pytest.fixture
+def stores(shipped_store: Callable[..., Path]) -> dict[str, Path]:
+    return {kind: shipped_store(kind, limit=80, shard_size=40) for kind in ("alignn", "matgl")}
 
 
 def _plan(model: str, **kw: object):
-    base = dict(model=model, **SMALL[model], epochs=1, batch_size=8, workers=0, calibrate=False,
+    base = dict(model=model, **SMALL_MODELS[model], epochs=1, batch_size=8, workers=0, calibrate=False,
                 batch_atoms=4000, batch_edges=200_000)
     return make_plan(detect(), "debug", **{**base, **kw})
 
 
 # alignn and m3gnet take 30-40 s each: the default suite runs tensornet's, .ci/run all three
-@pytest.mark.parametrize("model", [pytest.param(m, marks=pytest.mark.long) if m != "tensornet" else m for m in MODELS])
+@pytest.mark.parametrize("model", [pytest.param(m, marks=pytest.mark.long) if m != "tensornet" else m for m in EXTRAS_MODELS])
 def test_run_end_to_end_with_calibration(model: str, tmp_path: Path) -> None:
-    res = run_cli("run", "--model", model, "--mode", "debug", "--work-dir", str(tmp_path), *_sets(model),
+    res = run_cli("run", "--model", model, "--mode", "debug", "--work-dir", str(tmp_path), *small_sets(model),
                   "--set", "n_samples=48", "--set", "epochs=1")
     assert res.returncode == 0, res.stderr[-2000:]
     (run_dir,) = [p for p in tmp_path.iterdir() if p.name.startswith(f"mp_eform_cgcnn_3000-{model_graph_kind(model)}-{model}-")]
@@ -69,17 +56,7 @@ def test_run_end_to_end_with_calibration(model: str, tmp_path: Path) -> None:
     assert metrics["model"] == model and metrics["test_n"] > 0 and np.isfinite(metrics["test_mae"])
     state = torch.load(run_dir / "checkpoints" / LATEST, map_location="cpu", weights_only=True)
     assert "calibrated" in state["budget"]["how"]  # the memory calibration ran on the package's model
-    assert state["plan"]["model_options"] == {**state["plan"]["model_options"], **SMALL[model]}
-
-
-# about 1 min each: the SIGKILL resume of radius/CHGNet/ComFormer training stays in the default suite
-@pytest.mark.parametrize("model", [pytest.param(m, marks=pytest.mark.long) for m in ("alignn", "tensornet")])
-def test_sigkill_mid_epoch_resume_gives_identical_weights(model: str, stores: dict[str, Path],
-                                                         tmp_path: Path) -> None:
-    args = ["train", "--store", str(stores[model_graph_kind(model)]), "--model", model, *_sets(model),
-            "--set", "epochs=2", "--set", "batch_size=4", "--set", "calibrate=false",
-            "--set", "checkpoint_minutes=0.002"]
-    assert_sigkill_resume_identical(args, tmp_path, first_step=3, every=8)
+    assert state["plan"]["model_options"] == {**state["plan"]["model_options"], **SMALL_MODELS[model]}
 
 
 def test_m3gnet_stop_and_resume_is_identical(stores: dict[str, Path], tmp_path: Path) -> None:
@@ -87,12 +64,12 @@ def test_m3gnet_stop_and_resume_is_identical(stores: dict[str, Path], tmp_path: 
     assert_stop_resume_identical(store, plan, tmp_path, steps=5)
 
 
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("model", EXTRAS_MODELS)
 def test_oom_backoff_covers_the_field_models(model: str, stores: dict[str, Path], tmp_path: Path) -> None:
     store = GraphStore(stores[model_graph_kind(model)])
     _, edges = store.sizes()
     limit = int(edges.max())  # "device memory": any one graph fits, most batches do not
-    adapter = build_model(model, options=SMALL[model])
+    adapter = build_model(model, options=SMALL_MODELS[model])
 
     def hook(batch: object) -> None:
         if adapter.size(batch)[2] > limit:
@@ -124,7 +101,7 @@ def test_matgl_weights_directory_from_model_save(cls: str, stores: dict[str, Pat
     theirs.save(tmp_path / "saved")
     name = cls.lower()
     ours = build_model(name, target_mean=-1.5, target_std=0.7, graph_params={"cutoff": 5.0},
-                       options={**SMALL[name], "weights": str(tmp_path / "saved")}).eval()
+                       options={**SMALL_MODELS[name], "weights": str(tmp_path / "saved")}).eval()
     store = GraphStore(stores["matgl"])
     g, lattice, state, _ = _batch(store)
     lit = ModelLightningModule(model=theirs, data_mean=-1.5, data_std=0.7).eval()

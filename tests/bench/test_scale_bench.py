@@ -1,4 +1,5 @@
-"""benchmarks/scale.py: the tree-RSS ceiling watcher (fast) and the whole scale proof on a tiny data set (slow)."""
+"""benchmarks/harness: the tree-RSS ceiling watcher every study uses (fast); benchmarks/scale.py: the whole scale
+proof on a tiny data set (slow)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
+import harness  # noqa: E402  (benchmarks/harness, the benchmarks' own package)
 import scale  # noqa: E402  (a script in benchmarks/, not a package)
 
 # A parent that only sleeps and a grandchild that allocates 40 MB (touched) every 50 ms and reports progress:
@@ -40,7 +42,7 @@ def test_ceiling_watcher_kills_the_whole_tree_above_the_ceiling(tmp_path: Path) 
     script.write_text(GROWER)
     progress, pidfile = tmp_path / "progress.json", tmp_path / "grandchild.pid"
     t0 = time.monotonic()
-    rec = scale.run_watched([sys.executable, str(script), "parent", str(progress), str(pidfile)],
+    rec = harness.run_watched([sys.executable, str(script), "parent", str(progress), str(pidfile)],
                             ceiling=300 * 2**20, name="grow", logdir=tmp_path, progress_file=progress, timeout=30)
     assert time.monotonic() - t0 < 10
     assert rec["exceeded_ceiling"] and rec["killed_by"] == "ceiling", rec
@@ -63,7 +65,7 @@ def test_ceiling_watcher_kills_the_whole_tree_above_the_ceiling(tmp_path: Path) 
 
 def test_ceiling_watcher_lets_a_child_under_the_ceiling_finish(tmp_path: Path) -> None:
     code = "x = b'\\x01' * (120 << 20); import time; time.sleep(0.6); print('done')"
-    rec = scale.run_watched([sys.executable, "-c", code], ceiling=1024 * 2**20, name="ok", logdir=tmp_path)
+    rec = harness.run_watched([sys.executable, "-c", code], ceiling=1024 * 2**20, name="ok", logdir=tmp_path)
     assert rec["returncode"] == 0 and not rec["exceeded_ceiling"] and rec["killed_by"] is None
     assert 120 < rec["peak_tree_rss_mb"] < 1024
     assert Path(rec["stdout"]).read_text().strip() == "done"

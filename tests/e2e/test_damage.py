@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -39,11 +40,9 @@ def _flip_bit(path: Path, at: float = 0.6) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.fixture(scope="module")
-def radius_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("damage") / "store"
-    build_store(SHIPPED, out, get_converter("radius"), shard_size=60, limit=180, progress=False)
-    return out
+@pytest.fixture
+def radius_store(shipped_store: Callable[..., Path]) -> Path:
+    return shipped_store("radius", limit=180, shard_size=60)  # the tests copy it before they damage it
 
 
 def test_a_flipped_byte_in_a_local_shard_is_never_trained_on(radius_store: Path, tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
-"""Run under ``torchrun`` by tests/test_distributed.py: a real DistributedDataParallel ``fit`` whose sampler and steps
+"""Run under ``torchrun`` by tests/training/test_distributed.py: a real DistributedDataParallel ``fit`` whose sampler and steps
 are recorded, then a gathered test-set evaluation.
 
-    torchrun --nproc_per_node 2 tests/ddp_record.py STORE OUT RECORD_DIR
+    torchrun --nproc_per_node 2 tests/training/ddp_record.py STORE OUT RECORD_DIR
 
 Writes ``RECORD_DIR/rank<r>.json``: for every iteration of the train sampler, its epoch and offset, this rank's
 batches and their (counted graphs, graphs of the step) weights; and the graph ids of every batch the model trained

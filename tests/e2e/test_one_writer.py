@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import run_cli
+from helpers import REPO, run_cli
 
 from colab_kit.util.locks import LOCK_NAME, FolderBusy, hold
 
@@ -82,7 +82,7 @@ def test_convert_and_predict_refuse_a_busy_output(tmp_path: Path) -> None:
     store = tmp_path / "store"
     with hold(store, "store"):
         res = run_cli("convert", "colab_kit/data/mp_eform_cgcnn_3000_matbench.json.gz", "--graph-kind", "radius",
-                      "--out", str(store), "--limit", "20", cwd=Path(__file__).resolve().parents[1])
+                      "--out", str(store), "--limit", "20", cwd=REPO)
     assert res.returncode == 1 and f"the store {store} is in use by process {os.getpid()}" in res.stderr
     assert "Traceback" not in res.stderr and not (store / "manifest.json").exists()
     from colab_kit.util.locks import hold_file
@@ -113,5 +113,5 @@ def test_unwritable_work_persist_and_cache_dirs_are_one_line(read_only_dir: Path
     _one_line_error(run_cli("run", *SMALL, "--work-dir", str(tmp_path), "--persist-dir", str(persist)),
                     f"cannot write the persist dir {persist} (Read-only file system)", "persist_dir=null")
     _one_line_error(run_cli("convert", "colab_kit/data/mp_eform_cgcnn_3000_matbench.json.gz", "--out",
-                            str(read_only_dir / "s"), cwd=Path(__file__).resolve().parents[1]),
+                            str(read_only_dir / "s"), cwd=REPO),
                     f"cannot write the store {read_only_dir / 's'}")

@@ -12,10 +12,11 @@ import pytest
 
 pytest.importorskip("ipywidgets")
 
+from helpers import REPO
+
 from colab_kit.notebook.panel import ControlPanel, earlier_work, render_loss_plot  # noqa: E402
 from colab_kit.plan.machine import GIB, Machine  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 RUN_NAME = "mp_eform_cgcnn_3000-radius-cgcnn-debug"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +17,9 @@ from colab_kit.store.build import build_store
 from colab_kit.store.format import GraphStore
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> GraphStore:
-    out = tmp_path_factory.mktemp("batch_read") / "store"
-    # small shards: a random batch spans many of them, as on a 133-shard store
-    build_store(SHIPPED, out, get_converter("radius"), limit=400, shard_size=37, progress=False)
-    return GraphStore(out)
+@pytest.fixture
+def store(shipped_store: Callable[..., Path]) -> GraphStore:
+    return GraphStore(shipped_store("radius", limit=400, shard_size=37))  # small shards: a batch spans many, as on a 133-shard store
 
 
 def test_ranges_concatenates_aranges() -> None:

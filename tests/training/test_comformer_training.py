@@ -8,29 +8,24 @@ the default of the model options (docs/models.md).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import SHIPPED, assert_sigkill_resume_identical, assert_stop_resume_identical, run_cli
+from helpers import assert_stop_resume_identical, run_cli, small_sets
 
-from colab_kit.graphs import get_converter
 from colab_kit.plan.machine import detect
 from colab_kit.plan.planner import make_plan
-from colab_kit.store.build import build_store
 from colab_kit.store.format import GraphStore
 from colab_kit.training.checkpoint import LATEST
 from colab_kit.training.trainer import fit
 
-SMALL = ["--set", "hidden=32", "--set", "comformer_layers=2"]
 
-
-@pytest.fixture(scope="module")
-def comformer_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("comformer") / "store"
-    build_store(SHIPPED, out, get_converter("comformer"), workers=2, shard_size=60, limit=180, progress=False)
-    return out
+@pytest.fixture
+def comformer_store(shipped_store: Callable[..., Path]) -> Path:
+    return shipped_store("comformer", limit=180, shard_size=60)
 
 
 def _plan(variant: str, **kw: object):
@@ -42,7 +37,7 @@ def _plan(variant: str, **kw: object):
 @pytest.mark.long  # 40-60 s each: ComFormer's training, calibration and OOM back-off stay in the default suite
 @pytest.mark.parametrize("variant", ["invariant", "equivariant"])
 def test_run_end_to_end_with_calibration(tmp_path: Path, variant: str) -> None:
-    res = run_cli("run", "--model", "comformer", "--mode", "debug", "--work-dir", str(tmp_path), *SMALL,
+    res = run_cli("run", "--model", "comformer", "--mode", "debug", "--work-dir", str(tmp_path), *small_sets("comformer"),
                   "--set", f"variant={variant}", "--set", "n_samples=60", "--set", "epochs=2")
     assert res.returncode == 0, res.stderr[-2000:]
     (run_dir,) = [p for p in tmp_path.iterdir() if p.name.startswith("mp_eform_cgcnn_3000-comformer-comformer")]
@@ -52,14 +47,6 @@ def test_run_end_to_end_with_calibration(tmp_path: Path, variant: str) -> None:
     state = torch.load(run_dir / "checkpoints" / LATEST, map_location="cpu", weights_only=True)
     assert "calibrated" in state["budget"]["how"]  # the memory calibration ran on the real model
     assert state["plan"]["model_options"]["variant"] == variant
-
-
-@pytest.mark.long  # 45 s; the default suite's SIGKILL resume tests (radius, CHGNet, torchrun) use the same trainer
-def test_sigkill_mid_epoch_resume_gives_identical_weights(comformer_store: Path, tmp_path: Path) -> None:
-    args = ["train", "--store", str(comformer_store), "--model", "comformer", *SMALL, "--set", "epochs=2",
-            "--set", "batch_size=8", "--set", "calibrate=false", "--set", "checkpoint_minutes=0.002"]
-    a, b = assert_sigkill_resume_identical(args, tmp_path, first_step=4, every=10)
-    assert a["history"] == [{**h, "seconds": a["history"][i]["seconds"]} for i, h in enumerate(b["history"])]
 
 
 @pytest.mark.long  # 1 min; the default suite's SIGKILL resume tests (radius, CHGNet, torchrun) use the same trainer

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +20,9 @@ import pytest
 import torch
 from helpers import SHIPPED, run_cli
 
-from colab_kit.graphs import get_converter
 from colab_kit.loader.batching import BudgetBatchSampler, rank_batches
 from colab_kit.plan.machine import GIB, Machine, detect
 from colab_kit.plan.planner import make_plan
-from colab_kit.store.build import build_store
 from colab_kit.store.format import GraphStore
 from colab_kit.util.distributed import DistributedError, World, world_from_env
 from colab_kit.util.locks import LOCK_NAME
@@ -38,10 +37,8 @@ def torchrun(*args: str, nproc: int = 2, timeout: float = 600) -> subprocess.Com
 
 
 @pytest.fixture(scope="module")
-def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("ddp") / "store"
-    build_store(SHIPPED, out, get_converter("radius"), limit=300, progress=False)
-    return out
+def store_dir(shipped_store: Callable[..., Path]) -> Path:
+    return shipped_store("radius", limit=300)
 
 
 # ---------------------------------------------------------------- the partition rule

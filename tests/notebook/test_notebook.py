@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import REPO
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -30,7 +31,6 @@ pytest.importorskip("ipywidgets")
 
 from colab_kit.plan.machine import COLAB_ENV_VARS  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "colab_kit_quickstart.ipynb"
 ARTIFACTS = REPO / "test-artifacts"
 BADGE = "https://colab.research.google.com/github/colab-kit/colab_kit/blob/main/notebooks/colab_kit_quickstart.ipynb"
