@@ -29,7 +29,7 @@ from colab_kit.run.persist import Mirror, restore
 from colab_kit.run.report import mean_predictor_mae, write_report
 from colab_kit.run_folder import RunFolder
 from colab_kit.sources import open_source, resolve
-from colab_kit.store import GraphStore, ShardEntry, StoreError, build_store
+from colab_kit.store import GraphStore, ShardEntry, StoreError, build_store, read_manifest
 from colab_kit.training import evaluate_weights, fit
 from colab_kit.use import blended_targets, teacher_column
 from colab_kit.util.distributed import refuse_fresh
@@ -226,6 +226,23 @@ def _announce_earlier_run(folder: RunFolder, persist: RunFolder | None,
         cb({"event": "resume", "message": msg})
 
 
+def keep_store_resolution(plan: Plan, store_dir: Path) -> Plan:
+    """``plan`` with the graph resolution of the store this run folder already holds, where the Plan chose another
+    only because this machine changed since (free RAM below 4 GiB shrinks a radius graph's cutoff): a run's
+    resolution is decided once, by its first call. A resolution the user set is left as set: the store then refuses
+    it in one line."""
+    manifest = read_manifest(store_dir / "manifest.json")
+    if manifest is None or manifest.graph_kind != plan.graph_kind:
+        return plan
+    stored = registry.graph_kind(plan.graph_kind).settings(manifest.params)
+    changes = {k: v for k, v in stored.items() if getattr(plan, k) != v and plan.reasons.get(k) != "set by user"}
+    if not changes:
+        return plan
+    log.info("graph resolution kept from this run's store: %s (this machine's plan said %s)",
+             ", ".join(f"{k}={v}" for k, v in changes.items()), ", ".join(f"{k}={getattr(plan, k)}" for k in changes))
+    return plan.replace("kept from this run's store: a run's graph resolution is decided by its first call", **changes)
+
+
 def _pipeline(plan: Plan, folder: RunFolder, persist: RunFolder | None, data_path: Path, progress: bool,
               callbacks: list[Callable[[dict[str, Any]], None]], should_stop: Callable[[], bool],
               log_to_file: bool, stage: Callable[[str, str], None], t0: float) -> RunResult:
@@ -242,6 +259,7 @@ def _pipeline(plan: Plan, folder: RunFolder, persist: RunFolder | None, data_pat
     for d in (folder.root, folder.report):
         remove_stale_temporaries(d)
     timing = Timing(folder)
+    plan = keep_store_resolution(plan, folder.store)
     atomic_write_bytes(folder.plan, plan.to_json().encode())
     mirror.push(folder.plan)
 

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from helpers import kill_when, run_cli, shard_count
 
@@ -143,3 +144,30 @@ def test_a_structure_only_store_reaches_the_persist_dir_shard_by_shard(tmp_path:
     assert f"resuming {local}: {n} shards already done" in again.stderr  # restored, not rebuilt
     for f, data in kept.items():
         assert (local / f).read_bytes() == data
+
+
+def test_a_run_keeps_its_graph_resolution_when_free_ram_changes(tmp_path: Path) -> None:
+    """A radius graph's cutoff shrinks when less than 4 GiB RAM is free; a run whose first call planned 8 Å on a
+    roomy machine must go on with its 8 Å store when a later call finds RAM tight (a benchmark's next fold, a
+    Colab session with other work), not fail on a store 'built with other settings'."""
+    import dataclasses
+
+    from colab_kit.run import folder_for, run
+
+    roomy = dataclasses.replace(detect(), gpu=None, ram_available=16 * GIB)
+    tight = dataclasses.replace(roomy, ram_available=3 * GIB)
+    sets = dict(model="cgcnn", device="cpu", work_dir=str(tmp_path), persist_dir=None, n_samples=40, epochs=1,
+                hidden=16, n_conv=1, convert_workers=1)
+    first = make_plan(roomy, "debug", **sets)
+    later = make_plan(tight, "debug", **{**sets, "epochs": 2})
+    assert (first.cutoff, first.max_neighbors) == (8.0, 12) and (later.cutoff, later.max_neighbors) == (6.0, 8)
+    assert run(first, progress=False).metrics["status"] == "finished"
+    res = run(later, progress=False)
+    assert res.metrics["status"] == "finished" and res.metrics["epochs"] == 2  # resumed its checkpoint
+    saved = json.loads(folder_for(later).plan.read_text())
+    assert (saved["cutoff"], saved["max_neighbors"]) == (8.0, 12)
+    assert saved["reasons"]["cutoff"].startswith("kept from this run's store")
+    # a resolution the user asks for is not overridden: the store refuses it, in one line
+    asked = make_plan(roomy, "debug", **{**sets, "cutoff": 5.0})
+    with pytest.raises(Exception, match="holds a store built with other data or settings"):
+        run(asked, progress=False)
