@@ -355,7 +355,7 @@ def child_loop(cfg_path: str) -> None:
     from colab_kit.store.format import GraphStore
     from colab_kit.training.checkpoint import load_checkpoint
     from colab_kit.training.evaluate import evaluate_with_backoff
-    from colab_kit.training.trainer import make_scheduler
+    from colab_kit.training.schedule import make_scheduler
     from colab_kit.util.reproducible import seed_everything
 
     cfg = json.loads(Path(cfg_path).read_text())

@@ -55,7 +55,7 @@ Design decisions (and why):
   naive anchor passing the ceiling is the expected outcome and is recorded as such.
 * **The naive anchor builds its graphs with colab_kit's converter** (``get_converter("chgnet")`` then
   ``to_graph``): the ``CrystalGraph`` objects are tensor-for-tensor identical to CrystalGraphConverter's (values
-  and dtypes, checked by tests/test_graphs.py and bench_convert.py) but built ~15x faster, so the memory curve
+  and dtypes, checked by tests/graphs/test_graphs.py and bench_convert.py) but built ~15x faster, so the memory curve
   is CHGNet's while the run takes minutes, not 30 min. Its speed is therefore not CHGNet's; the chgnet_loop stage
   measures that.
 * **Small --n**: a resume test needs shards to kill between, so when --n is below 20 Plan-sized shards the

@@ -12,7 +12,7 @@ which calls ``alignn.torch_graph_builder.build_pure_torch_graph``), split in two
 * **to_graph** (every read): the bond vectors ``r = pos[dst] - pos[src] + shift @ lattice``, the 92 CGCNN atom
   features of jarvis-tools by element, the cell volume, and the line graph over bonds no longer than
   ``three_body_cutoff`` with its bond-angle cosines, all with alignn's own functions: the same ``TorchGraph``
-  pair (``g``, ``lg``) alignn's LMDB dataset pickles, tensor for tensor (tests/test_alignn_graphs.py). The line
+  pair (``g``, ``lg``) alignn's LMDB dataset pickles, tensor for tensor (tests/graphs/test_field_graphs.py). The line
   graph, the largest part, is never stored: it is rebuilt in a few vectorised torch operations.
 
 Batches are alignn's ``batch_torch_graph_pairs`` plus the stacked lattices: ``(g, lg, lattice [G, 3, 3], y [G])``,

@@ -6,7 +6,7 @@
   ``pbc_offset``.
 * **to_graph** (every read): the ``(Data, lattice [1, 3, 3], state_attr [2], labels)`` sample ``MGLDataset`` yields,
   tensor for tensor (``edge_index`` int32, ``pbc_offset``, ``node_type`` = index in ``element_types``,
-  ``frac_coords``; tests/test_matgl_graphs.py), and batches are matgl's own ``collate_fn_graph``:
+  ``frac_coords``; tests/graphs/test_field_graphs.py), and batches are matgl's own ``collate_fn_graph``:
   ``(g, lattice [G, 3, 3], state_attr [G, 2], y [G])``.
 
 ``element_types`` is matgl's ``DEFAULT_ELEMENTS`` (the 89 elements of its pretrained models), so one store serves

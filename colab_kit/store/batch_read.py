@@ -5,7 +5,7 @@ The per-graph path builds one graph object per item (a PyG ``Data``) and then co
 (``Batch.from_data_list``); that Python work per graph, not the disk, is what limits a warm loader. Here the ragged
 arrays of every graph in the batch are copied out of each shard with one fancy index per array (the element ranges
 of all its graphs at once), into buffers laid out in the batch's order; the kind turns those into tensors with a
-handful of vectorised operations (offsets from cumulative sums). Same batches, same tensors (tests/test_batch_read.py).
+handful of vectorised operations (offsets from cumulative sums). Same batches, same tensors (tests/store/test_batch_read.py).
 """
 
 from __future__ import annotations

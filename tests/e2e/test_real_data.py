@@ -51,8 +51,14 @@ def _run(shared: Path, rel: str, extracted: Path, work: Path, converter: str, mo
     return run(plan, progress=False, log_to_file=True).metrics
 
 
-@pytest.mark.parametrize("converter", ["radius", "chgnet"])
-@pytest.mark.parametrize("name,rel,target", [(*s, None)[:3] for s in SOURCES], ids=[s[0] for s in SOURCES])
+# Every layout with radius graphs (CGCNN); CHGNet's graphs and fine-tuning on one layout in the default suite and
+# on every other in the long tests (the readers do not depend on the model: CHGNet there checks the model, ~15 s each)
+DEBUG_CASES = [pytest.param(*(*s, None)[:3], kind, id=f"{s[0]}-{kind}",
+                            marks=[pytest.mark.long] if kind == "chgnet" and s[0] != "mp_eform_cgcnn_3000_json" else [])
+               for kind in ("radius", "chgnet") for s in SOURCES]
+
+
+@pytest.mark.parametrize("name,rel,target,converter", DEBUG_CASES)
 def test_debug_run_beats_the_mean_predictor(shared_data: Path, extracted: Path, tmp_path: Path, name: str,
                                             rel: str, target: str | None, converter: str) -> None:
     m = _run(shared_data, rel, extracted, tmp_path, converter, "debug", target)
