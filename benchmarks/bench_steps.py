@@ -7,6 +7,8 @@ For each model, a store of its graph kind is built from the first ``--n`` shippe
           warm-up steps; CHGNet/alignn/matgl steps include their graph objects' own work).
 ``loader / step`` > 1 means the loader keeps up with training on this device. Runs unchanged on a GPU (``--device
 cuda``), where the step is much faster and the ratio is the figure that matters.
+``--feed`` adds, per model, graphs/s of the three together on a fresh pass (read, move, step), with the next batch
+moved while the current one steps (``colab_kit.loader.device_feed.ahead``: a side stream on CUDA) and without.
 
 Usage::
 
@@ -19,6 +21,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +32,8 @@ DEFAULT_MODELS = ("cgcnn", "comformer", "chgnet", "m3gnet", "tensornet", "alignn
 SHIPPED = Path(__file__).resolve().parents[1] / "colab_kit" / "data" / "mp_eform_cgcnn_3000_matbench.json.gz"
 
 
-def bench_model(name: str, n: int, batch_size: int, steps: int, device: str, workdir: Path, edges: str) -> dict:
+def bench_model(name: str, n: int, batch_size: int, steps: int, device: str, workdir: Path, edges: str,
+                feed: bool = False) -> dict:
     import torch
 
     from colab_kit import registry
@@ -81,9 +85,39 @@ def bench_model(name: str, n: int, batch_size: int, steps: int, device: str, wor
             graphs.append(model.size(batch)[0])
     step_gps = float(np.sum(graphs) / np.sum(times))
     load_gps = n_graphs / t_load
+    fed = {}
+    if feed:  # the live loader, the copy and the step together, the next batch moved ahead on a side stream or not
+        for how in ("ahead", "plain"):
+            fed[f"feed_{how}_graphs_per_s"] = _fed_rate(loader, model, opt, dev, steps, how == "ahead")
     return {"model": name, "graphs": kind, "edges": plan.graph_edges, "device": device, "n_graphs": n_graphs,
             "batches": len(batches), "graphs_per_batch": n_graphs / len(batches), "loader_graphs_per_s": load_gps,
-            "step_graphs_per_s": step_gps, "median_step_s": median(times), "loader_vs_step": load_gps / step_gps}
+            "step_graphs_per_s": step_gps, "median_step_s": median(times), "loader_vs_step": load_gps / step_gps, **fed}
+
+
+def _fed_rate(loader: Any, model: Any, opt: Any, dev: Any, steps: int, ahead: bool) -> float:
+    """Graphs/s of read + move + step over the first ``steps`` batches of a fresh pass of ``loader``; with ``ahead``
+    each next batch is moved by :func:`colab_kit.loader.device_feed.ahead` (a side stream on CUDA)."""
+    import torch
+
+    from colab_kit.loader import device_feed
+
+    def move(b: Any) -> Any:
+        return model.to_device(b, dev, non_blocking=dev.type == "cuda")
+
+    pairs = device_feed.ahead(loader, move, dev) if ahead else ((b, move(b)) for b in loader)
+    n, t = 0, time.perf_counter()
+    for k, (batch, moved) in enumerate(pairs):
+        if k == steps:
+            break
+        loss = torch.nn.functional.mse_loss(model(moved), model.targets(moved))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        n += model.size(batch)[0]
+    loss.item()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return n / (time.perf_counter() - t)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--edges", default="stored,device", help="radius graphs: stored and/or device")
+    ap.add_argument("--feed", action="store_true", help="also: read + move + step graphs/s with the side-stream "
+                    "feed (colab_kit.loader.device_feed) on and off")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args(argv)
@@ -104,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for name in [m for m in args.models.split(",") if m]:
             for edges in args.edges.split(",") if name == "cgcnn" else ["stored"]:
-                r = bench_model(name, args.n, args.batch_size, args.steps, args.device, run.workdir, edges)
+                r = bench_model(name, args.n, args.batch_size, args.steps, args.device, run.workdir, edges, args.feed)
                 rows.append(r)
                 print(f"{name} ({r['edges']} edges): loader {r['loader_graphs_per_s']:,.0f} graphs/s, step "
                       f"{r['step_graphs_per_s']:,.1f} graphs/s", flush=True)
@@ -114,6 +150,11 @@ def main(argv: list[str] | None = None) -> int:
                     ["model", "graphs", "edges", "graphs/batch", "loader graphs/s", "step graphs/s", "loader / step"],
                     [[r["model"], r["graphs"], r["edges"], r["graphs_per_batch"], r["loader_graphs_per_s"],
                       r["step_graphs_per_s"], r["loader_vs_step"]] for r in rows])
+        if args.feed:
+            print_table(f"Read + move + step on {args.device}: next batch moved ahead (side stream on CUDA) or not",
+                        ["model", "edges", "ahead graphs/s", "plain graphs/s", "ahead / plain"],
+                        [[r["model"], r["edges"], r["feed_ahead_graphs_per_s"], r["feed_plain_graphs_per_s"],
+                          r["feed_ahead_graphs_per_s"] / r["feed_plain_graphs_per_s"]] for r in rows])
     return 0
 
 

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 from colab_kit import registry
 from colab_kit.errors import ColabKitError
 from colab_kit.plan.machine import GIB, Machine
-from colab_kit.plan.settings import ALIASES, OVERRIDABLE, SCHEDULES, with_current_names
+from colab_kit.plan.settings import ALIASES, OVERRIDABLE, SCHEDULES, parse_size, with_current_names
 
 #: Per-mode presets. Modes are data: anything mode-dependent is looked up here. ``epochs`` and ``patience``
 #: are those of a pretrained model (CHGNet fine-tuning); a model's ``epoch_scale`` (in the registry) stretches them.
@@ -93,6 +93,7 @@ class Plan:
     graph_edges: str = "stored"
     unit: str | None = None  # the label's unit when its name does not say it (reports, plots)
     data_sha256: str | None = None  # pins a downloaded file's content
+    gpu_memory: int | None = None  # bytes of the GPU this process may use and plans for (None: the whole GPU)
     reasons: Mapping[str, str] = field(default_factory=dict, compare=False)
     warnings: tuple[str, ...] = ()
 
@@ -232,6 +233,20 @@ def make_plan(machine: Machine, mode: str = "debug", **overrides: Any) -> Plan:
         raise PlanError(f"plan setting device is {v['device']!r} but no CUDA GPU was found; use --set device=cpu")
     # every later decision follows the final device: a GPU the run does not train on plans nothing
     gpu = machine.gpu if v["device"].startswith("cuda") else None
+    set_("gpu_memory", None, "the whole GPU; --set gpu_memory=15GiB plans and caps this process as if the GPU had "
+         "15 GiB (a Colab T4), or leaves the rest to others sharing it")
+    if v["gpu_memory"] is not None:
+        v["gpu_memory"] = cap = parse_size(v["gpu_memory"])  # bytes from here on
+        if gpu is None:
+            warnings.append(f"gpu_memory={cap / GIB:.1f} GiB has no effect: this run trains on {v['device']}")
+        else:
+            if cap >= gpu.total_bytes:
+                warnings.append(f"gpu_memory={cap / GIB:.1f} GiB is not below {gpu.name}'s {gpu.total_bytes / GIB:.1f} "
+                                "GiB: the whole GPU is used")
+            r["gpu_memory"] = (f"set by user: this process may use {min(cap, gpu.total_bytes) / GIB:.1f} GiB of "
+                               f"{gpu.name}'s {gpu.total_bytes / GIB:.1f} GiB and plans as if that were the GPU")
+            gpu = dataclasses.replace(gpu, name=f"{gpu.name} (capped at {cap / GIB:.1f} GiB)",
+                                      total_bytes=min(gpu.total_bytes, cap), free_bytes=min(gpu.free_bytes, cap))
 
     # Graph resolution: the graph kind's (e.g. CHGNet's pretrained weights fix 6/3 Å; radius graphs shrink on small RAM).
     low_ram = avail < LOW_RAM and gpu is None

@@ -12,7 +12,7 @@ from colab_kit import registry
 AMP_CHOICES = ("off", "fp16", "bf16")
 BadStructurePolicy = Literal["skip", "warn", "error"]  # what a conversion does with a structure it cannot convert
 BAD_STRUCTURE_POLICIES: tuple[str, ...] = get_args(BadStructurePolicy)
-SCHEDULES = ("cosine", "warmup_cosine")  # per epoch, see colab_kit.training.trainer.lr_factor
+SCHEDULES = ("cosine", "warmup_cosine")  # per epoch, see colab_kit.training.schedule.lr_factor
 IsolatedPolicy = Literal["error", "warn", "ignore"]  # CHGNet's CrystalGraphConverter modes, same names and meaning
 ISOLATED_ATOM_POLICIES: tuple[str, ...] = get_args(IsolatedPolicy)
 SPLITS = ("random", "matbench")  # 80/10/10 by seed, or matbench's official fold + a seeded validation part
@@ -36,6 +36,30 @@ def _within(check: Any, high: float) -> Any:
 
 
 MAX_CUTOFF = 20.0  # Å: CHGNet uses 6, CGCNN 8; at 20 Å an atom has thousands of neighbours
+MIN_GPU_MEMORY = 256 * 2**20  # a GPU memory ceiling below this leaves no room for CUDA's own context and one batch
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(value: Any) -> int | None:
+    """Bytes from a number of bytes or a size such as ``"15GiB"``, ``"16000 MiB"``, ``"15GB"`` (GB = 10^9, GiB =
+    2^30); None when ``value`` is neither."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return int(value) if value >= 0 else None
+    if not isinstance(value, str):
+        return None
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*", value)
+    if m is None or m.group(2).lower() not in _SIZE_UNITS:
+        return None
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+def _gpu_memory(v: Any) -> bool:
+    n = parse_size(v)
+    return v is None or (n is not None and MIN_GPU_MEMORY <= n <= 2**44)
 
 
 # Fields a user may override, with the check each value must pass.
@@ -54,6 +78,8 @@ OVERRIDABLE: dict[str, tuple[Any, str]] = {
     "on_isolated_atoms": (lambda v: v in ISOLATED_ATOM_POLICIES, f"one of {ISOLATED_ATOM_POLICIES}"),
     "graph_edges": (lambda v: v in ("stored", "device"), "stored or device"),
     "train_memory": (_within(_positive_int, 2**41), "a positive number of bytes, at most 2 TiB"),
+    "gpu_memory": (_gpu_memory, "a size such as 15GiB, 16000MiB or 15GB (or a number of bytes), at least 256MiB: the "
+                   "GPU memory this process may use and plans for (15GiB: a Colab T4); None for the whole GPU"),
     "batch_edges": (_within(_positive_int, 10**9), "a positive integer, at most 1e9"),
     "batch_atoms": (_within(_positive_int, 10**8), "a positive integer, at most 1e8"),
     "calibrate": (lambda v: isinstance(v, bool), "true or false"),

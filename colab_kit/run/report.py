@@ -256,7 +256,8 @@ def write_report(folder: RunFolder, *, plan: Plan, store: GraphStore, result: Tr
         "test_rmse": _finite(test["rmse"]),
         "test_n": n_test,
         "mean_predictor_test_mae": _finite(baseline_mae),
-        "budget": {"max_atoms": budget.max_atoms, "max_edges": budget.max_edges, "how": budget.how} if budget else None,
+        "budget": {"max_atoms": budget.max_atoms, "max_edges": budget.max_edges, "how": budget.how,
+                   "gpu_memory": plan.gpu_memory, "peak_gpu_memory": result.peak_gpu_memory} if budget else None,
         "time": time_,
         "history": result.history,
     }

@@ -4,12 +4,12 @@ batch (:mod:`.budget`: static, calibrated, halved on out-of-memory via :mod:`.oo
 weights on a split (:mod:`.evaluate`). Nothing here imports the code that uses trained models.
 """
 
-from colab_kit.training.budget import Budget, TrainingError
+from colab_kit.training.budget import Budget, TrainingError, cap_gpu_memory
 from colab_kit.training.checkpoint import CheckpointError, load_checkpoint, recover_best
 from colab_kit.training.evaluate import amp_dtype_for, evaluate_weights, evaluate_with_backoff, trained_model_settings
 from colab_kit.training.oom import memory_fix, retry_on_oom
 from colab_kit.training.trainer import TrainResult, fit
 
-__all__ = ["Budget", "CheckpointError", "TrainResult", "TrainingError", "amp_dtype_for", "evaluate_weights",
+__all__ = ["Budget", "CheckpointError", "TrainResult", "TrainingError", "amp_dtype_for", "cap_gpu_memory", "evaluate_weights",
            "evaluate_with_backoff", "fit", "load_checkpoint", "memory_fix", "recover_best", "retry_on_oom",
            "trained_model_settings"]

@@ -56,6 +56,20 @@ class Budget:
                       f"shrunk x{factor} after an out-of-memory error (was {self.max_atoms} atoms / {self.max_edges} edges)")
 
 
+def cap_gpu_memory(plan: Plan, device: torch.device) -> None:
+    """Hold this process to ``plan.gpu_memory`` bytes of ``device`` (CUDA's per-process memory fraction): an
+    allocation beyond it is an out-of-memory error, as it would be on a GPU of that size. Nothing on a CPU."""
+    if plan.gpu_memory is None or device.type != "cuda":
+        return
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, plan.gpu_memory / total), device)
+
+
+def peak_gpu_memory(device: torch.device) -> int | None:
+    """The most bytes CUDA's allocator has held on ``device`` since the last reset (None on a CPU)."""
+    return int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+
+
 def static_budget(plan: Plan) -> Budget:
     return Budget(plan.batch_atoms, plan.batch_edges, f"static estimate from the plan ({plan.reasons.get('batch_edges', '')})")
 

@@ -14,6 +14,7 @@ from colab_kit.loader import make_loaders, splits_for
 from colab_kit.models import build_model
 from colab_kit.run_folder import RunFolder
 from colab_kit.store import GraphStore
+from colab_kit.training.budget import cap_gpu_memory
 from colab_kit.training.checkpoint import CheckpointError, load_checkpoint, recover_best
 from colab_kit.training.oom import memory_fix, retry_on_oom
 from colab_kit.util import distributed
@@ -130,6 +131,7 @@ def evaluate_weights(store: GraphStore, plan: Plan, weights: str | Path, split: 
 
     use_threads(plan.threads)
     device = torch.device(plan.device)
+    cap_gpu_memory(plan, device)
     model = load_weights(store, plan, weights)
     splits = splits_for(store, plan)
     loader = make_loaders(store, plan, splits)[split]

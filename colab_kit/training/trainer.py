@@ -37,7 +37,9 @@ from colab_kit.training.budget import (
     Budget,
     TrainingError,
     agreed,
+    cap_gpu_memory,
     initial_budget,
+    peak_gpu_memory,
     read_oom_hint,
     static_budget,
     write_oom_hint,
@@ -52,7 +54,7 @@ from colab_kit.training.checkpoint import (
 )
 from colab_kit.training.evaluate import amp_dtype_for, evaluate_with_backoff
 from colab_kit.training.oom import memory_fix, retry_on_oom
-from colab_kit.training.schedule import lr_factor, make_scheduler  # noqa: F401 - the trainer's API too
+from colab_kit.training.schedule import make_scheduler
 from colab_kit.training.state import TrainState, check_resume
 from colab_kit.util import distributed
 from colab_kit.util.files import atomic_write_bytes, remove_stale_temporaries
@@ -73,6 +75,7 @@ class TrainResult:
     budget: Budget | None = None
     resumed_from: dict[str, int] | None = None
     train_seconds: float = 0.0
+    peak_gpu_memory: int | None = None  # bytes CUDA's allocator held at most while training (None on a CPU)
 
 
 def write_metrics(folder: RunFolder, history: list[dict[str, Any]]) -> None:
@@ -80,7 +83,8 @@ def write_metrics(folder: RunFolder, history: list[dict[str, Any]]) -> None:
     atomic_write_bytes(folder.metrics_jsonl, "".join(json.dumps(h) + "\n" for h in history).encode())
     if history:
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(history[0]))
+        # every column any epoch has (an epoch recorded by an older version may lack one), in order of appearance
+        w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for h in history for k in h)), restval="")
         w.writeheader()
         w.writerows(history)
         atomic_write_bytes(folder.metrics_csv, buf.getvalue().encode())
@@ -204,7 +208,7 @@ def _fit(store: GraphStore, plan: Plan, folder: RunFolder, options: FitOptions) 
         checkpoint(loop)
     status = "stopped" if stopped else st.status
     return TrainResult(folder.root, status, len(st.history), st.best["epoch"], st.best["val_mae"], st.history,
-                       loop.budget, resumed_from, st.train_seconds)
+                       loop.budget, resumed_from, st.train_seconds, peak_gpu_memory(loop.device))
 
 
 def _setup(store: GraphStore, plan: Plan, folder: RunFolder, options: FitOptions) -> TrainLoop:
@@ -214,6 +218,7 @@ def _setup(store: GraphStore, plan: Plan, folder: RunFolder, options: FitOptions
         for d in (folder.root, folder.checkpoints):  # temporaries of a run that was killed mid-write
             remove_stale_temporaries(d)
     device = torch.device(plan.device)
+    cap_gpu_memory(plan, device)
     amp_dtype, use_scaler = amp_dtype_for(plan, device)
     seed_everything(plan.seed)
     # rank 0 reads (or makes) the split and the checkpoint, and has the targets; the others receive them
@@ -274,6 +279,8 @@ def _setup(store: GraphStore, plan: Plan, folder: RunFolder, options: FitOptions
         head = [model.to_device(b, device) for b in itertools.islice(iter(loaders["train"]), 16)]
         model.init_output(head)
     loop.forward = distributed.wrap(model, device)  # rank 0's weights (and output head) on every rank
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)  # the peak training reaches, not calibration's
     return loop
 
 
@@ -453,7 +460,8 @@ def end_epoch(loop: TrainLoop) -> None:
     sampler.next_epoch()
     _tick(loop)
     row = {"epoch": epoch + 1, "train_loss": st.epoch_loss_sum / max(st.epoch_graphs, 1), "val_mae": val["mae"],
-           "val_rmse": val["rmse"], "lr": loop.optimizer.param_groups[0]["lr"], "seconds": round(st.epoch_seconds, 2)}
+           "val_rmse": val["rmse"], "lr": loop.optimizer.param_groups[0]["lr"], "seconds": round(st.epoch_seconds, 2),
+           "train_graphs": st.epoch_graphs}
     st.history.append(row)
     st.epoch_loss_sum, st.epoch_graphs, st.epoch_seconds = 0.0, 0, 0.0
     if not math.isfinite(val["mae"]):

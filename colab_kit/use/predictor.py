@@ -22,7 +22,7 @@ from colab_kit.plan import detect, make_plan
 from colab_kit.registry import GRAPH_SETTINGS
 from colab_kit.sources import open_source
 from colab_kit.store import ConversionError, GraphStore, build_store, fingerprint
-from colab_kit.training import amp_dtype_for
+from colab_kit.training import amp_dtype_for, cap_gpu_memory
 from colab_kit.use.prediction_pass import PredictionError, read_outputs, run_pass, write_csv
 from colab_kit.use.trained import TrainedModel, export_model, load_trained
 from colab_kit.util.files import atomic_write_bytes
@@ -60,6 +60,7 @@ class Predictor:
         self.trained = trained
         self.plan = plan if plan is not None else plan_for(trained)
         self.device = torch.device(self.plan.device)
+        cap_gpu_memory(self.plan, self.device)
         self._model: Any = None
 
     def __repr__(self) -> str:

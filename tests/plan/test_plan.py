@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from helpers import run_cli
 
@@ -169,3 +171,41 @@ def test_threads_follow_the_free_cores() -> None:
     assert make_plan(Machine(**{**base, "load": 6.0}), "debug", threads=2).reasons["threads"] == "set by user"
     with pytest.raises(PlanError, match="threads must be at most the 2 usable CPUs of this rank"):
         make_plan(Machine(**base), "debug", threads=3)
+
+
+def test_gpu_memory_plans_a_large_gpu_as_a_t4() -> None:
+    h100 = dataclasses.replace(colab_pro_a100(), gpu=Gpu("NVIDIA H100 80GB HBM3", 80 * GIB, 79 * GIB, (9, 0)))
+    whole = make_plan(h100, "debug")
+    capped = make_plan(h100, "debug", gpu_memory="15GiB", amp="fp16")
+    t4 = make_plan(colab_free(), "debug")
+    assert whole.gpu_memory is None and capped.gpu_memory == 15 * GIB  # normalised to bytes, saved in plan.json
+    assert whole.train_memory == int(79 * GIB * 0.7) and capped.train_memory == int(15 * GIB * 0.7)
+    assert capped.batch_edges == capped.train_memory // 6000 and capped.batch_edges < whole.batch_edges
+    assert t4.train_memory <= capped.train_memory < 1.04 * t4.train_memory  # the T4 has 14.5 of 15 GiB free
+    assert "15.0 GiB of NVIDIA H100 80GB HBM3's 80.0 GiB" in capped.reasons["gpu_memory"]
+    assert "capped at 15.0 GiB" in capped.reasons["train_memory"]
+    assert capped.amp == "fp16" and not capped.warnings
+    for spelled in ("16106127360", "15 GiB", "15360MiB", 15 * GIB):
+        assert make_plan(h100, "debug", gpu_memory=spelled).gpu_memory == 15 * GIB
+    assert make_plan(h100, "debug", gpu_memory="15GB").gpu_memory == 15 * 10**9
+    # above the GPU's size: the whole GPU, said in a warning
+    big = make_plan(h100, "debug", gpu_memory="100GiB")
+    assert big.train_memory == whole.train_memory and "the whole GPU is used" in big.warnings[0]
+
+
+def test_gpu_memory_on_a_cpu_is_said_to_do_nothing_and_bad_sizes_are_refused() -> None:
+    p = make_plan(laptop_8gb(), "debug", gpu_memory="15GiB")
+    assert p.warnings == ("gpu_memory=15.0 GiB has no effect: this run trains on cpu",)
+    assert p.train_memory == make_plan(laptop_8gb(), "debug").train_memory
+    for bad in ("15 potatoes", "100MiB", "-1GiB", True, "GiB"):
+        with pytest.raises(PlanError, match=r"plan setting gpu_memory must be a size such as 15GiB.*got"):
+            make_plan(laptop_8gb(), "debug", gpu_memory=bad)
+
+
+def test_gpu_memory_from_the_command_line(tmp_path) -> None:
+    r = run_cli("detect", "--set", "gpu_memory=15GiB", "--set", "device=cpu", "--work-dir", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert "gpu_memory" in r.stdout and "has no effect: this run trains on cpu" in r.stdout + r.stderr
+    r = run_cli("detect", "--set", "gpu_memory=lots", "--work-dir", str(tmp_path))
+    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1
+    assert "plan setting gpu_memory must be a size such as 15GiB" in r.stderr and "'lots'" in r.stderr

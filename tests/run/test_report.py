@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -26,7 +25,7 @@ from colab_kit.run_folder import RunFolder
 from colab_kit.sources import open_source
 from colab_kit.store.build import build_store
 from colab_kit.store.format import GraphStore
-from colab_kit.training.budget import Budget
+from colab_kit.training import Budget, TrainResult
 from colab_kit.util.units import target_label, target_unit
 
 # Every labelled source in shared/data: (path inside it, unit, label). The name each reader records for
@@ -207,8 +206,8 @@ def _report(tmp_path: Path, source: Path, data_name: str, limit: int) -> tuple[d
             "rmse": float(np.sqrt(np.mean((pred - y[test_idx]) ** 2))),
             "pred": pred.astype(np.float32), "target": y[test_idx].astype(np.float32)}
     history = _history(3)
-    result = SimpleNamespace(status="finished", epochs_done=3, best_epoch=3, best_val_mae=history[-1]["val_mae"],
-                             history=history, budget=Budget(5000, 60000, "calibrated"), train_seconds=250.0)
+    result = TrainResult(tmp_path, status="finished", epochs_done=3, best_epoch=3, best_val_mae=history[-1]["val_mae"],
+                         history=history, budget=Budget(5000, 60000, "calibrated"), train_seconds=250.0)
     out = tmp_path / "report"
     metrics = write_report(RunFolder(tmp_path), plan=PLAN, store=store, result=result, test=test,
                            baseline_mae=mean_predictor_mae(y, train_idx, test_idx),

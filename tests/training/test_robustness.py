@@ -228,3 +228,22 @@ def test_evaluate_prints_units_n_and_the_mean_predictor(small_sets: dict[str, Pa
     line = r.stdout.strip().splitlines()[0]
     assert "n=" in line and "eV/atom" in line and "mean" in line, line
     assert np.isfinite(float(line.split("MAE")[1].split()[0]))
+
+
+@pytest.mark.gpu
+def test_gpu_memory_holds_the_process_to_its_ceiling() -> None:
+    """``--set gpu_memory=1GiB`` on any GPU: 0.5 GiB allocates, 2 GiB is CUDA's out-of-memory error (which the
+    trainer's back-off handles), as on a GPU of 1 GiB."""
+    from colab_kit.training import cap_gpu_memory
+
+    dev = torch.device("cuda")
+    plan = make_plan(detect(), "debug", device="cuda", gpu_memory="1GiB")
+    cap_gpu_memory(plan, dev)
+    try:
+        fits = torch.empty(512 * 2**20, dtype=torch.uint8, device=dev)
+        with pytest.raises(torch.OutOfMemoryError):
+            torch.empty(2 * 2**30, dtype=torch.uint8, device=dev)
+        del fits
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, dev)
+        torch.cuda.empty_cache()

@@ -73,6 +73,7 @@ def test_oom_backoff_shrinks_budget_and_skips_nothing(radius_store: Path, tmp_pa
                   callbacks=[lambda ev: seen.append(ev["graphs"]) if ev["event"] == "step" else None])
     n_train = len(np.load(radius_store / "splits-seed0.npz")["train"])
     assert sum(seen) == n_train  # every training graph was trained on exactly once
+    assert [h["train_graphs"] for h in res.history] == [n_train]  # and the epoch's record says so (metrics.jsonl)
     assert res.budget.max_edges < 60000 and "shrunk" in res.budget.how
     assert "out of memory on a batch" in caplog.text
     state = load_checkpoint(tmp_path / "checkpoints")
@@ -93,12 +94,14 @@ def _baseline(store: GraphStore, split: str) -> float:
     return float(np.mean(np.abs(y[sp[split]] - y[sp["train"]].mean())))
 
 
+@pytest.mark.long  # the default suite: every real set's radius run beats the mean predictor (tests/e2e/test_real_data.py)
 def test_cgcnn_learns(radius_store: Path, tmp_path: Path) -> None:
     store = GraphStore(radius_store)
     res = fit(store, _plan(epochs=4, batch_size=16, lr=3e-3), tmp_path, progress=False)
     assert res.best_val_mae < 0.8 * _baseline(store, "val"), (res.history, _baseline(store, "val"))
 
 
+@pytest.mark.long  # the default suite: the README's debug run and a real set's CHGNet run beat the mean predictor
 def test_chgnet_fine_tuning_learns(tmp_path: Path) -> None:
     out = tmp_path / "store"
     build_store(SHIPPED, out, get_converter("chgnet"), workers=2, shard_size=100, limit=300, progress=False)
@@ -110,7 +113,7 @@ def test_chgnet_fine_tuning_learns(tmp_path: Path) -> None:
 
 
 def test_schedules_per_epoch() -> None:
-    from colab_kit.training.trainer import lr_factor
+    from colab_kit.training.schedule import lr_factor
 
     cos = _plan(epochs=10, lr=1e-3)
     assert cos.schedule == "cosine"
