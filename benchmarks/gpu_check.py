@@ -224,10 +224,12 @@ def step_forced_oom(c: Check) -> dict[str, Any]:
     if not c.cuda:
         return {"status": "skipped", "why": "needs CUDA: a CPU has no allocator a ceiling caps", "rows": []}
     wd = c.work / "forced-oom"
-    # every training graph in one batch, calibration off, under the smallest ceiling: CUDA runs out of memory
+    # A wide CGCNN (hidden 512: ~2 GB for the debug run's whole training split in one batch), a budget of about that
+    # split (8,192 atoms / 131,072 edges; calibration off) and the smallest ceiling (256 MiB): CUDA runs out of
+    # memory, and about three halvings fit, well within the back-off's 8 in a row.
     r = c.colab_kit_run("forced-oom", "cgcnn", wd, c.box("forced-oom"),
-                        {"gpu_memory": "256MiB", "calibrate": False, "batch_atoms": 10**7, "batch_edges": 10**8,
-                         "batch_size": 10**5, "epochs": 2})
+                        {"gpu_memory": "256MiB", "calibrate": False, "batch_atoms": 8192, "batch_edges": 131072,
+                         "batch_size": 4096, "hidden": 512, "epochs": 2})
     f = run_figures(wd)
     log = (run_folder(wd) / "run.log") if run_folder(wd) else None
     text = log.read_text(errors="replace") if log and log.exists() else ""
