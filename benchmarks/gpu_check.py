@@ -198,7 +198,10 @@ def step_debug_runs(c: Check) -> dict[str, Any]:
     missing = [m for m in c.models if m not in models]
     end = time.monotonic() + c.box("debug-runs")
     for k, model in enumerate(models):
-        box = max(1.0, (end - time.monotonic()) / (len(models) - k))  # the time left, shared by the runs left
+        # the time left, less 20 s kept for each run after this one (at least an even share): a slow first model
+        # (CHGNet loads its pretrained weights) may use what the fast ones leave
+        left, after = end - time.monotonic(), len(models) - k - 1
+        box = max(1.0, left / (after + 1), left - 20 * after)
         wd = c.work / f"debug-{model.replace(':', '-')}"
         r = c.colab_kit_run(f"debug-{model.replace(':', '-')}", model, wd, box, {})
         runs.append(r)
