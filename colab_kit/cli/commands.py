@@ -17,6 +17,7 @@ from colab_kit.cli.common import (
     one_line,
     overrides_from_args,
     plan_from_args,
+    stopped,
     stopped_code,
     store_graph_settings,
 )
@@ -136,9 +137,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
                           limit=args.limit, on_bad_structure=plan.on_bad_structure, part=_parse_part(args.shard),
                           fmt=args.format, target=args.target, should_stop=stop)
     if not res.complete:
-        print(f"{stop.signal or 'stop'} received: {res.n_shards} shards of {res.path} are saved; "
-              "run the same command again to resume", file=sys.stderr)
-        return stopped_code(stop.signal)
+        return stopped(stop.signal, f"{res.n_shards} shards of {res.path} are saved")
     print(f"store {res.path}: {res.n_graphs} graphs, {res.n_failed} skipped, {res.n_shards} shards "
           f"({res.shards_reused} reused), {res.seconds:.1f} s")
     return 0
@@ -170,9 +169,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if plan.rank != 0:  # rank 0 speaks for the launch
         return stopped_code(stop.signal) if res.status == "stopped" else 0
     if res.status == "stopped":
-        print(f"{stop.signal or 'stop'} received: checkpoint saved in {out / 'checkpoints'}; "
-              "run the same command again to resume", file=sys.stderr)
-        return stopped_code(stop.signal)
+        return stopped(stop.signal, f"checkpoint saved in {out / 'checkpoints'}")
     print(f"training {res.status}: {res.epochs_done} epochs, best epoch {res.best_epoch} "
           f"(validation MAE {res.best_val_mae:.4f}); weights: {out / 'best.pt'}")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any, Sequence
 
 from colab_kit import registry
@@ -80,6 +81,12 @@ def store_graph_settings(store: Any) -> dict[str, Any]:
 def stopped_code(signal_name: str | None) -> int:
     """The shell's convention for a run ended by a signal: 128 + its number."""
     return {"SIGINT": 130, "SIGTERM": 143}.get(signal_name or "", 0)
+
+
+def stopped(signal_name: str | None, kept: str) -> int:
+    """Say on stderr that a stop was asked for, what of the work is ``kept``, and how to resume; the exit code."""
+    print(f"{signal_name or 'stop'} received: {kept}; run the same command again to resume", file=sys.stderr)
+    return stopped_code(signal_name)
 
 
 def one_line(exc: BaseException) -> str:

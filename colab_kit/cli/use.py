@@ -31,7 +31,7 @@ The features are computed once (resumable) and cached beside the store; the head
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from colab_kit.cli.common import parse_override, stopped_code
+    from colab_kit.cli.common import parse_override, stopped
     from colab_kit.use import Predictor, load_trained, plan_for
     from colab_kit.util.interrupt import stop_on_signals
 
@@ -52,9 +52,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     with stop_on_signals() as stop:
         res = predictor.predict_file(data, args.out, target=args.target, progress=True, should_stop=stop)
     if not res.complete:
-        print(f"{stop.signal or 'stop'} received: converted and predicted shards are kept in {res.store}; "
-              "run the same command again to resume", file=sys.stderr)
-        return stopped_code(stop.signal)
+        return stopped(stop.signal, f"converted and predicted shards are kept in {res.store}")
     print(f"{res.path}: {res.rows} predictions ({trained.unit or 'target units'}); {res.skipped} structures skipped, "
           f"listed in {res.path.with_name(res.path.stem + '.skipped.csv')}; graphs kept in {res.store}")
     return 0
@@ -70,7 +68,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from colab_kit.cli.common import format_table, plan_from_args, stopped_code
+    from colab_kit.cli.common import format_table, plan_from_args, stopped
     from colab_kit.loader import N_FOLDS
     from colab_kit.run import run_benchmark
     from colab_kit.util.interrupt import stop_on_signals
@@ -88,8 +86,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
             for f in res["folds"]]
     print(format_table(rows, header=("fold", "n_test", "MAE", "RMSE", "seconds")))
     if res["status"] == "stopped":
-        print(f"stopped; folds done are kept in {res['dir']}: run the same command again to go on", file=sys.stderr)
-        return stopped_code(stop.signal)
+        return stopped(stop.signal, f"the folds done are kept in {res['dir']}")
     print(f"MAE over {len(res['folds'])} folds: {res['mae_mean']:.4g} ± {res['mae_std']:.4g}; "
           f"{res['dir'] / 'folds.csv'}" + (f"; matbench results: {res['results']}" if res["results"] else ""))
     return 0
