@@ -87,11 +87,9 @@ def download_url(url: str, download_dir: str | Path, *, filename: str | None = N
     done = job.dest_dir / job.name
     if job.fixed and meta.get("complete") and done.is_file():
         if job.sha256 is not None:  # the content is pinned: no need to ask the server
-            if sha256_file(done) == job.sha256:
+            if complete_download(done, job.sha256) is not None:
                 return done
-            os.replace(done, done.with_name(done.name + ".bad"))
-            log.warning("%s does not match sha256 %s; moved to %s.bad and downloading again", done, job.sha256, done.name)
-            job.meta = meta = {}
+            job.meta = meta = {}  # a copy that fails its pin was moved aside: download it again
         elif not meta.get("validator"):
             return done  # the server gave nothing to ask whether it changed: the copy stands
         else:
