@@ -10,15 +10,12 @@ few failures in a row mirroring stops for the run, said once. A restore copies b
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import time
 from pathlib import Path
-from typing import Any
 
 from colab_kit.run_folder import STORES, RunFolder
 from colab_kit.store import Manifest, ManifestError
-from colab_kit.util.files import CHECKSUMS, has_sha256, is_intact, merge_checksums
+from colab_kit.util.files import CHECKSUMS, atomic_copy, has_sha256, is_intact, merge_checksums
 
 log = logging.getLogger(__name__)
 
@@ -67,19 +64,13 @@ class Mirror:
             pass
         last: OSError | None = None
         for attempt in range(self.retries):
-            tmp = dst.with_name(f".{dst.name}.partial")
             try:
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, tmp)
-                os.replace(tmp, dst)
+                atomic_copy(src, dst)
                 self._in_a_row = 0
                 return True
             except OSError as exc:
                 last = exc
-                try:
-                    tmp.unlink(missing_ok=True)
-                except OSError:
-                    pass
                 if attempt + 1 < self.retries:
                     time.sleep(self.wait * (attempt + 1))
         msg = f"could not copy {src} to {dst} after {self.retries} tries ({last}); the local run goes on"
@@ -133,23 +124,21 @@ def restore(persist: RunFolder | None, folder: RunFolder) -> list[str]:
             rel = src.relative_to(src_root)
             if rel.parts[0] in untrusted:
                 continue
-            if not _passes(src, checksums, is_intact):
+            if not _passes(src, checksums):
                 log.warning("persisted file %s is damaged (its sha256 is not the one recorded); not restored", src)
                 continue
             dst = dst_root / rel
-            if dst.exists() and dst.stat().st_size == src.stat().st_size and _passes(dst, checksums, is_intact):
+            if dst.exists() and dst.stat().st_size == src.stat().st_size and _passes(dst, checksums):
                 continue
             dst.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dst.with_name(f".{dst.name}.partial")
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dst)
+            atomic_copy(src, dst)
             restored.append(str(rel))
     if restored:
         log.info("restored %d files from %s", len(restored), src_root)
     return restored
 
 
-def _passes(path: Path, checksums: dict[tuple[str, str], tuple[int, str]], is_intact: Any) -> bool:
+def _passes(path: Path, checksums: dict[tuple[str, str], tuple[int, str]]) -> bool:
     """A shard against its manifest's size and sha256; a checked file (.pt) against its folder's record; others pass."""
 
     key = (path.parent.name, path.name)
