@@ -34,15 +34,13 @@ import glob
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
 import time
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Callable
 
-from harness import REPO, machine_info, write_json_atomic
+from harness import REPO, machine_info, read_json, run_watched, tail, write_json_atomic
 
 ALL_MODELS = ("chgnet", "cgcnn", "comformer", "comformer:equivariant", "alignn", "m3gnet", "tensornet")
 # the package each model needs beyond colab_kit's own requirements
@@ -89,29 +87,19 @@ class Check:
 
     def run(self, name: str, cmd: list[str], timeout: float, env: dict[str, str] | None = None,
             until: Callable[[], bool] | None = None) -> dict[str, Any]:
-        """``cmd`` in a session of its own, its output in ``logs/<name>.txt``; killed (SIGKILL, the whole group) at
-        ``timeout`` or as soon as ``until()`` is true. Returns rc (None when killed), seconds, killed, log path."""
-        log = self.out / "logs" / f"{name}.txt"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        t = time.monotonic()
-        with open(log, "w") as f:
-            f.write("$ " + " ".join(cmd) + "\n")
-            f.flush()
-            p = subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
-                                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
-            killed = None
-            while p.poll() is None:
-                if time.monotonic() - t > timeout:
-                    killed = "timeout"
-                elif until is not None and until():
-                    killed = "until"
-                if killed:
-                    os.killpg(p.pid, signal.SIGKILL)
-                    p.wait()
-                    break
-                time.sleep(0.05)
-        return {"rc": None if killed else p.returncode, "killed": killed, "seconds": round(time.monotonic() - t, 1),
-                "log": str(log.relative_to(self.out)), "tail": tail(log)}
+        """``cmd`` in a session of its own (harness.run_watched), its output in ``logs/<name>.out`` / ``.err``; killed
+        (SIGKILL, the whole tree) at ``timeout`` or as soon as ``until()`` is true. Returns rc (None when killed),
+        seconds, killed ("timeout" / "until" / None), peak tree RSS, the stderr log's path, and the last lines of both."""
+        import psutil
+
+        r = run_watched(cmd, ceiling=psutil.virtual_memory().total, name=name, logdir=self.out / "logs",
+                        on_tick=(lambda _t: until()) if until is not None else None, timeout=timeout,
+                        env={"PYTHONUNBUFFERED": "1", **(env or {})})
+        killed = {"caller": "until", "timeout": "timeout"}.get(r["killed_by"] or "", r["killed_by"])
+        log = Path(r["stderr"])  # colab_kit logs to stderr
+        return {"rc": None if killed else r["returncode"], "killed": killed, "seconds": round(r["wall_s"], 1),
+                "peak_rss_mb": round(r["peak_tree_rss_mb"]), "log": str(log.relative_to(self.out)),
+                "tail": (tail(r["stdout"], 6) + "\n" + tail(log, 6)).strip().splitlines()}
 
     def colab_kit_run(self, name: str, model: str, workdir: Path, timeout: float, sets: dict[str, Any],
                       until: Callable[[], bool] | None = None) -> dict[str, Any]:
@@ -141,24 +129,10 @@ def gpu_info() -> dict[str, Any] | None:
             "torch": torch.__version__, "cuda": torch.version.cuda}
 
 
-def tail(path: Path, n: int = 6) -> list[str]:
-    try:
-        return [ln[-300:] for ln in path.read_text(errors="replace").splitlines()[-n:]]
-    except OSError:
-        return []
-
-
 def run_folder(workdir: Path) -> Path | None:
     """The one run folder under ``workdir`` (the folder with plan.json)."""
     found = sorted(glob.glob(str(workdir / "**" / "plan.json"), recursive=True))
     return Path(found[0]).parent if found else None
-
-
-def read_json(path: Path | None) -> Any:
-    try:
-        return json.loads(Path(path).read_text()) if path else None
-    except (OSError, ValueError):
-        return None
 
 
 def run_figures(workdir: Path) -> dict[str, Any]:
@@ -208,7 +182,8 @@ def step_debug_runs(c: Check) -> dict[str, Any]:
         f = run_figures(wd)
         f.pop("history", None)
         cap, peak = f.get("gpu_memory_cap"), f.get("peak_gpu_memory")
-        rows.append({"model": model, "rc": r["rc"], "killed": r["killed"], "seconds": r["seconds"], **f,
+        rows.append({"model": model, "rc": r["rc"], "killed": r["killed"], "seconds": r["seconds"],
+                     "peak_rss_mb": r["peak_rss_mb"], **f,
                      "peak_vs_cap": round(peak / cap, 3) if peak and cap else None,
                      "beats_mean": (f["test_mae"] < f["mean_predictor_test_mae"])
                      if f.get("test_mae") is not None and f.get("mean_predictor_test_mae") is not None else None})
