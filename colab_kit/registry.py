@@ -172,6 +172,11 @@ class Model:
     #: extra files ``export`` writes for the model's own package: file name -> ``fn(trained module, path) -> path``
     #: (CHGNet: ``chgnet.pt`` for ``CHGNet.from_file``); optional for a ModelSpec, read with getattr
     exports: Mapping[str, Callable[[Any, Any], Any]] = field(default_factory=dict)
+    #: builds the model as an interatomic potential (energies, forces, stresses, magnetic moments):
+    #: ``fn(targets, graph_params, **options)``; None for a model that predicts one number per structure only
+    potential_builder: Callable[..., Any] | None = None
+    #: what ``export`` writes for a potential: file (or folder) name -> ``fn(trained module, path) -> path``
+    potential_exports: Mapping[str, Callable[[Any, Any], Any]] = field(default_factory=dict)
 
     def build(self, target_mean: float = 0.0, target_std: float = 1.0, graph_params: Mapping[str, Any] | None = None,
               options: Mapping[str, Any] | None = None) -> Any:

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from colab_kit import registry
 from colab_kit.errors import ColabKitError
+from colab_kit.loader.frames import FrameCollate
 from colab_kit.loader.splits import splits_for
 from colab_kit.store import GraphStore, gather
 from colab_kit.util import distributed
@@ -55,8 +56,10 @@ class GraphDataset(Dataset):
     def __len__(self) -> int:
         return len(self.store)
 
-    def __getitem__(self, i: int) -> tuple[Any, float]:
+    def __getitem__(self, i: int) -> tuple[Any, Any]:
         i = int(i)
+        if self.store.potential is not None:  # (graph, (energy, forces, stress, magmoms))
+            return self.store.frame(i)
         return self.store.item(i, None if self.targets is None else float(self.targets[i]))
 
     def __getitems__(self, indices: list[int]) -> Any:
@@ -212,7 +215,13 @@ def assembled(batch: Any) -> Any:
 
 def dataset_and_collate(store: GraphStore, targets: np.ndarray | None = None) -> tuple[GraphDataset, Any]:
     """The Dataset and collate function a DataLoader over ``store`` uses: whole-batch reads when the store's graph
-    kind can assemble a batch from them (``batch_fn``), else one graph per item and the kind's collate."""
+    kind can assemble a batch from them (``batch_fn``), else one graph per item and the kind's collate; a potential's
+    store batches its graphs with their labels (:class:`~colab_kit.loader.frames.FrameBatch`)."""
+    if store.potential is not None:
+        if targets is not None:
+            raise LoaderError("a potential's store trains on its own labels: distillation targets replace one "
+                              "label per structure; leave --set teacher unset")
+        return GraphDataset(store), FrameCollate(registry.graph_kind(store.graph_kind).collate)
     if getattr(registry.graph_kind(store.graph_kind), "batch_fn", None) is not None:
         return GraphDataset(store, targets, batch_reads=True), assembled
     return GraphDataset(store, targets), collate_fn(store)

@@ -16,11 +16,13 @@ __all__ = ["CHGNetRegressor", "build_model"]  # the frozen-head mode reads CHGNe
 
 def build_model(name: str, target_mean: float = 0.0, target_std: float = 1.0,
                 graph_params: Mapping[str, Any] | None = None, options: Mapping[str, Any] | None = None,
-                **kwargs: Any) -> Any:
+                potential: str | None = None, **kwargs: Any) -> Any:
     """The adapter of model ``name``, its output normalised by the training targets' ``target_mean``/``target_std``.
 
     Args:
         graph_params: the store's graph parameters (a model takes what fixes its input, e.g. the cutoff, Å).
+        potential: the targets of an interatomic potential (``"efs"``: energy, forces, stress; ``m``: magnetic
+            moments), from the store's label spec; None for one number per structure.
         options: the model's options (``Plan.model_options``); ``**kwargs`` are merged into them.
 
     Raises:
@@ -33,4 +35,13 @@ def build_model(name: str, target_mean: float = 0.0, target_std: float = 1.0,
             raise registry.RegistryError(
                 f"model {name} has no option {key!r}; its options: {', '.join(spec.options) or 'none'}")
         spec.options[key].validate(name, key, value)
+    if potential is not None:
+        builder = getattr(spec, "potential_builder", None)
+        if builder is None:
+            able = [m for m in registry.models() if getattr(registry.model(m), "potential_builder", None) is not None]
+            raise registry.RegistryError(f"model {name} predicts one number per structure, not energies and forces; "
+                                         f"train a potential with --model one of {able}")
+        full = {k: o.default for k, o in spec.options.items()}
+        full.update(opts)
+        return builder(targets=potential, graph_params=dict(graph_params or {}), **full)
     return spec.build(target_mean, target_std, graph_params or {}, opts)

@@ -94,6 +94,23 @@ class Plan:
     unit: str | None = None  # the label's unit when its name does not say it (reports, plots)
     data_sha256: str | None = None  # pins a downloaded file's content
     gpu_memory: int | None = None  # bytes of the GPU this process may use and plans for (None: the whole GPU)
+    # what is trained: one label per structure ("property"), or energies, forces, stresses and magnetic moments of
+    # DFT frames ("potential"), with where the frames' labels are and their units (None: the format's convention)
+    task: str = "property"
+    potential_targets: str = "auto"
+    energy_key: str | None = None
+    forces_key: str | None = None
+    stress_key: str | None = None
+    magmoms_key: str | None = None
+    energy_is: str | None = None
+    stress_unit: str | None = None
+    stress_sign: str | None = None
+    energy_weight: float = 1.0
+    force_weight: float = 1.0
+    stress_weight: float = 0.1
+    magmom_weight: float = 0.1
+    loss: str = "mse"
+    huber_delta: float = 0.1
     reasons: Mapping[str, str] = field(default_factory=dict, compare=False)
     warnings: tuple[str, ...] = ()
 
@@ -125,15 +142,29 @@ class Plan:
         reasons.update({k: reason for k in changes})
         return dataclasses.replace(self, reasons=reasons, **changes)
 
+    def label_settings(self) -> dict[str, Any]:
+        """Where a potential's frames keep their labels and in which units (None: the format's convention)."""
+        return {k: getattr(self, k) for k in LABEL_FIELDS}
+
     def rows(self) -> list[tuple[str, str, str]]:
         """(field, value, reason) triples for the plan table; each model option is a row of its own."""
         rows = []
         for f in fields(self):
             if f.name == "model_options":
                 rows += [(k, _fmt(v), self.reasons.get(k, "")) for k, v in self.model_options.items()]
+            elif f.name in POTENTIAL_FIELDS and self.task != "potential":
+                continue  # a potential's settings say nothing about a run of one label per structure
             elif f.name not in ("reasons", "warnings"):
                 rows.append((f.name, _fmt(getattr(self, f.name)), self.reasons.get(f.name, "")))
         return rows
+
+
+#: the Plan fields of a potential's run (the table shows them for ``task=potential`` only)
+POTENTIAL_FIELDS = ("potential_targets", "energy_key", "forces_key", "stress_key", "magmoms_key", "energy_is",
+                    "stress_unit", "stress_sign", "energy_weight", "force_weight", "stress_weight", "magmom_weight",
+                    "loss", "huber_delta")
+#: the fields that say where a frame's labels are and in which units (colab_kit.sources.label_spec takes them)
+LABEL_FIELDS = POTENTIAL_FIELDS[:8]
 
 
 def _fmt(v: Any) -> str:
@@ -384,10 +415,32 @@ def make_plan(machine: Machine, mode: str = "debug", **overrides: Any) -> Plan:
          "matbench's fold 0 (`benchmark` runs all 5)" if v["split"] == "matbench" else "only for split matbench")
     if v["fold"] is not None and v["split"] != "matbench":
         raise PlanError(f"plan setting fold={v['fold']} needs split=matbench (split is {v['split']!r}); add --set split=matbench")
+    set_("task", "property", "one label per structure; --task potential trains energies, forces, stresses and "
+         "magnetic moments of DFT frames")
+    if v["task"] == "potential":
+        _potential_settings(v, set_, model)
     set_("teacher", None, "no teacher: train on the labels")
     set_("distill_alpha", 0.5 if v["teacher"] else 1.0,
          "half label loss, half teacher loss" if v["teacher"] else "labels only (no teacher)")
     return Plan(**v, reasons=r, warnings=tuple(warnings))
+
+
+def _potential_settings(v: dict[str, Any], set_: Any, model: str) -> None:
+    """A potential's settings: what is trained, where the labels are, and the loss (CHGNet's Trainer's defaults)."""
+    if getattr(registry.model(model), "potential_builder", None) is None:
+        able = [m for m in registry.models() if getattr(registry.model(m), "potential_builder", None) is not None]
+        raise PlanError(f"--task potential needs a model that predicts energies and forces; {model} predicts one "
+                        f"number per structure: --model one of {able}")
+    set_("potential_targets", "auto", "energy and forces, plus stress and magnetic moments where the first frame "
+         "has them")
+    for key in LABEL_FIELDS[1:]:
+        set_(key, None, "the data format's convention (written into the store's manifest)")
+    set_("energy_weight", 1.0, "CHGNet's Trainer default: energy per atom, weight 1")
+    set_("force_weight", 1.0, "CHGNet's Trainer default: forces, weight 1")
+    set_("stress_weight", 0.1, "CHGNet's Trainer default: stress (GPa), weight 0.1")
+    set_("magmom_weight", 0.1, "CHGNet's Trainer default: magnetic moments, weight 0.1")
+    set_("loss", "mse", "CHGNet's Trainer default; huber with --set loss=huber (delta: huber_delta)")
+    set_("huber_delta", 0.1, "CHGNet's Trainer's Huber delta")
 
 
 def _model_and_graphs(overrides: Mapping[str, Any]) -> tuple[str, str]:

@@ -15,7 +15,8 @@ BAD_STRUCTURE_POLICIES: tuple[str, ...] = get_args(BadStructurePolicy)
 SCHEDULES = ("cosine", "warmup_cosine")  # per epoch, see colab_kit.training.schedule.lr_factor
 IsolatedPolicy = Literal["error", "warn", "ignore"]  # CHGNet's CrystalGraphConverter modes, same names and meaning
 ISOLATED_ATOM_POLICIES: tuple[str, ...] = get_args(IsolatedPolicy)
-SPLITS = ("random", "matbench")  # 80/10/10 by seed, or matbench's official fold + a seeded validation part
+SPLITS = ("random", "matbench")
+TASKS = ("property", "potential")  # one label per structure, or an interatomic potential (energies, forces, ...)  # 80/10/10 by seed, or matbench's official fold + a seeded validation part
 
 
 def _positive_int(v: Any) -> bool:
@@ -110,6 +111,19 @@ OVERRIDABLE: dict[str, tuple[Any, str]] = {
     "teacher": (lambda v: v is None or (isinstance(v, str) and v != ""), "a trained model's run or export directory, or None"),
     "distill_alpha": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1,
                       "a number from 0 (teacher only) to 1 (labels only)"),
+    "task": (lambda v: v in TASKS, f"one of {TASKS}"),
+    "potential_targets": (lambda v: v in ("auto", "ef", "efs", "efm", "efsm"),
+                          "auto, or ef / efs / efm / efsm (energy, forces, stress, magnetic moments)"),
+    **{k: (lambda v: v is None or (isinstance(v, str) and v != ""), "a key name in the frames, or None (the format's)")
+       for k in ("energy_key", "forces_key", "stress_key", "magmoms_key")},
+    "energy_is": (lambda v: v in (None, "total", "per_atom"), "total or per_atom (None: the format's)"),
+    "stress_unit": (lambda v: v in (None, "eV/A3", "GPa", "kbar"), "eV/A3, GPa or kbar (None: the format's)"),
+    "stress_sign": (lambda v: v in (None, "tensile", "compressive"),
+                    "tensile (ASE: a stretched cell's stress is positive) or compressive (VASP); None: the format's"),
+    **{k: (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, "a number >= 0")
+       for k in ("energy_weight", "force_weight", "stress_weight", "magmom_weight")},
+    "loss": (lambda v: v in ("mse", "huber"), "mse or huber"),
+    "huber_delta": (_positive_num, "a positive number"),
 }
 
 

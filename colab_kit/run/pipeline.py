@@ -28,7 +28,7 @@ from colab_kit.plan import Plan
 from colab_kit.run.persist import Mirror, restore
 from colab_kit.run.report import mean_predictor_mae, write_report
 from colab_kit.run_folder import RunFolder
-from colab_kit.sources import open_source, resolve
+from colab_kit.sources import open_frames, open_source, resolve
 from colab_kit.store import GraphStore, ShardEntry, StoreError, build_store, read_manifest
 from colab_kit.training import evaluate_weights, fit
 from colab_kit.use import blended_targets, teacher_column
@@ -55,7 +55,9 @@ def run_name(plan: Plan) -> str:
     and mode (same command → same dir; another model variant → another dir, not a refused resume)."""
     base = re.sub(r"\.(json|xyz|extxyz)(\.gz)?$", "", Path(plan.data.rstrip("/").split("?")[0]).name) or "data"
     base = re.sub(r"[^A-Za-z0-9_.-]+", "_", base)[:60]
-    name = re.sub(r"[^A-Za-z0-9_.=-]+", "_", f"{base}-{plan.graph_kind}-{plan.model}{variant_suffix(plan)}-{plan.mode}")
+    task = "-potential" if plan.task == "potential" else ""  # another task on the same data: another folder
+    name = re.sub(r"[^A-Za-z0-9_.=-]+", "_",
+                  f"{base}-{plan.graph_kind}-{plan.model}{task}{variant_suffix(plan)}-{plan.mode}")
     if len(name) > 150:  # e.g. --set weights=<a long path>: a file name stays well under the usual 255-byte limit
         name = f"{name[:120]}-{hashlib.sha256(name.encode()).hexdigest()[:12]}-{plan.mode}"
     return name
@@ -192,13 +194,20 @@ def _run(plan: Plan, fresh: bool, progress: bool, callbacks: list[Callable[[dict
             # the data first: a misspelled name or a missing file must not leave an empty run folder behind
             stage("data", f"resolving {plan.data}")
             data_path = resolve(plan.data, Path(plan.work_dir) / "downloads", progress=progress, sha256=plan.data_sha256)
-            open_source(data_path, target=plan.target)  # reads headers only: a wrong format fails here
+            open_data(plan, data_path)  # reads headers only: a wrong format fails here
             return _pipeline(plan, folder, persist, data_path, progress, callbacks, should_stop, log_to_file, stage,
                              t0)
         except ColabKitError:
             if created and not folder.holds_work():
                 shutil.rmtree(folder.root, ignore_errors=True)
             raise
+
+
+def open_data(plan: Plan, data_path: Path) -> Any:
+    """The run's source: DFT frames with their labels (``task=potential``), or structures with one label each."""
+    if plan.task == "potential":
+        return open_frames(str(data_path), settings=plan.label_settings())
+    return open_source(data_path, target=plan.target)
 
 
 def _announce_earlier_run(folder: RunFolder, persist: RunFolder | None,
@@ -276,7 +285,8 @@ def _pipeline(plan: Plan, folder: RunFolder, persist: RunFolder | None, data_pat
         mirror.push(*shard, store_dir / "manifest.json", folder.timing)
 
     stage("convert", f"{data_path} -> {store_dir} ({plan.graph_kind} graphs, {plan.convert_workers} workers)")
-    conv = build_store(data_path, store_dir, converter, workers=plan.convert_workers, shard_size=plan.shard_size,
+    source = open_data(plan, data_path) if plan.task == "potential" else data_path
+    conv = build_store(source, store_dir, converter, workers=plan.convert_workers, shard_size=plan.shard_size,
                        limit=plan.n_samples, on_bad_structure=plan.on_bad_structure, target=plan.target,
                        progress=progress, on_shard=on_shard, should_stop=should_stop)
     if not conv.complete:

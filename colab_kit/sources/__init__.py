@@ -20,6 +20,15 @@ from typing import Any
 from colab_kit.sources.base import Source
 from colab_kit.sources.datasets import resolve
 from colab_kit.sources.extxyz import ExtxyzSource
+from colab_kit.sources.frames import (
+    FRAME_FORMATS,
+    FrameLabels,
+    FrameSource,
+    LabelSpec,
+    label_spec,
+    open_frames,
+    parse_frame,
+)
 from colab_kit.sources.folders import DIR_SUFFIXES, LAYOUTS, FolderSource, is_structure_file
 from colab_kit.sources.json_files import JarvisSource, MatbenchSource
 from colab_kit.sources.memory import MemorySource
@@ -35,7 +44,8 @@ from colab_kit.sources.records import (
 from colab_kit.sources.streams import first_char
 from colab_kit.sources.tables import CsvSource, ParquetSource
 
-__all__ = ["FORMATS", "KINDS", "RawItem", "Source", "SourceError", "check_target", "detect_format", "open_source",
+__all__ = ["FORMATS", "FRAME_FORMATS", "FrameLabels", "FrameSource", "KINDS", "LabelSpec", "label_spec", "open_frames",
+           "parse_frame", "RawItem", "Source", "SourceError", "check_target", "detect_format", "open_source",
            "parse_structure", "resolve"]
 
 

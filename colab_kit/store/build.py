@@ -25,7 +25,17 @@ from typing import Any, Callable, Iterable, Iterator
 from colab_kit.errors import ColabKitError
 from colab_kit.graphs import BadStructure, Converter
 from colab_kit.plan import BAD_STRUCTURE_POLICIES
-from colab_kit.sources import RawItem, Source, SourceError, check_target, open_source, parse_structure
+from colab_kit.sources import (
+    FrameSource,
+    LabelSpec,
+    RawItem,
+    Source,
+    SourceError,
+    check_target,
+    open_source,
+    parse_frame,
+    parse_structure,
+)
 from colab_kit.store.format import GraphStore, StoreError, fingerprint, narrow, write_shard
 from colab_kit.store.manifest import NAME as MANIFEST
 from colab_kit.store.manifest import PART_GLOB, Manifest, ManifestError, ShardEntry, part_name
@@ -52,22 +62,33 @@ class ConvertResult:
 
 
 def convert_items(items: list[RawItem], converter: Converter, policy: str,
-                  labels: str = "required") -> tuple[list, list, list, list, list]:
+                  labels: str = "required", frames: LabelSpec | None = None) -> tuple[list, list, list, list, list]:
     """Convert raw items; returns (graphs, ids, targets, failures, warned). ``policy='error'`` raises on the
     first bad item; ``labels='optional'`` keeps an item without a usable label (target NaN: for prediction). Warnings the parsers raise (pymatgen warns once per odd CIF) are captured per item
-    into ``warned`` as (id, message) instead of flooding the output."""
+    into ``warned`` as (id, message) instead of flooding the output.
+
+    With ``frames`` (a potential's frames) each item's labels are read with that spec: the target is the energy per
+    atom, and the graph carries the forces, magnetic moments and stress (a frame with unusable labels is a failure
+    with its reason)."""
     graphs, ids, targets, failures, warned = [], [], [], [], []
     for item in items:
-        reason = check_target(item) if labels == "required" else None
+        reason = check_target(item) if labels == "required" and frames is None else None
         if reason is None:
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
-                    graph = narrow(converter.convert(parse_structure(item), graph_id=item.id))
+                    if frames is None:
+                        graph = narrow(converter.convert(parse_structure(item), graph_id=item.id))
+                        target = float(item.target) if item.target is not None else float("nan")
+                    else:
+                        structure, frame = parse_frame(item, frames)
+                        graph = narrow(converter.convert(structure, graph_id=item.id))
+                        graph.update(forces=frame.forces, magmom=frame.magmoms, stress=frame.stress)
+                        target = frame.energy
                 warned.extend((item.id, _warning_text(w)) for w in caught)
                 graphs.append(graph)
                 ids.append(item.id)
-                targets.append(float(item.target) if item.target is not None else float("nan"))
+                targets.append(target)
                 continue
             except (SourceError, BadStructure) as exc:
                 reason = str(exc)
@@ -88,10 +109,11 @@ def _warning_text(w: warnings.WarningMessage) -> str:
 
 
 def _build_shard(root: str, index: int, first_item: int, items: list[RawItem], converter: Converter,
-                 policy: str, fp: str, labels: str = "required") -> tuple[ShardEntry, list[tuple[str, str]]]:
+                 policy: str, fp: str, labels: str = "required",
+                 frames: LabelSpec | None = None) -> tuple[ShardEntry, list[tuple[str, str]]]:
     """Convert and write one shard; (its manifest entry, the first failures: for the main process's log only, the
     shard holds them all)."""
-    graphs, ids, targets, failures, warned = convert_items(items, converter, policy, labels)
+    graphs, ids, targets, failures, warned = convert_items(items, converter, policy, labels, frames)
     entry = write_shard(root, index, graphs, ids, targets, failures, fp, first_item, len(items), warned)
     return entry, failures[:50]
 
@@ -166,6 +188,7 @@ def build_store(
         raise ConversionError(f"part must be i/N with 0 <= i < N (got {i_part}/{n_parts})")
     t0 = time.perf_counter()
     src = source if isinstance(source, Source) else open_source(source, fmt=fmt, target=target)
+    frames = src.spec if isinstance(src, FrameSource) else None
     identity = src.identity() if labels == "required" else {**src.identity(), "labels": labels}
     fp = fingerprint(converter.name, converter.params, identity, limit)
     root = Path(out)
@@ -233,8 +256,10 @@ def build_store(
                 bar.update(len(chunk))
                 continue
             if pool is None or split_next:
-                entry = (_build_shard(str(root), index, first_item, chunk, converter, on_bad_structure, fp, labels) if pool is None
-                         else build_split_shard(pool, functools.partial(convert_items, labels=labels), str(root), index, first_item, chunk, converter,
+                entry = (_build_shard(str(root), index, first_item, chunk, converter, on_bad_structure, fp, labels, frames)
+                         if pool is None
+                         else build_split_shard(pool, functools.partial(convert_items, labels=labels, frames=frames),
+                                                str(root), index, first_item, chunk, converter,
                                                 on_bad_structure, fp, workers))
                 split_next = False
                 n_failed_warned = _commit(mpath, manifest, entry, on_bad_structure, n_failed_warned, bar, on_shard)
@@ -242,7 +267,7 @@ def build_store(
             while len(pending) >= 2 * workers:
                 n_failed_warned = _drain(pending, mpath, manifest, on_bad_structure, n_failed_warned, bar, on_shard)
             pending[pool.submit(_build_shard, str(root), index, first_item, chunk, converter, on_bad_structure, fp,
-                                labels)] = len(chunk)
+                                labels, frames)] = len(chunk)
         while pending:
             n_failed_warned = _drain(pending, mpath, manifest, on_bad_structure, n_failed_warned, bar, on_shard)
     except BaseException:

@@ -46,7 +46,13 @@ RAGGED = {
     "z": "atom_ptr", "frac": "atom_ptr", "pos": "atom_ptr", "nbr_count": "atom_ptr",
     "nbr": "edge_ptr", "image": "edge_ptr", "d2u": "edge_ptr",
     "angles": "angle_ptr",
+    # a potential's per-atom labels (colab_kit.sources.frames): eV/Å, μB
+    "forces": "atom_ptr", "magmom": "atom_ptr",
 }
+#: per-graph arrays, stacked: the cell, and a potential's stress (GPa, tensile positive)
+PER_GRAPH = ("lattice", "stress")
+#: the arrays that hold a potential's labels beside the graphs; the energy per atom is the store's ``target``
+LABEL_ARRAYS = ("forces", "magmom", "stress")
 _ST_DTYPES = {
     "U8": np.uint8, "I8": np.int8, "U16": np.uint16, "I16": np.int16, "U32": np.uint32, "I32": np.int32,
     "I64": np.int64, "U64": np.uint64, "F16": np.float16, "F32": np.float32, "F64": np.float64, "BOOL": np.bool_,
@@ -124,9 +130,10 @@ def pack_shard(graphs: list[dict[str, np.ndarray]], ids: list[str], targets: lis
                failures: list[tuple[str, str]], fp: str, warned: list[tuple[str, str]] = ()) -> bytes:
     """Concatenate per-graph arrays into one safetensors blob with pointers and metadata."""
     names = [k for k in RAGGED if graphs and k in graphs[0]] if graphs else []
-    unknown = sorted(set(graphs[0]) - set(RAGGED) - {"lattice"}) if graphs else []
+    unknown = sorted(set(graphs[0]) - set(RAGGED) - set(PER_GRAPH)) if graphs else []
     if unknown:  # a new graph kind's array would be dropped without a word: the store's schema must name it
-        raise StoreError(f"graph arrays {unknown} have no place in the store (it keeps {sorted(RAGGED)} and lattice); "
+        raise StoreError(f"graph arrays {unknown} have no place in the store (it keeps {sorted(RAGGED)} and "
+                         f"{PER_GRAPH}); "
                          "add them to colab_kit.store.format.RAGGED with the pointer they are sliced by")
     out: dict[str, np.ndarray] = {}
     ptr_src = {"atom_ptr": "z", "edge_ptr": "nbr", "angle_ptr": "angles"}
@@ -136,6 +143,8 @@ def pack_shard(graphs: list[dict[str, np.ndarray]], ids: list[str], targets: lis
     joined = narrow({k: np.concatenate([g[k] for g in graphs]) if graphs else np.zeros(0) for k in names})
     out.update({k: np.ascontiguousarray(a) for k, a in joined.items()})
     out["lattice"] = np.stack([g["lattice"] for g in graphs]).astype(np.float64) if graphs else np.zeros((0, 3, 3))
+    if graphs and "stress" in graphs[0]:
+        out["stress"] = np.stack([g["stress"] for g in graphs]).astype(np.float32)
     out["target"] = np.asarray(targets, dtype=np.float64)
     meta = {
         "format": "colab_kit.store",
@@ -238,7 +247,9 @@ class Shard:
             if name in arrays:
                 pp = ptr[p]
                 out[name] = arrays[name][pp[i]: pp[i + 1]]
-        out["lattice"] = arrays["lattice"][i]
+        for name in PER_GRAPH:
+            if name in arrays:
+                out[name] = arrays[name][i]
         return out
 
 
@@ -336,6 +347,22 @@ class GraphStore:
         sh = self.shard(k)
         t = float(sh.target[j]) if target is None else float(target)
         return self.converter.to_graph(sh.graph(j), target=t, graph_id=sh.ids[j]), t
+
+    @property
+    def potential(self) -> dict[str, Any] | None:
+        """The label spec of a potential's store (keys, units, trained targets: :class:`colab_kit.sources.LabelSpec`
+        as a dict), None for a store of one label per structure."""
+        return self.manifest.source.get("potential")
+
+    def frame(self, i: int) -> tuple[Any, tuple[float, np.ndarray, np.ndarray, np.ndarray]]:
+        """(graph ``i`` as :meth:`get` returns it, (energy eV/atom, forces [A, 3] eV/Å, stress [3, 3] GPa, magnetic
+        moments [A] μB)) of a potential's store."""
+        k, j = self.locate(i)
+        sh = self.shard(k)
+        arrays = sh.graph(j)
+        t = float(sh.target[j])
+        graph = self.converter.to_graph(arrays, target=t, graph_id=sh.ids[j])
+        return graph, (t, arrays["forces"], arrays["stress"], arrays["magmom"])
 
     def _per_graph(self, fn: Any) -> np.ndarray:
         parts = [fn(self.shard(k)) for k in range(len(self.shards))]

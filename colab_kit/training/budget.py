@@ -34,6 +34,7 @@ from colab_kit.loader import dataset_and_collate
 from colab_kit.run_folder import RunFolder
 from colab_kit.store import GraphStore
 from colab_kit.training.oom import free_memory, is_oom
+from colab_kit.training.potential import PotentialLoss
 from colab_kit.util import distributed
 from colab_kit.util.files import atomic_write_bytes
 
@@ -282,10 +283,16 @@ def initial_budget(model: Any, store: GraphStore, splits: dict[str, np.ndarray],
     dataset, collate = dataset_and_collate(store)  # the batches training will read, the same way
     atoms, edges = store.sizes()
 
+    # a potential's step is its loss through forces and stresses (a double backward: several times the memory of an
+    # energy-only step): calibration measures that step
+    potential = PotentialLoss.from_plan(plan, model.targets_trained) if getattr(model, "is_potential", False) else None
+
     def fwd_bwd(indices: list[int]) -> None:
         batch = model.to_device(collate(dataset.__getitems__(indices)), device)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss = (model(batch).float() - model.targets(batch)).pow(2).mean()
+            pred = model(batch)
+            loss = (potential(pred, model.targets(batch)) if potential is not None
+                    else (pred.float() - model.targets(batch)).pow(2).mean())
         loss.backward()
         model.zero_grad(set_to_none=True)
 

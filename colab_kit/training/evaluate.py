@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from colab_kit.errors import ColabKitError
@@ -17,6 +18,7 @@ from colab_kit.store import GraphStore
 from colab_kit.training.budget import cap_gpu_memory
 from colab_kit.training.checkpoint import CheckpointError, load_checkpoint, recover_best
 from colab_kit.training.oom import memory_fix, retry_on_oom
+from colab_kit.training.potential import Scores
 from colab_kit.util import distributed
 from colab_kit.util.reproducible import use_threads
 
@@ -42,12 +44,17 @@ def evaluate(model: Any, loader: Any, device: torch.device, amp_dtype: torch.dty
 
     Under torchrun each rank's loader holds its share of the batches: the parts are gathered, in the order of a
     single process's batches, so every graph is counted once."""
-    return _scores(*_gather(_local_pass(model, loader, device, amp_dtype), loader))
+    parts = _local_pass(model, loader, device, amp_dtype)
+    if isinstance(parts, Scores):
+        return _potential_scores(parts, loader)
+    return _scores(*_gather(parts, loader))
 
 
-def _local_pass(model: Any, loader: Any, device: torch.device, amp_dtype: torch.dtype | None) -> list[tuple[Any, Any]]:
-    """(predictions, targets) of each of this process's batches."""
+def _local_pass(model: Any, loader: Any, device: torch.device, amp_dtype: torch.dtype | None) -> Any:
+    """(predictions, targets) of each of this process's batches; a potential's :class:`Scores` of them."""
     model.eval()
+    if getattr(model, "is_potential", False):
+        return _potential_pass(model, loader, device, amp_dtype)
     parts = []
     with torch.no_grad():
         for batch in loader:
@@ -56,6 +63,35 @@ def _local_pass(model: Any, loader: Any, device: torch.device, amp_dtype: torch.
                 pred = model(batch)
             parts.append((pred.float().cpu(), model.targets(batch).float().cpu()))
     return parts
+
+
+def _potential_pass(model: Any, loader: Any, device: torch.device, amp_dtype: torch.dtype | None) -> Scores:
+    """The sums of a potential's errors over this process's batches (forces and stress are gradients: the model
+    turns them on inside its forward, nothing is kept of the graph)."""
+    scores = Scores(model.targets_trained)
+    with torch.no_grad():
+        for batch in loader:
+            batch = model.to_device(batch, device)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                pred = model(batch)
+            scores.add({k: v.detach() for k, v in pred.items()}, model.targets(batch), model.numbers(batch))
+    return scores
+
+
+def _potential_scores(scores: Scores, loader: Any) -> dict[str, Any]:
+    """A potential's scores across ranks: the :meth:`Scores.result` figures, and the energies as ``pred`` /
+    ``target`` (eV/atom) with every target's parity sample under ``parity``."""
+    world = getattr(loader.batch_sampler, "world", 1)
+    if world > 1 and distributed.active():
+        parts = distributed.all_gather(scores)
+        scores = parts[0]
+        for other in parts[1:]:
+            scores.merge(other)
+    out = scores.result()
+    parity = scores.parity_points()
+    energy = parity.get("e", np.zeros((2, 0))) / 1000.0
+    out.update(pred=energy[1], target=energy[0], parity=parity)
+    return out
 
 
 def _gather(parts: list[tuple[Any, Any]], loader: Any) -> tuple[Any, Any]:
@@ -91,6 +127,8 @@ def evaluate_with_backoff(model: Any, loader: Any, device: torch.device, amp_dty
 
     parts = retry_on_oom(lambda: _local_pass(model, loader, device, amp_dtype), shrink, device,
                          agreed=getattr(sampler, "world", 1) > 1)
+    if isinstance(parts, Scores):
+        return _potential_scores(parts, loader)
     return _scores(*_gather(parts, loader))
 
 
@@ -114,7 +152,8 @@ def load_weights(store: GraphStore, plan: Plan, weights: str | Path) -> Any:
                               "rebuild them from; train (or run) that model first, or pass the best.pt of a run")
     if not path.is_file():
         raise EvaluationError(f"no model weights at {path}; pass the best.pt of a run, or an exported weights.pt")
-    model = build_model(plan.model, graph_params=store.params, options=plan.model_options)
+    potential = store.potential["targets"] if store.potential is not None else None
+    model = build_model(plan.model, graph_params=store.params, options=plan.model_options, potential=potential)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state)

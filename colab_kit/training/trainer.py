@@ -54,6 +54,7 @@ from colab_kit.training.checkpoint import (
 )
 from colab_kit.training.evaluate import amp_dtype_for, evaluate_with_backoff
 from colab_kit.training.oom import memory_fix, retry_on_oom
+from colab_kit.training.potential import PotentialLoss
 from colab_kit.training.schedule import make_scheduler
 from colab_kit.training.state import TrainState, check_resume
 from colab_kit.util import distributed
@@ -111,6 +112,7 @@ class TrainLoop:
     should_stop: Callable[[], bool]
     step_hook: Callable[[Any], None] | None
     forward: Any = None  # the model in DistributedDataParallel under torchrun, else the model itself
+    loss_fn: PotentialLoss | None = None  # a potential's loss (energies, forces, ...); None: MSE of one target
     world: int = 1  # ranks training together
     main: bool = True  # rank 0: the one that writes files
     mark: float = field(default_factory=time.perf_counter)  # start of the time not yet added to the state
@@ -226,8 +228,11 @@ def _setup(store: GraphStore, plan: Plan, folder: RunFolder, options: FitOptions
     train_targets = distributed.broadcast(options.train_targets if main else None)
     train_y = store.targets()[splits["train"]]
     mean, std = float(np.mean(train_y)), float(np.std(train_y) or 1.0)
+    potential = store.potential["targets"] if store.potential is not None else None
+    if potential is not None:
+        std = 1.0  # a potential's loss is in the labels' own units (eV/atom, eV/Å, GPa, μB), as CHGNet's Trainer's
     model = build_model(plan.model, target_mean=mean, target_std=std, graph_params=store.params,
-                        options={**plan.model_options, **options.model_kwargs}).to(device)
+                        options={**plan.model_options, **options.model_kwargs}, potential=potential).to(device)
     step_time = None
     saved, hint = distributed.broadcast((load_checkpoint(folder.checkpoints) if options.resume else None,
                                          read_oom_hint(folder))
@@ -261,7 +266,8 @@ def _setup(store: GraphStore, plan: Plan, folder: RunFolder, options: FitOptions
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     loop = TrainLoop(plan, folder, state, model, optimizer, scheduler, scaler, loaders, budget, device, amp_dtype, std,
                      options.progress and main, options.callbacks, options.should_stop, options.step_hook,
-                     world=distributed.size(), main=main)
+                     world=distributed.size(), main=main,
+                     loss_fn=PotentialLoss.from_plan(plan, potential) if potential is not None else None)
     if saved is not None:
         model.load_state_dict(state.model)
         optimizer.load_state_dict(state.optimizer)
@@ -410,7 +416,11 @@ def train_step(loop: TrainLoop, batch: Any, n: int | None = None, n_step: int | 
     with torch.autocast(loop.device.type, dtype=loop.amp_dtype, enabled=loop.amp_dtype is not None):
         pred = loop.forward(batch) if loop.forward is not None else model(batch)
     y = model.targets(batch)
-    if loop.world == 1:
+    if loop.loss_fn is not None:  # a potential: the weighted loss over energies, forces, stresses, moments
+        mean_loss = loop.loss_fn(pred, y)
+        value = mean_loss.detach().item() * n if n else 0.0
+        loss = mean_loss if loop.world == 1 else mean_loss * (n * loop.world / n_step if n else 0.0)
+    elif loop.world == 1:
         loss = torch.nn.functional.mse_loss(pred.float() / loop.std, y / loop.std)
         value = loss.detach().item() * n  # one device sync per step
     else:
