@@ -147,7 +147,8 @@ class RunFolder:
         return parts
 
 
-REPORT_FILES = ("metrics.json", "summary.txt", "loss_curve.png", "parity.png", "skipped.csv", "warnings.csv",
+REPORT_FILES = ("metrics.json", "summary.txt", "loss_curve.png", "parity.png", "parity_energy.png", "parity_force.png",
+                "parity_stress.png", "parity_magmom.png", "skipped.csv", "warnings.csv",
                 "files.json")
 MIRRORED = (
     "plan.json",

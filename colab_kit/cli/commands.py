@@ -227,8 +227,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from colab_kit.run import format_scores
 
     m = res.metrics
-    print("Done: " + format_scores("test", m["test_n"], m["test_mae"], m["test_rmse"], m["mean_predictor_test_mae"],
-                                   m.get("unit", "")))
+    if "potential" in m:  # per target, beside its baseline (and the model as shipped)
+        print(f"Done: test (n={m['test_n']} frames): {m['potential']['summary']}")
+    else:
+        print("Done: " + format_scores("test", m["test_n"], m["test_mae"], m["test_rmse"], m["mean_predictor_test_mae"],
+                                       m.get("unit", "")))
     print(format_table([(k, v) for k, v in res.files.items()]))
     return 0
 

@@ -250,7 +250,8 @@ def make_loaders(store: GraphStore, plan: Plan, splits: dict[str, np.ndarray] | 
     atoms, edges = store.sizes()
     rank, world = distributed.rank(), distributed.size()
     max_atoms, max_edges = budget or (plan.batch_atoms, plan.batch_edges)
-    factor = max(1, plan.eval_batch_size // plan.batch_size)
+    # evaluation batches are larger (no gradients), except a potential's: its forces and stresses are gradients
+    factor = 1 if store.potential is not None else max(1, plan.eval_batch_size // plan.batch_size)
     loaders = {}
     for name, idx in splits.items():
         train = name == "train"

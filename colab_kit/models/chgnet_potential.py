@@ -70,6 +70,12 @@ class CHGNetPotential(nn.Module):
             pred["m"] = torch.cat(out["m"])
         return pred
 
+    def calculator(self, device: Any = "cpu") -> Any:
+        """CHGNet's own ASE calculator around this model (stress in eV/Å³, ASE's sign)."""
+        from chgnet.model.dynamics import CHGNetCalculator
+
+        return CHGNetCalculator(model=self.chgnet.eval(), use_device=str(device))
+
     @torch.no_grad()
     def init_output(self, batches: list[tuple[list[Any], Any]], ridge: float = 1e-4) -> None:
         """Shift AtomRef's per-element energies by the ridge least-squares fit of ``label - prediction`` (eV/atom) on

@@ -62,6 +62,11 @@ class MatglPotential(nn.Module):
             pred["s"] = stress.reshape(-1, 3, 3)
         return pred
 
+    def calculator(self, device: Any = "cpu") -> Any:
+        """matgl's ASE calculator around this potential, stress in eV/Å³ (ASE's unit and sign)."""
+        ase = registry.require("matgl.ext.ase", "matgl", "a matgl potential's ASE calculator")
+        return ase.PESCalculator(potential=self.pes.eval(), stress_unit="eV/A3")
+
     @torch.no_grad()
     def init_output(self, batches: list[Any], ridge: float = 1e-4) -> None:
         """``element_refs``: per-element energies from a ridge least-squares fit of the total energies of ``batches``

@@ -30,7 +30,7 @@ from colab_kit.run.report import mean_predictor_mae, write_report
 from colab_kit.run_folder import RunFolder
 from colab_kit.sources import open_frames, open_source, resolve
 from colab_kit.store import GraphStore, ShardEntry, StoreError, build_store, read_manifest
-from colab_kit.training import evaluate_weights, fit
+from colab_kit.training import evaluate_shipped, evaluate_weights, fit
 from colab_kit.use import blended_targets, teacher_column
 from colab_kit.util.distributed import refuse_fresh
 from colab_kit.util.files import atomic_write_bytes, atomic_write_json, remove_stale_temporaries
@@ -373,6 +373,10 @@ def _finish(plan: Plan, folder: RunFolder, store: Any, result: Any, timing: Timi
     test = evaluate_weights(store, plan, folder.best)
     splits = splits_for(store, plan)
     baseline = mean_predictor_mae(store.targets(), splits["train"], splits["test"])
+    if store.potential is not None:
+        baseline = test.get("energy_baseline", float("nan")) / 1000.0  # eV/atom: the per-element reference's
+        stage("evaluate", f"test set with {plan.model} as shipped (before fine-tuning)")
+        test["shipped"] = evaluate_shipped(store, plan)
     stage("report", str(folder.report))
     _write_item_records(folder, store)
     timing.add("evaluate_seconds")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from colab_kit.run_folder import RunFolder
+from colab_kit.training import NAMES, UNITS, describe_scores
 from colab_kit.util.files import atomic_write_bytes
 from colab_kit.util.logs import format_duration
 from colab_kit.util.units import target_label, target_name_for_axis, target_quantity, target_unit, with_unit
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 
     from colab_kit.plan import Plan
     from colab_kit.store import GraphStore
-    from colab_kit.training import TrainResult
+    from colab_kit.training import NAMES, UNITS, describe_scores, TrainResult
 
 TIMING_KEYS = ("compute_seconds", "calls", "last_call_seconds")
 _TRAIN_LOSS_LABEL = "train loss (MSE / std²)"  # the loss is on the standardised target: unitless
@@ -132,7 +133,7 @@ def loss_curve_figure(history: list[dict[str, Any]], unit: str = "", best_epoch:
 
 def parity_figure(pred: np.ndarray, target: np.ndarray, *, mae: float, baseline_mae: float | None = None,
                   target_name: str | None = None, data_name: str | None = None, split: str = "test",
-                  unit: str | None = None) -> Figure:
+                  unit: str | None = None, baseline_name: str = "predicting the training mean") -> Figure:
     """Predicted against reference values on equal axes, with the y = x line, MAE and n in the title.
 
     Args:
@@ -178,7 +179,7 @@ def parity_figure(pred: np.ndarray, target: np.ndarray, *, mae: float, baseline_
     ax.legend(loc="upper left", fontsize=8)
     title = f"{split} set (n={n}): MAE {with_unit(mae, unit)}"
     if baseline_mae is not None:
-        title += f"\npredicting the training mean: MAE {with_unit(baseline_mae, unit)}"
+        title += f"\n{baseline_name}: MAE {with_unit(baseline_mae, unit)}"
     ax.set_title(title, fontsize=10)
     return fig
 
@@ -209,6 +210,41 @@ def _finite(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
+def _potential_report(store: GraphStore, test: dict[str, Any],
+                      out: Any) -> tuple[dict[str, Any], dict[str, str], list[str]]:
+    """A potential's test scores per target beside their baselines (and the shipped model's, when pretrained), one
+    parity plot per target, and the summary's lines."""
+    spec = store.potential
+    scores = {k: _finite(v) for k, v in test.items() if k.endswith(("_mae", "_rmse", "_cos", "_baseline"))
+              and k != "mae"}
+    shipped = test.get("shipped")
+    section: dict[str, Any] = {"targets": spec["targets"], "labels": spec, "test": scores,
+                               "units": {NAMES[t]: UNITS[t] for t in spec["targets"]},
+                               "summary": describe_scores(test, baselines=True)}
+    lines = [f"potential: trains {', '.join(NAMES[t] for t in spec['targets'])} (energy per atom, forces eV/Å, "
+             f"stress GPa tensile positive, magnetic moments μB)",
+             f"test (n={len(test['target'])} frames): {describe_scores(test, baselines=True)}"]
+    if shipped:
+        section["shipped_test"] = {k: _finite(v) for k, v in shipped.items() if k.endswith(("_mae", "_cos"))
+                                   and k != "mae"}
+        lines.append(f"as shipped, before fine-tuning: {describe_scores(shipped)}")
+    lines.append("baselines: energy = per-element reference energies fitted on the test frames themselves; forces = "
+                 "zero; stress and magnetic moments = their mean")
+    files = {}
+    for t, points in (test.get("parity") or {}).items():
+        name = NAMES[t]
+        what = {"e": "energy per atom", "f": "force component", "s": "stress component", "m": "magnetic moment"}[t]
+        unit = {"e": "eV/atom", "f": "eV/Å", "s": "GPa", "m": "μB"}[t]
+        scale = 1000.0 if t in "ef" else 1.0  # the parity points are in the reported units (meV/...)
+        mae = (scores.get(f"{name}_mae") or float("nan")) / scale
+        base = scores.get(f"{name}_baseline")
+        fig = parity_figure(points[1] / scale, points[0] / scale, mae=mae, target_name=what, unit=unit,
+                            baseline_mae=None if base is None else base / scale,
+                            baseline_name={"e": "per-element reference", "f": "zero forces"}.get(t, "their mean"))
+        files[f"parity_{name}"] = str(save_png(fig, out(f"parity_{name}.png")))
+    return section, files, lines
+
+
 def write_report(folder: RunFolder, *, plan: Plan, store: GraphStore, result: TrainResult, test: dict[str, Any],
                  baseline_mae: float, timing: dict[str, Any], data_name: str,
                  target_name: str | None = None) -> dict[str, Any]:
@@ -233,7 +269,7 @@ def write_report(folder: RunFolder, *, plan: Plan, store: GraphStore, result: Tr
     out = folder.report_file
     if target_name is None:
         target_name = plan.target or store_target_name(store)
-    given = plan.unit
+    given = plan.unit or ("eV/atom" if store.potential is not None else None)  # a potential's target: energy per atom
     unit = target_unit(target_name, data_name, given)
     time_ = _check_timing(timing)
     time_["train_seconds"] = round(float(getattr(result, "train_seconds", 0.0)), 1)
@@ -261,14 +297,23 @@ def write_report(folder: RunFolder, *, plan: Plan, store: GraphStore, result: Tr
         "time": time_,
         "history": result.history,
     }
+    potential_lines: list[str] = []
+    if store.potential is not None:
+        metrics["potential"], potential_files, potential_lines = _potential_report(store, test, out)
+        # test_mae / test_rmse: the energy's, eV/atom (best_val_mae is the loss-weighted sum the best epoch is chosen by)
+        metrics["test_mae"] = _finite(test.get("energy_mae", float("nan")) / 1000.0)
+        metrics["test_rmse"] = _finite(test.get("energy_rmse", float("nan")) / 1000.0)
+        metrics["best_val_mae_is"] = "the loss's weighted sum of MAEs (eV/atom, eV/Å, GPa, μB)"
     atomic_write_bytes(out("metrics.json"), json.dumps(metrics, indent=2, ensure_ascii=False).encode())
     files = {"metrics": str(out("metrics.json"))}
+    if store.potential is not None:
+        files.update(potential_files)
     if result.history:
         title = (f"{plan.model} on {_short(data_name)}: {target_name_for_axis(target_name, data_name, given)}\n"
                  f"{result.status} after {result.epochs_done} of {plan.epochs} epochs")
         fig = loss_curve_figure(result.history, unit, result.best_epoch, title=title)
         files["loss_curve"] = str(save_png(fig, out("loss_curve.png")))
-    if n_test:
+    if n_test and store.potential is None:
         fig = parity_figure(test["pred"], test["target"], mae=test["mae"], baseline_mae=baseline_mae,
                             target_name=target_name, data_name=data_name, unit=given)
         files["parity"] = str(save_png(fig, out("parity.png")))
@@ -281,8 +326,9 @@ def write_report(folder: RunFolder, *, plan: Plan, store: GraphStore, result: Tr
         f"batch budget: {b['max_atoms'] if b else '-'} atoms / {b['max_edges'] if b else '-'} edges"
         + (f" ({budget.how})" if budget else ""),
         f"training: {result.status} after {result.epochs_done} epochs; best epoch {result.best_epoch} "
-        f"(validation MAE {with_unit(result.best_val_mae, unit)})",
-        format_scores("test", n_test, test["mae"], test["rmse"], baseline_mae, unit),
+        + (f"(validation MAE {with_unit(result.best_val_mae, unit)})" if store.potential is None else
+           f"(validation weighted MAE {result.best_val_mae:.4g}: the loss's weights over eV/atom, eV/Å, GPa, μB)"),
+        *(potential_lines or [format_scores("test", n_test, test["mae"], test["rmse"], baseline_mae, unit)]),
         f"time: {format_timing(time_)}; training {format_duration(time_['train_seconds'])} of it",
     ]
     atomic_write_bytes(out("summary.txt"), ("\n".join(summary) + "\n").encode())

@@ -6,10 +6,17 @@ weights on a split (:mod:`.evaluate`). Nothing here imports the code that uses t
 
 from colab_kit.training.budget import Budget, TrainingError, cap_gpu_memory
 from colab_kit.training.checkpoint import CheckpointError, load_checkpoint, recover_best
-from colab_kit.training.evaluate import amp_dtype_for, evaluate_weights, evaluate_with_backoff, trained_model_settings
+from colab_kit.training.evaluate import (
+    amp_dtype_for,
+    evaluate_shipped,
+    evaluate_weights,
+    evaluate_with_backoff,
+    trained_model_settings,
+)
 from colab_kit.training.oom import memory_fix, retry_on_oom
+from colab_kit.training.potential import NAMES, UNITS, describe_scores
 from colab_kit.training.trainer import TrainResult, fit
 
-__all__ = ["Budget", "CheckpointError", "TrainResult", "TrainingError", "amp_dtype_for", "cap_gpu_memory", "evaluate_weights",
+__all__ = ["NAMES", "UNITS", "Budget", "CheckpointError", "describe_scores", "evaluate_shipped", "TrainResult", "TrainingError", "amp_dtype_for", "cap_gpu_memory", "evaluate_weights",
            "evaluate_with_backoff", "fit", "load_checkpoint", "memory_fix", "recover_best", "retry_on_oom",
            "trained_model_settings"]

@@ -176,3 +176,17 @@ def evaluate_weights(store: GraphStore, plan: Plan, weights: str | Path, split: 
     loader = make_loaders(store, plan, splits)[split]
     amp_dtype, _ = amp_dtype_for(plan, device)
     return evaluate_with_backoff(model, loader, device, amp_dtype)
+
+
+def evaluate_shipped(store: GraphStore, plan: Plan, split: str = "test") -> dict[str, Any] | None:
+    """A potential's scores on a split before fine-tuning: the model as its package ships it (CHGNet's pretrained
+    weights, no refit of anything), the baseline a fine-tune must beat; None for a model trained from scratch."""
+    options = dict(plan.model_options)
+    if store.potential is None or not (options.get("pretrained") or options.get("weights")):
+        return None
+    use_threads(plan.threads)
+    device = torch.device(plan.device)
+    model = build_model(plan.model, graph_params=store.params, options=options,
+                        potential=store.potential["targets"]).to(device)
+    loader = make_loaders(store, plan, splits_for(store, plan))[split]
+    return evaluate_with_backoff(model, loader, device, amp_dtype_for(plan, device)[0])

@@ -178,3 +178,19 @@ class Scores:
                 both = both[:, np.linspace(0, both.shape[1] - 1, PARITY_POINTS).astype(np.int64)]
             out[t] = both
         return out
+
+
+def describe_scores(scores: dict[str, Any], baselines: bool = False) -> str:
+    """``energy MAE 12.3 meV/atom, force MAE 85.1 meV/Å (cos 0.93), ...`` from :meth:`Scores.result`'s dict."""
+    parts = []
+    for t in "efsm":
+        name = NAMES[t]
+        if f"{name}_mae" not in scores:
+            continue
+        text = f"{name} MAE {scores[f'{name}_mae']:.4g} {UNITS[t]}"
+        if t == "f" and "force_cos" in scores:
+            text += f" (cos {scores['force_cos']:.3f})"
+        if baselines and f"{name}_baseline" in scores:
+            text += f" [baseline {scores[f'{name}_baseline']:.4g}]"
+        parts.append(text)
+    return ", ".join(parts)

@@ -54,7 +54,7 @@ from colab_kit.training.checkpoint import (
 )
 from colab_kit.training.evaluate import amp_dtype_for, evaluate_with_backoff
 from colab_kit.training.oom import memory_fix, retry_on_oom
-from colab_kit.training.potential import PotentialLoss
+from colab_kit.training.potential import PotentialLoss, describe_scores
 from colab_kit.training.schedule import make_scheduler
 from colab_kit.training.state import TrainState, check_resume
 from colab_kit.util import distributed
@@ -472,6 +472,7 @@ def end_epoch(loop: TrainLoop) -> None:
     row = {"epoch": epoch + 1, "train_loss": st.epoch_loss_sum / max(st.epoch_graphs, 1), "val_mae": val["mae"],
            "val_rmse": val["rmse"], "lr": loop.optimizer.param_groups[0]["lr"], "seconds": round(st.epoch_seconds, 2),
            "train_graphs": st.epoch_graphs}
+    row.update({f"val_{k}": v for k, v in val.items() if k.endswith(("_mae", "_cos")) and k != "mae"})  # a potential's
     st.history.append(row)
     st.epoch_loss_sum, st.epoch_graphs, st.epoch_seconds = 0.0, 0, 0.0
     if not math.isfinite(val["mae"]):
@@ -487,7 +488,10 @@ def end_epoch(loop: TrainLoop) -> None:
         st.bad_epochs += 1
     if loop.main:
         write_metrics(loop.folder, st.history)
-    log.info("epoch %d: train loss %.4f, val MAE %.4f, RMSE %.4f", epoch + 1, row["train_loss"], val["mae"], val["rmse"])
+    if loop.loss_fn is not None:
+        log.info("epoch %d: train loss %.4f, val %s", epoch + 1, row["train_loss"], describe_scores(val))
+    else:
+        log.info("epoch %d: train loss %.4f, val MAE %.4f, RMSE %.4f", epoch + 1, row["train_loss"], val["mae"], val["rmse"])
     loop.emit({"event": "epoch", **row})
     if st.bad_epochs >= plan.patience and sampler.epoch < plan.epochs:
         st.status = "early-stopped"

@@ -97,6 +97,19 @@ class Predictor:
                             amp_dtype=amp_dtype_for(self.plan, self.device)[0], progress=progress,
                             should_stop=should_stop)
 
+    def calculator(self) -> Any:
+        """An ASE calculator of a trained potential (energy eV, forces eV/Å, stress eV/Å³ in ASE's sign): CHGNet's own
+        ``CHGNetCalculator`` or matgl's ``PESCalculator`` around the fine-tuned model, so ASE's optimisers and MD
+        (and CHGNet's StructOptimizer, with ``model.chgnet``) run it.
+
+        Raises:
+            PredictionError: the model was trained on one label per structure, not as a potential.
+        """
+        if not self.trained.is_potential:
+            raise PredictionError(f"{self.trained.weights} predicts one number per structure ({self.trained.target}); "
+                                  "an ASE calculator needs a potential: train with --task potential")
+        return self.model.calculator(self.device)
+
     def predict(self, structures: Iterable[Any], on_bad: str = "error") -> np.ndarray:
         """Predictions ``[n]`` (the target's units) for pymatgen Structures or ASE Atoms, in their order (one structure
         gives ``[1]``).
@@ -107,6 +120,9 @@ class Predictor:
 
         if on_bad not in ("error", "nan"):
             raise PredictionError(f"on_bad must be 'error' or 'nan' (got {on_bad!r})")
+        if self.trained.is_potential:
+            raise PredictionError("a potential's energies, forces and stresses come from its ASE calculator: "
+                                  "colab_kit.load(run).calculator(), then atoms.calc = it")
         from ase import Atoms
         from pymatgen.core import Structure
 

@@ -60,6 +60,11 @@ class TrainedModel:
     target: str | None = None
     unit: str = ""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    potential: str | None = None  # an interatomic potential's trained targets ("efs", ...); None: one label
+
+    @property
+    def is_potential(self) -> bool:
+        return self.potential is not None
 
     @property
     def weights_sha256(self) -> str:
@@ -68,7 +73,7 @@ class TrainedModel:
     def build(self, device: str | torch.device = "cpu") -> Any:
         """The model with its trained weights, in eval mode on ``device``."""
 
-        module = build_model(self.model, graph_params=self.graph_params, options=self.options)
+        module = build_model(self.model, graph_params=self.graph_params, options=self.options, potential=self.potential)
         if self.weights == RunFolder(self.weights.parent).best:
 
             recover_best(self.weights.parent)  # damaged since it was found: rebuilt from a checkpoint
@@ -115,9 +120,10 @@ def load_trained(path: str | Path) -> TrainedModel:
     conv = get_converter(plan.get("graph_kind", plan.get("converter")), cutoff=plan["cutoff"], bond_cutoff=plan["bond_cutoff"],
                          max_neighbors=plan["max_neighbors"], on_isolated_atoms=plan.get("on_isolated_atoms", "error"))
     target = plan.get("target") or _store_target(root)
+    potential = _store_potential(root) if plan.get("task") == "potential" else None
+    unit = "eV/atom" if potential else target_unit(target, plan.get("data"), plan.get("unit"))
     return TrainedModel(plan["model"], dict(plan.get("model_options", {})), conv.name, conv.params, weights,
-                        target, target_unit(target, plan.get("data"), plan.get("unit")),
-                        {"data": plan.get("data"), "seed": plan.get("seed")})
+                        target, unit, {"data": plan.get("data"), "seed": plan.get("seed")}, potential)
 
 
 def _from_spec(root: Path, weights: Path | None) -> TrainedModel:
@@ -128,7 +134,8 @@ def _from_spec(root: Path, weights: Path | None) -> TrainedModel:
     if spec.get("format") != SPEC_FORMAT:
         raise TrainedModelError(f"{root / SPEC_FILE} is not a colab_kit model file (format {spec.get('format')!r})")
     return TrainedModel(spec["model"], spec["options"], spec.get("graph_kind", spec.get("converter")), spec["graph_params"],
-                        weights or root / WEIGHTS_FILE, spec.get("target"), spec.get("unit", ""), spec.get("extra", {}))
+                        weights or root / WEIGHTS_FILE, spec.get("target"), spec.get("unit", ""), spec.get("extra", {}),
+                        spec.get("potential"))
 
 
 def _saved_plan(root: Path) -> dict[str, Any] | None:
@@ -153,6 +160,16 @@ def _store_target(root: Path) -> str | None:
     return None
 
 
+def _store_potential(root: Path) -> str | None:
+    """The trained targets of a potential's run, from its store's label spec."""
+    for store in RunFolder(root).stores:
+        manifest = read_manifest(store / "manifest.json")
+        if manifest is not None and manifest.source.get("potential"):
+            return manifest.source["potential"]["targets"]
+    raise TrainedModelError(f"{root} trained a potential but its store is gone: the store's label spec says what "
+                            "it trained; run the same command again to rebuild the store")
+
+
 def export_model(path: str | Path, out: str | Path) -> dict[str, Path]:
     """Write the trained model at ``path`` (see :func:`load_trained`) as an exported model directory ``out``.
 
@@ -167,10 +184,11 @@ def export_model(path: str | Path, out: str | Path) -> dict[str, Path]:
     if trained.weights.resolve() != files["weights"].resolve():
         atomic_write_bytes(files["weights"], trained.weights.read_bytes())
 
-    exports = getattr(registry.model(trained.model), "exports", {})
+    spec_ = registry.model(trained.model)
+    exports = getattr(spec_, "potential_exports" if trained.is_potential else "exports", {})
     if exports:
         module = trained.build("cpu")
-        for name, write in exports.items():  # files for the model's own package (CHGNet.from_file)
+        for name, write in exports.items():  # files for the model's own package (CHGNet.from_file, matgl.load_model)
             files[name.split(".")[0]] = Path(write(module, out / name))
 
     spec = {k: v for k, v in asdict(trained).items() if k != "weights"}
