@@ -132,8 +132,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from colab_kit.util.interrupt import stop_on_signals
     from colab_kit.util.locks import hold
 
+    source: Any = args.source
+    if plan.task == "potential":  # frames with per-atom labels, read with the label settings
+        from colab_kit.sources import open_frames
+
+        source = open_frames(args.source, fmt=args.format, settings=plan.label_settings())
     with hold(out, "store"), stop_on_signals() as stop:
-        res = build_store(args.source, out, conv, workers=plan.convert_workers, shard_size=plan.shard_size,
+        res = build_store(source, out, conv, workers=plan.convert_workers, shard_size=plan.shard_size,
                           limit=args.limit, on_bad_structure=plan.on_bad_structure, part=_parse_part(args.shard),
                           fmt=args.format, target=args.target, should_stop=stop)
     if not res.complete:

@@ -8,7 +8,7 @@ import sys
 from typing import Any, Sequence
 
 from colab_kit import registry
-from colab_kit.plan import MODES, OVERRIDABLE, Plan, PlanError, make_plan
+from colab_kit.plan import MODES, OVERRIDABLE, TASKS, Plan, PlanError, make_plan
 
 
 def format_table(rows: Sequence[Sequence[str]], header: Sequence[str] | None = None) -> str:
@@ -40,7 +40,7 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     out = dict(parse_override(t) for t in getattr(args, "set", None) or [])
-    for name in ("graph_kind", "model", "workers", "work_dir", "persist_dir", "seed"):
+    for name in ("graph_kind", "model", "workers", "work_dir", "persist_dir", "seed", "task"):
         value = getattr(args, name, None)
         if value is not None:
             out[name] = value
@@ -55,6 +55,8 @@ def add_plan_args(p: argparse.ArgumentParser, with_mode: bool = True) -> None:
     p.add_argument("--model", choices=registry.models(),
                    help=f"model (default: {registry.models()[0]}, or the first that trains on --graph-kind)")
     p.add_argument("--work-dir", help="local directory for the store, checkpoints and report")
+    p.add_argument("--task", choices=TASKS, help="property (default): one label per structure; potential: energies, "
+                   "forces, stresses (and CHGNet's magnetic moments) of DFT frames (extxyz, MPtrj JSON, ASE db, VASP)")
     p.add_argument(
         "--set",
         action="append",

@@ -9,11 +9,12 @@ from colab_kit.plan.settings import (
     BAD_STRUCTURE_POLICIES,
     ISOLATED_ATOM_POLICIES,
     OVERRIDABLE,
+    TASKS,
     BadStructurePolicy,
     IsolatedPolicy,
     with_current_names,
 )
 
-__all__ = ["BAD_STRUCTURE_POLICIES", "GIB", "ISOLATED_ATOM_POLICIES", "MODES", "OVERRIDABLE", "BadStructurePolicy",
+__all__ = ["BAD_STRUCTURE_POLICIES", "GIB", "ISOLATED_ATOM_POLICIES", "MODES", "OVERRIDABLE", "TASKS", "BadStructurePolicy",
            "Gpu", "IsolatedPolicy", "Machine", "Plan", "PlanError", "detect", "make_plan", "query_gpu",
            "with_current_names"]

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 import numpy as np
 
 from colab_kit.sources.base import Source
-from colab_kit.sources.records import RawItem, SourceError, refuse_foreign_code
+from colab_kit.sources.records import RawItem, SourceError, refuse_foreign_code, unbare
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -129,12 +129,22 @@ def _lookup(key: str, *places: Mapping[str, Any] | None) -> Any:
 
 
 def _as_array(value: Any) -> np.ndarray | None:
+    """``value`` as float64, with JSON's bare NaN / Infinity markers (:data:`~colab_kit.sources.records.BARE`) as
+    their floats; None when it is missing or not numbers."""
     if value is None:
         return None
     try:
         return np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
+        pass
+    try:
+        return np.asarray(_unbare_all(value), dtype=np.float64)
+    except (TypeError, ValueError):
         return None
+
+
+def _unbare_all(value: Any) -> Any:
+    return [_unbare_all(v) for v in value] if isinstance(value, list) else unbare(value)
 
 
 def _full_stress(value: np.ndarray) -> np.ndarray | None:
