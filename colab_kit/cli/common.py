@@ -40,14 +40,16 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     out = dict(parse_override(t) for t in getattr(args, "set", None) or [])
-    for name in ("graph_kind", "model", "workers", "work_dir", "persist_dir", "seed", "task"):
+    for name in ("graph_kind", "model", "workers", "work_dir", "persist_dir", "seed"):
         value = getattr(args, name, None)
         if value is not None:
             out[name] = value
+    if getattr(args, "plan_task", None) is not None:  # `benchmark --task` names a matbench task instead
+        out["task"] = args.plan_task
     return out
 
 
-def add_plan_args(p: argparse.ArgumentParser, with_mode: bool = True) -> None:
+def add_plan_args(p: argparse.ArgumentParser, with_mode: bool = True, with_task: bool = True) -> None:
     if with_mode:
         p.add_argument("--mode", choices=tuple(MODES), default="debug", help="run size preset (default: debug)")
     p.add_argument("--graph-kind", "--converter", dest="graph_kind", choices=registry.graph_kinds(),
@@ -55,8 +57,10 @@ def add_plan_args(p: argparse.ArgumentParser, with_mode: bool = True) -> None:
     p.add_argument("--model", choices=registry.models(),
                    help=f"model (default: {registry.models()[0]}, or the first that trains on --graph-kind)")
     p.add_argument("--work-dir", help="local directory for the store, checkpoints and report")
-    p.add_argument("--task", choices=TASKS, help="property (default): one label per structure; potential: energies, "
-                   "forces, stresses (and CHGNet's magnetic moments) of DFT frames (extxyz, MPtrj JSON, ASE db, VASP)")
+    if with_task:
+        p.add_argument("--task", dest="plan_task", choices=TASKS,
+                       help="property (default): one label per structure; potential: energies, forces, stresses (and "
+                            "CHGNet's magnetic moments) of DFT frames (extxyz, MPtrj JSON, ASE db, VASP)")
     p.add_argument(
         "--set",
         action="append",

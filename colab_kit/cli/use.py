@@ -140,7 +140,7 @@ def add_commands(sub: Any, make: Any) -> None:
     p.add_argument("--data", help="the task's data file (default: download it by the task's name)")
     p.add_argument("--folds", help="comma-separated folds to run (default: 0,1,2,3,4)")
     p.add_argument("--persist-dir", help="mirror the folds here (default: Google Drive when mounted)")
-    add_plan_args(p)
+    add_plan_args(p, with_task=False)
     p.set_defaults(func=cmd_benchmark)
 
     p = make(sub, "head", "frozen CHGNet backbone: cached crystal features + a small MLP head, trained in seconds",

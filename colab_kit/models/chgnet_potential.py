@@ -108,11 +108,6 @@ class CHGNetPotential(nn.Module):
         return batch[1]
 
     @staticmethod
-    def numbers(batch: tuple[tuple[list[Any], Any], Any]) -> list[Any]:
-        """The atomic numbers of each graph (numpy)."""
-        return [g.atomic_number.cpu().numpy() for g in batch[0][0]]
-
-    @staticmethod
     def size(batch: tuple[tuple[list[Any], Any], Any]) -> tuple[int, int, int]:
         graphs = batch[0][0]
         return len(graphs), sum(len(g.atomic_number) for g in graphs), sum(len(g.atom_graph) for g in graphs)

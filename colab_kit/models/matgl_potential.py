@@ -18,20 +18,12 @@ from typing import Any
 
 import torch
 from torch import nn
-import numpy as np
 
 from colab_kit import registry
 from colab_kit.graphs.matgl import element_types
 from colab_kit.models.common import PygAdapter
 from colab_kit.models.matgl import MATGL_FILES
 from colab_kit.registry import RegistryError
-
-
-def atomic_numbers() -> np.ndarray:
-    """The atomic number of each of matgl's node types."""
-    from pymatgen.core.periodic_table import Element
-
-    return np.array([Element(s).Z for s in element_types()], dtype=np.int64)
 
 
 class MatglPotential(nn.Module):
@@ -99,13 +91,6 @@ class MatglPotential(nn.Module):
     @staticmethod
     def targets(batch: Any) -> Any:
         return batch[1]
-
-    @staticmethod
-    def numbers(batch: Any) -> list[Any]:
-        """The atomic numbers of each graph (numpy)."""
-        g = batch[0][0]
-        z = atomic_numbers()[g.node_type.cpu().numpy()]
-        return np.split(z, np.cumsum(np.bincount(g.batch.cpu().numpy(), minlength=batch[0][1].shape[0]))[:-1])
 
     @staticmethod
     def size(batch: Any) -> tuple[int, int, int]:

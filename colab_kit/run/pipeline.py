@@ -26,7 +26,7 @@ from colab_kit.graphs import get_converter
 from colab_kit.loader import splits_for
 from colab_kit.plan import Plan
 from colab_kit.run.persist import Mirror, restore
-from colab_kit.run.report import mean_predictor_mae, write_report
+from colab_kit.run.report import mean_predictor_mae, reference_energy_mae, write_report
 from colab_kit.run_folder import RunFolder
 from colab_kit.sources import open_frames, open_source, resolve
 from colab_kit.store import GraphStore, ShardEntry, StoreError, build_store, read_manifest
@@ -373,8 +373,9 @@ def _finish(plan: Plan, folder: RunFolder, store: Any, result: Any, timing: Timi
     test = evaluate_weights(store, plan, folder.best)
     splits = splits_for(store, plan)
     baseline = mean_predictor_mae(store.targets(), splits["train"], splits["test"])
-    if store.potential is not None:
-        baseline = test.get("energy_baseline", float("nan")) / 1000.0  # eV/atom: the per-element reference's
+    if store.potential is not None:  # eV/atom: per-element reference energies fitted on the training frames
+        baseline = reference_energy_mae(store, splits["train"], splits["test"])
+        test["energy_baseline"] = baseline * 1000.0
         stage("evaluate", f"test set with {plan.model} as shipped (before fine-tuning)")
         test["shipped"] = evaluate_shipped(store, plan)
     stage("report", str(folder.report))

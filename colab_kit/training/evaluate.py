@@ -74,7 +74,7 @@ def _potential_pass(model: Any, loader: Any, device: torch.device, amp_dtype: to
             batch = model.to_device(batch, device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 pred = model(batch)
-            scores.add({k: v.detach() for k, v in pred.items()}, model.targets(batch), model.numbers(batch))
+            scores.add({k: v.detach() for k, v in pred.items()}, model.targets(batch))
     return scores
 
 

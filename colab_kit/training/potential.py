@@ -7,8 +7,8 @@ moments that are NaN (a frame without them) are left out of the mean.
 
 Scores (:class:`Scores`, summed batch by batch, so a split of any size is scored in flat memory): mean absolute errors
 in meV/atom, meV/Å, GPa and μB, the mean cosine between predicted and labelled force vectors, and the baselines
-beside them: a per-element energy reference fitted on the split itself (an upper bound on what composition alone
-explains), zero forces, the split's mean stress and mean moment. ``val_mae`` (best weights, early stopping) is the
+beside them: zero forces, the split's mean stress and mean moment (the energy's baseline, per-element reference
+energies fitted on the training split, is :func:`colab_kit.run.report.reference_energy_mae`'s). ``val_mae`` (best weights, early stopping) is the
 loss's weighted sum of the mean absolute errors.
 """
 
@@ -89,10 +89,9 @@ class Scores:
     force_abs: float = 0.0  # sum |label| over force components: the zero-force baseline
     label_sum: dict[str, float] = field(default_factory=dict)
     label_sq: dict[str, float] = field(default_factory=dict)
-    rows: list[np.ndarray] = field(default_factory=list)  # [G, 1 + 94]: energy per atom, atom fractions
     parity: dict[str, list[np.ndarray]] = field(default_factory=dict)
 
-    def add(self, pred: dict[str, torch.Tensor], frames: Any, z: list[np.ndarray] | None = None) -> None:
+    def add(self, pred: dict[str, torch.Tensor], frames: Any) -> None:
         labels = _labels(frames)
         for t in self.targets:
             if t not in pred:
@@ -114,10 +113,6 @@ class Scores:
             ok = norm > 1e-8
             self.cos_sum += float(((pf * yf).sum(1)[ok] / norm[ok]).sum())
             self.cos_n += int(ok.sum())
-        if z is not None:
-            fractions = np.stack([np.bincount(np.asarray(zz, np.int64), minlength=95)[1:95] / len(zz) for zz in z])
-            self.rows = _thin([*self.rows, np.concatenate([frames.energy.detach().cpu().numpy()[:, None], fractions],
-                                                          axis=1)], axis=0)
 
     def merge(self, other: Scores) -> None:
         for name in ("abs_err", "sq_err", "count", "label_sum", "label_sq"):
@@ -127,7 +122,6 @@ class Scores:
         self.cos_sum += other.cos_sum
         self.cos_n += other.cos_n
         self.force_abs += other.force_abs
-        self.rows = _thin(self.rows + other.rows, axis=0)
         for k, v in other.parity.items():
             self.parity[k] = _thin(self.parity.get(k, []) + v, axis=1)
 
@@ -152,13 +146,7 @@ class Scores:
         return out
 
     def _baselines(self) -> dict[str, float]:
-        out = {}
-        if self.rows:
-            data = np.concatenate(self.rows)
-            y, x = data[:, 0], data[:, 1:]
-            seen = x.sum(0) > 0
-            coef, *_ = np.linalg.lstsq(x[:, seen], y, rcond=None)
-            out["energy_baseline"] = float(np.abs(x[:, seen] @ coef - y).mean()) * _SCALE["e"]
+        out = {}  # the energy's (per-element reference energies fitted on the training split) needs the store
         if self.count.get("f"):
             out["force_baseline"] = self.force_abs / self.count["f"] * _SCALE["f"]
         for t in "sm":

@@ -1,0 +1,132 @@
+"""``run --task potential`` on real DFT frames (mlearn, ../shared/data): CHGNet fine-tuned from its shipped weights
+beats the baselines on energy and forces, its export relaxes a structure with CHGNet's own StructOptimizer, the ASE
+calculator gives the labels' units, and a SIGKILL mid-conversion or mid-training followed by the same command gives
+what an uninterrupted run gives; a matgl potential (M3GNet, from scratch) trains and exports to matgl's layout."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import assert_sigkill_resume_identical, kill_when, run_cli
+
+
+def _frames(shared_data: Path, n: int) -> list:
+    """The ``n`` smallest mlearn cells whose forces are not all ~0 (AIMD and vacancy frames of Li and Mo, 53-54
+    atoms): quick on a CPU, and forces worth learning."""
+    import ase.io
+
+    frames = []
+    for name in ("mlearn_train.extxyz.gz", "mlearn_test.extxyz.gz"):
+        text = gzip.open(shared_data / "mlearn_unary_1566" / name, "rt").read()
+        frames += ase.io.read(io.StringIO(text), ":", format="extxyz")
+    return sorted((a for a in frames if np.abs(a.get_forces()).max() > 0.3), key=len)[:n]
+
+
+@pytest.fixture(scope="module")
+def small_frames(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import ase.io
+
+    path = tmp_path_factory.mktemp("frames") / "mlearn_small.extxyz"
+    ase.io.write(path, _frames(shared_data, 80), format="extxyz")
+    return path
+
+
+def test_chgnet_potential_run_beats_the_baselines_exports_and_relaxes(small_frames: Path, tmp_path: Path) -> None:
+    r = run_cli("run", "--task", "potential", "--model", "chgnet", "--data", str(small_frames), "--work-dir",
+                str(tmp_path), "--set", "epochs=2", "--set", "persist_dir=null", timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Done: test (n=8 frames): energy MAE" in r.stdout
+    run = next(tmp_path.glob("mlearn_small-chgnet-chgnet-potential-debug"))
+    metrics = json.loads((run / "report" / "metrics.json").read_text())
+    test = metrics["potential"]["test"]
+    assert metrics["potential"]["targets"] == "efs"
+    assert test["energy_mae"] < test["energy_baseline"], test
+    assert test["force_mae"] < test["force_baseline"], test
+    assert test["stress_mae"] < test["stress_baseline"], test
+    assert metrics["potential"]["shipped_test"]["force_mae"] > 0
+    for name in ("energy", "force", "stress"):
+        assert (run / "report" / f"parity_{name}.png").stat().st_size > 10_000
+    assert {"val_energy_mae", "val_force_mae", "val_force_cos"} <= set(metrics["history"][-1])
+
+    # the ASE calculator: energy, forces and stress in ASE's units, close to the labels
+    import ase.io
+
+    import colab_kit
+
+    atoms = ase.io.read(small_frames, index=0)
+    label_e, label_f, label_s = atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
+    atoms.calc = colab_kit.load(str(run)).calculator()
+    assert abs(atoms.get_potential_energy() - label_e) / len(atoms) < 0.2
+    assert np.abs(atoms.get_forces() - label_f).mean() < 0.5
+    assert np.abs(atoms.get_stress() - label_s).max() < 0.05  # eV/Å³ (~8 GPa): the sign and unit are ASE's
+
+    # the export is a plain CHGNet file: its StructOptimizer relaxes a structure
+    e = run_cli("export", "--run", str(run), "--out", str(tmp_path / "export"))
+    assert e.returncode == 0, e.stderr[-2000:]
+    from chgnet.model import CHGNet, StructOptimizer
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    model = CHGNet.from_file(str(tmp_path / "export" / "chgnet.pt"))
+    structure = AseAtomsAdaptor.get_structure(ase.io.read(small_frames, index=40))
+    structure.perturb(0.05)
+    result = StructOptimizer(model=model, use_device="cpu").relax(structure, fmax=0.1, steps=40, verbose=False)
+    energies = result["trajectory"].energies
+    assert energies[-1] < energies[0]
+    forces = np.asarray(result["trajectory"].forces[-1])
+    assert np.linalg.norm(forces, axis=1).max() < np.linalg.norm(result["trajectory"].forces[0], axis=1).max()
+
+
+@pytest.mark.long
+def test_a_sigkill_mid_conversion_and_mid_training_then_the_same_command(small_frames: Path, tmp_path: Path) -> None:
+    from colab_kit.store import GraphStore
+
+    convert = ["convert", str(small_frames), "--task", "potential", "--shard-size", "4", "--workers", "1"]
+    ref = run_cli(*convert, "--out", str(tmp_path / "ref_store"))
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    killed = tmp_path / "store"
+
+    def some_shards() -> bool:
+        try:
+            return len(json.loads((killed / "manifest.json").read_text())["shards"]) >= 3
+        except (OSError, ValueError):
+            return False
+
+    assert kill_when([*convert, "--out", str(killed)], some_shards)
+    assert not json.loads((killed / "manifest.json").read_text())["complete"]
+    again = run_cli(*convert, "--out", str(killed))
+    assert again.returncode == 0, again.stderr[-2000:]
+    a, b = GraphStore(tmp_path / "ref_store"), GraphStore(killed)
+    assert [s.sha256 for s in a.shards] == [s.sha256 for s in b.shards]  # the same bytes, labels included
+    assert a.potential == b.potential
+
+    args = ["train", "--store", str(killed), "--model", "chgnet", "--set", "epochs=2", "--set", "batch_size=2",
+            "--set", "batch_atoms=60", "--set", "batch_edges=4000", "--set", "calibrate=false",
+            "--set", "checkpoint_minutes=0.002"]
+    assert_sigkill_resume_identical(args, tmp_path, first_step=3, every=4)
+
+
+@pytest.mark.long
+@pytest.mark.extras
+def test_m3gnet_potential_from_scratch_trains_and_saves_in_matgl_layout(small_frames: Path, tmp_path: Path) -> None:
+    pytest.importorskip("matgl")
+    r = run_cli("run", "--task", "potential", "--model", "m3gnet", "--data", str(small_frames), "--work-dir",
+                str(tmp_path), "--set", "epochs=6", "--set", "persist_dir=null", timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = next(tmp_path.glob("mlearn_small-matgl-m3gnet-potential-debug"))
+    test = json.loads((run / "report" / "metrics.json").read_text())["potential"]["test"]
+    assert test["force_mae"] < test["force_baseline"], test
+    e = run_cli("export", "--run", str(run), "--out", str(tmp_path / "export"))
+    assert e.returncode == 0, e.stderr[-2000:]
+    import ase.io
+    import matgl
+    from matgl.ext.ase import PESCalculator
+
+    potential = matgl.load_model(str(tmp_path / "export" / "matgl_potential"))
+    atoms = ase.io.read(small_frames, index=0)
+    atoms.calc = PESCalculator(potential, stress_unit="eV/A3")
+    assert np.isfinite(atoms.get_forces()).all() and atoms.get_forces().shape == (len(atoms), 3)
