@@ -29,6 +29,8 @@ import torch
 from torch import nn
 
 from colab_kit.errors import ColabKitError
+from colab_kit.models.chgnet_potential import build as build_potential
+from colab_kit.models.chgnet_potential import export_potential
 from colab_kit.registry import Model, Option
 from colab_kit.util.files import atomic_write_bytes
 
@@ -251,23 +253,11 @@ def _atom_ref(model: nn.Module, args: dict[str, Any]) -> nn.Module:
     return ref
 
 
-def _potential(**kw: Any) -> Any:
-    from colab_kit.models.chgnet_potential import build
-
-    return build(**kw)
-
-
-def _export_potential(model: Any, path: str | Path) -> Path:
-    from colab_kit.models.chgnet_potential import export_potential
-
-    return export_potential(model, path)
-
-
 SPEC = Model(
     name="chgnet", graph_kind="chgnet", description="CHGNet's pretrained weights fine-tuned on the target",
     builder=_build, bytes_per_atom=20_000, bytes_per_edge=6_000, lr=1e-3,
     epoch_scale=1, epoch_reason="pretrained: a few epochs fine-tune it", exports={"chgnet.pt": export_chgnet},
-    potential_builder=_potential, potential_exports={"chgnet.pt": _export_potential},
+    potential_builder=build_potential, potential_exports={"chgnet.pt": export_potential},
     options={"pretrained": Option("0.3.0", "a CHGNet version such as '0.3.0', or none (from scratch)",
                                   "CHGNet's shipped pretrained weights", lambda v: v is None or isinstance(v, str)),
              "freeze_layers": Option(0, "an integer from 0 to 4", "fine-tune every layer",

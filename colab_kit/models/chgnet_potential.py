@@ -22,8 +22,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from colab_kit.models.chgnet import N_ELEMENTS, ExportError
+from colab_kit.errors import ColabKitError
 from colab_kit.util.files import atomic_write_bytes
+
+N_ELEMENTS = 94  # AtomRef's max_num_elements: CHGNet embeds Z = 1..94
+
+
+class PotentialError(ColabKitError, ValueError):
+    """A CHGNet that cannot be fine-tuned or exported as a potential; the message names it and the fix."""
 
 
 class CHGNetPotential(nn.Module):
@@ -46,7 +52,7 @@ class CHGNetPotential(nn.Module):
         warnings.filterwarnings("ignore", "Converting a tensor with requires_grad=True to a scalar",
                                 UserWarning, r"chgnet\.model\.model")
         if self.chgnet.composition_model is None or not hasattr(self.chgnet.composition_model, "fc"):
-            raise ExportError("this CHGNet has no per-element AtomRef composition model; fine-tune a pretrained one")
+            raise PotentialError("this CHGNet has no per-element AtomRef composition model; fine-tune a pretrained one")
         self.chgnet.composition_model.fitted = True
         self.register_buffer("initialised", torch.tensor(False))
         if freeze_layers > 0:
@@ -122,7 +128,7 @@ def export_potential(potential: CHGNetPotential, path: str | Path) -> Path:
     """Write the fine-tuned CHGNet as the file ``chgnet.model.CHGNet.from_file(path)`` loads (CHGNet's
     ``{"model": {"model_args", "state_dict"}}`` layout, plain tensors: ``torch.load(weights_only=True)`` reads it)."""
     if not isinstance(potential, CHGNetPotential):
-        raise ExportError(f"export_potential needs a CHGNetPotential (got {type(potential).__name__})")
+        raise PotentialError(f"export_potential needs a CHGNetPotential (got {type(potential).__name__})")
     model = potential.chgnet
     state = {k: v.detach().to("cpu", copy=True).float() if v.is_floating_point() else v.detach().cpu().clone()
              for k, v in model.state_dict().items()}

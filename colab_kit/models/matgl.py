@@ -23,9 +23,10 @@ from torch import nn
 from colab_kit import registry
 from colab_kit.graphs.matgl import element_types
 from colab_kit.models.common import PygAdapter
+from colab_kit.models.matgl_potential import MATGL_FILES, export_potential
+from colab_kit.models.matgl_potential import build_m3gnet as build_m3gnet_potential
+from colab_kit.models.matgl_potential import build_tensornet as build_tensornet_potential
 from colab_kit.registry import Model, Option, RegistryError
-
-MATGL_FILES = ("model.json", "model.pt", "state.pt")
 
 
 def _models() -> Any:
@@ -132,27 +133,13 @@ def _options(nblocks: int, readouts: tuple[str, ...]) -> dict[str, Option]:
 _SCHEDULE = dict(schedule="cosine", schedule_reason="matgl's ModelLightningModule: Adam with cosine decay")
 _EPOCHS = dict(epoch_scale=5, epoch_reason="trained from scratch: 5x the epochs of a pretrained model")
 
-def _potential(cls_name: str) -> Any:
-    def build(**kw: Any) -> Any:
-        from colab_kit.models import matgl_potential
-
-        return getattr(matgl_potential, f"build_{cls_name}")(**kw)
-    return build
-
-
-def _export_potential(model: Any, path: Any) -> Any:
-    from colab_kit.models.matgl_potential import export_potential
-
-    return export_potential(model, path)
-
-
 M3GNET = Model(
     name="m3gnet", graph_kind="matgl", extra="matgl", deterministic=True,
     description="M3GNet (the matgl package's model, PyG): many-body graph network with three-body interactions",
     # calibration measures the device's figure; these are the Plan's first guess (64 wide, fp32, with three-body
     # triplets within 4 Å per bond)
     builder=_build_m3gnet, bytes_per_atom=20_000, bytes_per_edge=12_000, lr=1e-3, **_SCHEDULE, **_EPOCHS,
-    potential_builder=_potential("m3gnet"), potential_exports={"matgl_potential": _export_potential},
+    potential_builder=build_m3gnet_potential, potential_exports={"matgl_potential": export_potential},
     options={**_options(3, ("weighted_atom", "reduce_atom", "set2set")),
              "threebody_cutoff": Option(4.0, "a positive number of Å, at most the graph cutoff",
                                         "matgl's default three-body cutoff: 4 Å",
@@ -163,6 +150,6 @@ TENSORNET = Model(
     name="tensornet", graph_kind="matgl", extra="matgl", deterministic=True,
     description="TensorNet (the matgl package's model, PyG): O(3)-equivariant Cartesian tensor network",
     builder=_build_tensornet, bytes_per_atom=30_000, bytes_per_edge=8_000, lr=1e-3, **_SCHEDULE, **_EPOCHS,
-    potential_builder=_potential("tensornet"), potential_exports={"matgl_potential": _export_potential},
+    potential_builder=build_tensornet_potential, potential_exports={"matgl_potential": export_potential},
     options=_options(2, ("weighted_atom", "reduce_atom")),
 )

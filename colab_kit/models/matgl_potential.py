@@ -22,8 +22,9 @@ from torch import nn
 from colab_kit import registry
 from colab_kit.graphs.matgl import element_types
 from colab_kit.models.common import PygAdapter
-from colab_kit.models.matgl import MATGL_FILES
 from colab_kit.registry import RegistryError
+
+MATGL_FILES = ("model.json", "model.pt", "state.pt")  # what matgl's save() writes into a model directory
 
 
 class MatglPotential(nn.Module):

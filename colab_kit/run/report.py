@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from colab_kit.plan import Plan
     from colab_kit.store import GraphStore
-    from colab_kit.training import NAMES, UNITS, describe_scores, TrainResult
+    from colab_kit.training import NAMES, UNITS, TrainResult, describe_scores
 
 TIMING_KEYS = ("compute_seconds", "calls", "last_call_seconds")
 _TRAIN_LOSS_LABEL = "train loss (MSE / std²)"  # the loss is on the standardised target: unitless

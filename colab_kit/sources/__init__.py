@@ -20,6 +20,7 @@ from typing import Any
 from colab_kit.sources.base import Source
 from colab_kit.sources.datasets import resolve
 from colab_kit.sources.extxyz import ExtxyzSource
+from colab_kit.sources.folders import DIR_SUFFIXES, LAYOUTS, FolderSource, is_structure_file
 from colab_kit.sources.frames import (
     FRAME_FORMATS,
     FrameLabels,
@@ -29,7 +30,6 @@ from colab_kit.sources.frames import (
     open_frames,
     parse_frame,
 )
-from colab_kit.sources.folders import DIR_SUFFIXES, LAYOUTS, FolderSource, is_structure_file
 from colab_kit.sources.json_files import JarvisSource, MatbenchSource
 from colab_kit.sources.memory import MemorySource
 from colab_kit.sources.records import (
