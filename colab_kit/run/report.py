@@ -284,7 +284,8 @@ def write_report(folder: RunFolder, *, plan: Plan, store: GraphStore, result: Tr
     out = folder.report_file
     if target_name is None:
         target_name = plan.target or store_target_name(store)
-    given = plan.unit or ("eV/atom" if store.potential is not None else None)  # a potential's target: energy per atom
+    potential = getattr(store, "potential", None)
+    given = plan.unit or ("eV/atom" if potential is not None else None)  # a potential's target: energy per atom
     unit = target_unit(target_name, data_name, given)
     time_ = _check_timing(timing)
     time_["train_seconds"] = round(float(getattr(result, "train_seconds", 0.0)), 1)
@@ -313,7 +314,7 @@ def write_report(folder: RunFolder, *, plan: Plan, store: GraphStore, result: Tr
         "history": result.history,
     }
     potential_lines: list[str] = []
-    if store.potential is not None:
+    if potential is not None:
         metrics["potential"], potential_files, potential_lines = _potential_report(store, test, out)
         # test_mae / test_rmse: the energy's, eV/atom (best_val_mae is the loss-weighted sum the best epoch is chosen by)
         metrics["test_mae"] = _finite(test.get("energy_mae", float("nan")) / 1000.0)
@@ -321,14 +322,14 @@ def write_report(folder: RunFolder, *, plan: Plan, store: GraphStore, result: Tr
         metrics["best_val_mae_is"] = "the loss's weighted sum of MAEs (eV/atom, eV/Å, GPa, μB)"
     atomic_write_bytes(out("metrics.json"), json.dumps(metrics, indent=2, ensure_ascii=False).encode())
     files = {"metrics": str(out("metrics.json"))}
-    if store.potential is not None:
+    if potential is not None:
         files.update(potential_files)
     if result.history:
         title = (f"{plan.model} on {_short(data_name)}: {target_name_for_axis(target_name, data_name, given)}\n"
                  f"{result.status} after {result.epochs_done} of {plan.epochs} epochs")
         fig = loss_curve_figure(result.history, unit, result.best_epoch, title=title)
         files["loss_curve"] = str(save_png(fig, out("loss_curve.png")))
-    if n_test and store.potential is None:
+    if n_test and potential is None:
         fig = parity_figure(test["pred"], test["target"], mae=test["mae"], baseline_mae=baseline_mae,
                             target_name=target_name, data_name=data_name, unit=given)
         files["parity"] = str(save_png(fig, out("parity.png")))
@@ -341,7 +342,7 @@ def write_report(folder: RunFolder, *, plan: Plan, store: GraphStore, result: Tr
         f"batch budget: {b['max_atoms'] if b else '-'} atoms / {b['max_edges'] if b else '-'} edges"
         + (f" ({budget.how})" if budget else ""),
         f"training: {result.status} after {result.epochs_done} epochs; best epoch {result.best_epoch} "
-        + (f"(validation MAE {with_unit(result.best_val_mae, unit)})" if store.potential is None else
+        + (f"(validation MAE {with_unit(result.best_val_mae, unit)})" if potential is None else
            f"(validation weighted MAE {result.best_val_mae:.4g}: the loss's weights over eV/atom, eV/Å, GPa, μB)"),
         *(potential_lines or [format_scores("test", n_test, test["mae"], test["rmse"], baseline_mae, unit)]),
         f"time: {format_timing(time_)}; training {format_duration(time_['train_seconds'])} of it",

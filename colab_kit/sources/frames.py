@@ -358,10 +358,11 @@ class MptrjSource(Source):
                 yield RawItem(str(frame_id), frame, None, "mptrj")
 
     def count(self) -> int:
+        """Frames, from parse events alone: the keys one level below the top (no frame is built)."""
         from colab_kit.sources.streams import stream_json
 
-        return sum(len(frames) if isinstance(frames, dict) else 1
-                   for _, frames in stream_json(self.path, "kvitems", "", what="materials"))
+        return sum(1 for prefix, event, _ in stream_json(self.path, "parse", what="JSON events")
+                   if event == "map_key" and prefix and "." not in prefix)
 
 
 class AseSource(Source):

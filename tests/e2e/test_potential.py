@@ -130,3 +130,36 @@ def test_m3gnet_potential_from_scratch_trains_and_saves_in_matgl_layout(small_fr
     atoms = ase.io.read(small_frames, index=0)
     atoms.calc = PESCalculator(potential, stress_unit="eV/A3")
     assert np.isfinite(atoms.get_forces()).all() and atoms.get_forces().shape == (len(atoms), 3)
+
+
+@pytest.mark.long
+def test_magnetic_moments_train_from_mptrj_json(shared_data: Path, tmp_path: Path) -> None:
+    """No public frame here has non-zero moments: the labels are pretrained CHGNet's own moments for the real NbOC
+    relaxation frames (what CHGNet's MPtrj would hold), in CHGNet's MPtrj JSON with its kBar stress."""
+    import ase.io
+    from chgnet.model import CHGNet
+    from monty.json import MontyEncoder
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    frames = [a for a in ase.io.read(shared_data / "chgnet_vasp_outputs_50" / "chgnet_vasp_outputs.extxyz", ":")
+              if a.info.get("config_type") == "parse-vasp-no-magmoms" and not a.info.get("outlier")][:20]
+    chgnet = CHGNet.load(verbose=False)
+    data: dict = {}
+    for i, a in enumerate(frames):
+        structure = AseAtomsAdaptor.get_structure(a.copy())
+        moments = chgnet.predict_structure(structure, task="em")["m"]
+        data.setdefault("mp-nboc", {})[f"mp-nboc-0-{i}"] = {
+            "structure": structure.as_dict(), "corrected_total_energy": a.get_potential_energy(),
+            "force": a.get_forces().tolist(), "stress": (-1602.1766208 * a.get_stress(voigt=False)).tolist(),
+            "magmom": [float(m) for m in moments]}
+    path = tmp_path / "nboc_mptrj.json"
+    path.write_text(json.dumps(data, cls=MontyEncoder))
+    r = run_cli("run", "--task", "potential", "--model", "chgnet", "--data", str(path), "--work-dir",
+                str(tmp_path / "w"), "--set", "epochs=2", "--set", "persist_dir=null", timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = next((tmp_path / "w").glob("nboc_mptrj-chgnet-chgnet-potential-debug"))
+    metrics = json.loads((run / "report" / "metrics.json").read_text())
+    assert metrics["potential"]["targets"] == "efsm"
+    test = metrics["potential"]["test"]
+    assert test["magmom_mae"] < test["magmom_baseline"], test
+    assert (run / "report" / "parity_magmom.png").is_file()
