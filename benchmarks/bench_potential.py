@@ -109,8 +109,8 @@ def main() -> int:
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
 
-    with BenchRun(args.out, args.workdir, "ck-bench-potential-", benchmark="bench_potential", **{
-            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}) as bench:
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("out", "workdir")}
+    with BenchRun(args.out, args.workdir, "ck-bench-potential-", benchmark="bench_potential", **settings) as bench:
         res, work = bench.results, bench.workdir
         data = work / "frames.extxyz"
         res["n_frames"] = subset(args.frames, args.n, args.max_atoms, args.seed, data)

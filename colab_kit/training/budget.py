@@ -179,7 +179,8 @@ def _fit_time(points: list[tuple[int, float]]) -> StepTime | None:
 
 def calibrate(step: Callable[[list[int]], None], indices: np.ndarray, atoms: np.ndarray, edges: np.ndarray,
               device: torch.device, usable_bytes: int, margin: float = 0.3, max_graphs: int = 8,
-              max_seconds: float = 60.0, cap: tuple[int, int] | None = None) -> tuple[Budget, StepTime | None]:
+              max_seconds: float = 60.0, cap: tuple[int, int] | None = None,
+              rss_factor: float = 1.0) -> tuple[Budget, StepTime | None]:
     """Measure real steps on the smallest and largest graphs and solve for the budget; time them too.
 
     Args:
@@ -191,6 +192,8 @@ def calibrate(step: Callable[[list[int]], None], indices: np.ndarray, atoms: np.
         margin: fraction of ``usable_bytes`` kept free for fragmentation and outliers.
         cap: (atoms, edges) the budget may not exceed; also the budget when memory does not grow with the batch
             (a small model: then memory is not what limits a batch).
+        rss_factor: the process's memory over the tensor bytes measured on a CPU (a potential's double backward:
+            :data:`POTENTIAL_CPU_FACTOR`); a trial predicted above the usable memory is skipped.
 
     Returns:
         The budget, and the step time fitted on the same steps (None when too few ran).
@@ -202,10 +205,20 @@ def calibrate(step: Callable[[list[int]], None], indices: np.ndarray, atoms: np.
     small, large = order[: max_graphs], order[::-1][: max_graphs]
     trials = [[int(small[0])], list(map(int, small)), [int(large[-1])], [int(large[0])], list(map(int, large))]
     samples, times = [], []
+    ran: list[list[int]] = []  # the trials that ran, in order
     t0 = time.perf_counter()
     for batch in trials:
         if time.perf_counter() - t0 > max_seconds and len(samples) >= 2:
             break
+        if len(samples) >= 2 and device.type != "cuda":
+            # a CPU has no out-of-memory error to catch, only the kernel's OOM killer: a trial the steps so far
+            # say would not fit is not run (eight of MPtrj's largest cells in a potential's step: ~45 GB)
+            a, b, c = fit_memory(samples)
+            guess = (a + b * int(atoms[batch].sum()) + c * int(edges[batch].sum())) * rss_factor
+            if guess > usable_bytes * (1 - margin):
+                log.info("calibration: skipping a step on %d graphs of %d edges (about %.1f GiB, more than the "
+                         "%.1f GiB usable)", len(batch), int(edges[batch].sum()), guess / 2**30, usable_bytes / 2**30)
+                continue
         try:
             t_step = time.perf_counter()
             used = measure_step(step, batch, device)
@@ -222,8 +235,9 @@ def calibrate(step: Callable[[list[int]], None], indices: np.ndarray, atoms: np.
                      len(batch), int(edges[batch].sum()))
             break
         samples.append((int(atoms[batch].sum()), int(edges[batch].sum()), used))
+        ran.append(batch)
     if device.type != "cuda":  # the tracked steps run slower: time the smallest and largest batch untracked
-        for batch in (trials[1], trials[-1])[: len(samples) // 2]:
+        for batch in (ran[1], ran[-1])[: len(samples) // 2]:
             runs = []
             for _ in range(2):  # the faster of two: a busy machine's noise only ever adds time
                 t_step = time.perf_counter()
@@ -304,7 +318,8 @@ def initial_budget(model: Any, store: GraphStore, splits: dict[str, np.ndarray],
     model.train()
     cap = (int(plan.batch_atoms * plan.budget_cap), int(plan.batch_edges * plan.budget_cap))
     try:
-        budget, step_time = calibrate(fwd_bwd, splits["train"], atoms, edges, device, plan.train_memory, cap=cap)
+        budget, step_time = calibrate(fwd_bwd, splits["train"], atoms, edges, device, plan.train_memory, cap=cap,
+                                      rss_factor=POTENTIAL_CPU_FACTOR if potential is not None else 1.0)
     except MemoryError as exc:  # out of memory on the smallest graphs, or the fixed cost fills the memory
         log.warning("batch budget calibration failed (%s); using the plan's static budget", exc)
         budget, step_time = static_budget(plan), None
