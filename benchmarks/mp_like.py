@@ -476,7 +476,7 @@ def structure_dict(lattice: np.ndarray, species: list[str], frac: np.ndarray) ->
     }
 
 
-class _Buffered:
+class Buffered:
     """Collect text chunks and hand them to a binary stream in ~1 MB blocks."""
 
     def __init__(self, fh: Any, limit: int = 1 << 20) -> None:
@@ -577,7 +577,7 @@ def generate(
         open(tmp, "wb") as raw,
         gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=compresslevel) as gz,
     ):
-        w = _Buffered(gz)
+        w = Buffered(gz)
         w.write('{"index": [')
         for start in range(0, n, 10000):
             ids = (item_id(i, width) for i in range(start, min(n, start + 10000)))

@@ -75,7 +75,14 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
-from mp_like import MIN_DISTANCE, MPLikeGenerator, load_seeds, min_distance_ok, structure_dict  # noqa: E402
+from mp_like import (  # noqa: E402
+    MIN_DISTANCE,
+    Buffered,
+    MPLikeGenerator,
+    load_seeds,
+    min_distance_ok,
+    structure_dict,
+)
 
 GENERATOR = "benchmarks/mptrj_like.py"
 
@@ -304,26 +311,6 @@ def choose_bad(n: int, seed: int, fraction: float) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------- output
 
 
-class _Buffered:
-    """Collect text chunks and hand them to a binary stream in ~1 MB blocks.
-
-    Copied from ``benchmarks/mp_like.py`` (``_Buffered``, a private class there).
-    """
-
-    def __init__(self, fh: Any, limit: int = 1 << 20) -> None:
-        self.fh, self.limit, self.parts, self.size = fh, limit, [], 0
-
-    def write(self, text: str) -> None:
-        self.parts.append(text)
-        self.size += len(text)
-        if self.size >= self.limit:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.parts:
-            self.fh.write("".join(self.parts).encode("utf-8"))
-            self.parts, self.size = [], 0
-
 
 _ID_WIDTH = 6
 
@@ -408,7 +395,7 @@ def generate(
             else None
         )
         try:
-            w = _Buffered(gz if gz is not None else raw)
+            w = Buffered(gz if gz is not None else raw)
             sfh.write(json.dumps(meta)[:-1] + ', "frames": [')
             n_side = 0
             w.write("{")
