@@ -183,14 +183,22 @@ def make_labels(n_atoms: int, volume: float, spec: LabelSpec, energy: Any, force
     if (big := float(np.abs(f).max(initial=0.0))) > MAX_FORCE:
         raise SourceError(f"forces up to {big:.4g} eV/Å (above {MAX_FORCE:g}): atoms nearly on top of each other, "
                           "not a frame to fit")
-    s = _stress(volume, spec, stress, virial)
+    # a stress or moments that are not trained never cost a frame: unusable ones are kept as NaN (not known)
+    try:
+        s = _stress(volume, spec, stress, virial)
+    except SourceError:
+        if "s" in spec.targets:
+            raise
+        s = np.full((3, 3), np.nan)
     m = _as_array(magmoms)
+    if m is not None and (m.shape != (n_atoms,) or not np.isfinite(m).all()) and "m" not in spec.targets:
+        m = None
     if m is None:
         m = np.full(n_atoms, np.nan)
     elif m.shape != (n_atoms,):
         raise SourceError(f"magnetic moments ({spec.magmoms_key!r}) have shape {tuple(m.shape)}, expected "
                           f"({n_atoms},) for {n_atoms} atoms")
-    elif "m" in spec.targets and not np.isfinite(m).all():
+    elif not np.isfinite(m).all():
         raise SourceError(f"magnetic moments ({spec.magmoms_key!r}) hold a non-finite value")
     per_atom = e if spec.energy_is == "per_atom" else e / n_atoms
     return FrameLabels(per_atom, f.astype(np.float32), s.astype(np.float32), m.astype(np.float32))

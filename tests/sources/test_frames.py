@@ -159,3 +159,15 @@ def test_a_unit_setting_is_checked_and_recorded_in_the_store(shared_data: Path, 
     assert np.abs(labels.stress).max() < 1  # eV/Å³ values read as GPa: the user's setting, kept as set
     store = _store(src, tmp_path / "s")
     assert store.potential["stress_unit"] == "GPa" and store.potential["targets"] == "ef"
+
+
+def test_labels_that_are_not_trained_never_cost_a_frame(shared_data: Path, tmp_path: Path) -> None:
+    frames = _mlearn(shared_data, 3)
+    edits = {1: {"stress": (np.eye(3) * 2e6).tolist(), "magmom": [0.5]}}  # impossible stress, moments of one atom
+    path = _mptrj(frames, tmp_path / "f.json", edits)
+    store = _store(open_frames(str(path), settings={"potential_targets": "ef"}), tmp_path / "ef")
+    assert len(store) == 3 and not store.failures()
+    _, (_, _, stress, magmom) = store.frame(1)
+    assert np.isnan(stress).all() and np.isnan(magmom).all()
+    trained = _store(open_frames(str(path), settings={"potential_targets": "efsm"}), tmp_path / "efsm")
+    assert len(trained) == 2 and "cannot be right" in trained.failures()[0][1]
