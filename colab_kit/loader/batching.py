@@ -256,8 +256,8 @@ def make_loaders(store: GraphStore, plan: Plan, splits: dict[str, np.ndarray] | 
     for name, idx in splits.items():
         train = name == "train"
         f = 1 if train else factor
-        sampler = BudgetBatchSampler(idx, atoms, edges, max_atoms * f, max_edges * f,
-                                     plan.batch_size if train else plan.eval_batch_size, shuffle=train, seed=plan.seed,
+        graphs = plan.batch_size if train or store.potential is not None else plan.eval_batch_size
+        sampler = BudgetBatchSampler(idx, atoms, edges, max_atoms * f, max_edges * f, graphs, shuffle=train, seed=plan.seed,
                                      rank=rank, world=world, equal_steps=train)
         loaders[name] = make_loader(store, sampler, plan.workers, plan.pin_memory, plan.prefetch_factor,
                                     plan.persistent_workers and train, train_targets if train else None)

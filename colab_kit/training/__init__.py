@@ -11,6 +11,7 @@ from colab_kit.training.evaluate import (
     evaluate_shipped,
     evaluate_weights,
     evaluate_with_backoff,
+    potential_budget,
     trained_model_settings,
 )
 from colab_kit.training.oom import memory_fix, retry_on_oom
@@ -18,5 +19,5 @@ from colab_kit.training.potential import NAMES, UNITS, describe_scores
 from colab_kit.training.trainer import TrainResult, fit
 
 __all__ = ["NAMES", "UNITS", "Budget", "CheckpointError", "describe_scores", "evaluate_shipped", "TrainResult", "TrainingError", "amp_dtype_for", "cap_gpu_memory", "evaluate_weights",
-           "evaluate_with_backoff", "fit", "load_checkpoint", "memory_fix", "recover_best", "retry_on_oom",
+           "evaluate_with_backoff", "fit", "load_checkpoint", "memory_fix", "potential_budget", "recover_best", "retry_on_oom",
            "trained_model_settings"]

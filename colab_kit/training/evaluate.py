@@ -165,6 +165,20 @@ def load_weights(store: GraphStore, plan: Plan, weights: str | Path) -> Any:
     return model.to(torch.device(plan.device))
 
 
+def potential_budget(store: GraphStore, weights: str | Path) -> tuple[int, int] | None:
+    """A potential's evaluation budget: the batch budget its training used (in the checkpoint beside ``weights``), for
+    its evaluation steps are training-sized (forces are gradients); None for one label per structure, or when there
+    is no checkpoint (then the Plan's)."""
+    if store.potential is None:
+        return None
+    try:
+        saved = load_checkpoint(RunFolder(Path(weights).parent).checkpoints)
+    except CheckpointError:
+        return None
+    budget = (saved or {}).get("budget") or {}
+    return (int(budget["max_atoms"]), int(budget["max_edges"])) if "max_atoms" in budget else None
+
+
 def evaluate_weights(store: GraphStore, plan: Plan, weights: str | Path, split: str = "test") -> dict[str, Any]:
     """Load saved model weights and evaluate them on a split of ``store``."""
 
@@ -173,14 +187,16 @@ def evaluate_weights(store: GraphStore, plan: Plan, weights: str | Path, split: 
     cap_gpu_memory(plan, device)
     model = load_weights(store, plan, weights)
     splits = splits_for(store, plan)
-    loader = make_loaders(store, plan, splits)[split]
+    loader = make_loaders(store, plan, splits, budget=potential_budget(store, weights))[split]
     amp_dtype, _ = amp_dtype_for(plan, device)
     return evaluate_with_backoff(model, loader, device, amp_dtype)
 
 
-def evaluate_shipped(store: GraphStore, plan: Plan, split: str = "test") -> dict[str, Any] | None:
+def evaluate_shipped(store: GraphStore, plan: Plan, split: str = "test",
+                     budget: tuple[int, int] | None = None) -> dict[str, Any] | None:
     """A potential's scores on a split before fine-tuning: the model as its package ships it (CHGNet's pretrained
-    weights, no refit of anything), the baseline a fine-tune must beat; None for a model trained from scratch."""
+    weights, no refit of anything), the baseline a fine-tune must beat; None for a model trained from scratch.
+    ``budget``: (atoms, edges) per batch, the training run's (:func:`potential_budget`)."""
     options = dict(plan.model_options)
     if store.potential is None or not (options.get("pretrained") or options.get("weights")):
         return None
@@ -188,5 +204,5 @@ def evaluate_shipped(store: GraphStore, plan: Plan, split: str = "test") -> dict
     device = torch.device(plan.device)
     model = build_model(plan.model, graph_params=store.params, options=options,
                         potential=store.potential["targets"]).to(device)
-    loader = make_loaders(store, plan, splits_for(store, plan))[split]
+    loader = make_loaders(store, plan, splits_for(store, plan), budget=budget)[split]
     return evaluate_with_backoff(model, loader, device, amp_dtype_for(plan, device)[0])
