@@ -193,7 +193,8 @@ def calibrate(step: Callable[[list[int]], None], indices: np.ndarray, atoms: np.
         cap: (atoms, edges) the budget may not exceed; also the budget when memory does not grow with the batch
             (a small model: then memory is not what limits a batch).
         rss_factor: the process's memory over the tensor bytes measured on a CPU (a potential's double backward:
-            :data:`POTENTIAL_CPU_FACTOR`); a trial predicted above the usable memory is skipped.
+            :data:`POTENTIAL_CPU_FACTOR`): the budget is solved for the measured bytes times it, and a trial predicted
+            above the usable memory is skipped.
 
     Returns:
         The budget, and the step time fitted on the same steps (None when too few ran).
@@ -213,8 +214,8 @@ def calibrate(step: Callable[[list[int]], None], indices: np.ndarray, atoms: np.
         if len(samples) >= 2 and device.type != "cuda":
             # a CPU has no out-of-memory error to catch, only the kernel's OOM killer: a trial the steps so far
             # say would not fit is not run (eight of MPtrj's largest cells in a potential's step: ~45 GB)
-            a, b, c = fit_memory(samples)
-            guess = (a + b * int(atoms[batch].sum()) + c * int(edges[batch].sum())) * rss_factor
+            a, b, c = (x * rss_factor for x in fit_memory(samples))
+            guess = a + b * int(atoms[batch].sum()) + c * int(edges[batch].sum())
             if guess > usable_bytes * (1 - margin):
                 log.info("calibration: skipping a step on %d graphs of %d edges (about %.1f GiB, more than the "
                          "%.1f GiB usable)", len(batch), int(edges[batch].sum()), guess / 2**30, usable_bytes / 2**30)
@@ -244,7 +245,7 @@ def calibrate(step: Callable[[list[int]], None], indices: np.ndarray, atoms: np.
                 step(batch)
                 runs.append(time.perf_counter() - t_step)
             times.append((int(edges[batch].sum()), min(runs)))
-    a, b, c = fit_memory(samples)
+    a, b, c = (x * rss_factor for x in fit_memory(samples))  # the memory the process will hold
     ratio = float(np.median(edges[indices] / np.maximum(atoms[indices], 1)))  # edges per atom
     per_edge = c + b / max(ratio, 1e-9)
     room = usable_bytes * (1 - margin) - a
@@ -255,6 +256,8 @@ def calibrate(step: Callable[[list[int]], None], indices: np.ndarray, atoms: np.
         )
     where = "peak CUDA memory" if device.type == "cuda" else "peak tensor bytes"
     fitted = f"{a / 2**20:.0f} MiB + {b:.0f} B/atom + {c:.0f} B/edge"
+    if rss_factor != 1.0:
+        fitted += f" (the measured bytes x {rss_factor:g}: RSS over tensor bytes of this step on a CPU)"
     if per_edge <= 0:  # the steps' memory does not grow with the batch: memory does not limit it
         if cap is None:
             raise MemoryError(f"calibration measured no growth of memory with the batch ({fitted}) and has no cap")
@@ -290,7 +293,9 @@ def write_oom_hint(folder: RunFolder, budget: Budget) -> None:
     atomic_write_bytes(folder.oom_hint, json.dumps(dataclasses.asdict(budget)).encode())
 
 
-#: RSS over tensor bytes of a potential's training step on a CPU (measured, see initial_budget)
+#: RSS over tensor bytes of a potential's training step on a CPU: CHGNet efs on 107-atom mlearn cells planned 29,162
+#: edges per batch from 206 kB/edge of tensors and peaked at 19.0 GB RSS (3.2x), the allocator keeping the many
+#: short-lived gradient buffers of the double backward
 POTENTIAL_CPU_FACTOR = 3
 
 
@@ -318,19 +323,13 @@ def initial_budget(model: Any, store: GraphStore, splits: dict[str, np.ndarray],
     model.train()
     cap = (int(plan.batch_atoms * plan.budget_cap), int(plan.batch_edges * plan.budget_cap))
     try:
+        rss_factor = POTENTIAL_CPU_FACTOR if potential is not None and device.type == "cpu" else 1.0
         budget, step_time = calibrate(fwd_bwd, splits["train"], atoms, edges, device, plan.train_memory, cap=cap,
-                                      rss_factor=POTENTIAL_CPU_FACTOR if potential is not None else 1.0)
+                                      rss_factor=rss_factor)
     except MemoryError as exc:  # out of memory on the smallest graphs, or the fixed cost fills the memory
         log.warning("batch budget calibration failed (%s); using the plan's static budget", exc)
         budget, step_time = static_budget(plan), None
     model.load_state_dict(snapshot)
-    if potential is not None and device.type == "cpu" and step_time is not None:
-        # a potential's double backward on a CPU: the process's RSS measured 3.2x the tensor bytes the steps hold
-        # (CHGNet efs on 107-atom mlearn cells: budget 29,162 edges from 206 kB/edge, peak RSS 19.0 GB), the
-        # allocator keeping the many short-lived gradient buffers; the budget leaves room for that
-        budget = Budget(max(1, budget.max_atoms // POTENTIAL_CPU_FACTOR), max(1, budget.max_edges // POTENTIAL_CPU_FACTOR),
-                        f"{budget.how}; / {POTENTIAL_CPU_FACTOR}: a potential's double backward holds about "
-                        f"{POTENTIAL_CPU_FACTOR}x its tensor bytes in RSS on a CPU")
     return budget, step_time
 
 
