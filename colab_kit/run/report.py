@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from colab_kit.run_folder import RunFolder
-from colab_kit.training import NAMES, UNITS, describe_scores
+from colab_kit.training import NAMES, QUANTITIES, SCALE, STORE_UNITS, UNITS, describe_scores
 from colab_kit.util.files import atomic_write_bytes
 from colab_kit.util.logs import format_duration
 from colab_kit.util.units import target_label, target_name_for_axis, target_quantity, target_unit, with_unit
@@ -62,9 +62,12 @@ def mean_predictor_mae(targets: np.ndarray, train_idx: np.ndarray, eval_idx: np.
 def reference_energy_mae(store: Any, train_idx: np.ndarray, eval_idx: np.ndarray, max_train: int = 20_000) -> float:
     """Energy MAE (eV/atom) on ``eval_idx`` of per-element reference energies fitted by least squares on (at most
     ``max_train`` of) the training frames: a potential's energy baseline, what composition alone explains."""
+    def fraction(i: int) -> np.ndarray:
+        z = np.asarray(store.arrays(int(i))["z"], np.int64)
+        return np.bincount(z, minlength=119) / len(z)
+
     def fractions(idx: np.ndarray) -> np.ndarray:
-        return np.stack([np.bincount(np.asarray(store.arrays(int(i))["z"], np.int64), minlength=119) / len(
-            store.arrays(int(i))["z"]) for i in idx]) if len(idx) else np.zeros((0, 119))
+        return np.stack([fraction(i) for i in idx]) if len(idx) else np.zeros((0, 119))
 
     y = store.targets()
     train = train_idx if len(train_idx) <= max_train else np.random.default_rng(0).choice(train_idx, max_train, False)
@@ -248,13 +251,10 @@ def _potential_report(store: GraphStore, test: dict[str, Any],
     files = {}
     for t, points in (test.get("parity") or {}).items():
         name = NAMES[t]
-        what = {"e": "energy per atom", "f": "force component", "s": "stress component", "m": "magnetic moment"}[t]
-        unit = {"e": "eV/atom", "f": "eV/Å", "s": "GPa", "m": "μB"}[t]
-        scale = 1000.0 if t in "ef" else 1.0  # the parity points are in the reported units (meV/...)
-        mae = (scores.get(f"{name}_mae") or float("nan")) / scale
+        mae = (scores.get(f"{name}_mae") or float("nan")) / SCALE[t]  # the plot is in the labels' units
         base = scores.get(f"{name}_baseline")
-        fig = parity_figure(points[1] / scale, points[0] / scale, mae=mae, target_name=what, unit=unit,
-                            baseline_mae=None if base is None else base / scale,
+        fig = parity_figure(points[1], points[0], mae=mae, target_name=QUANTITIES[t], unit=STORE_UNITS[t],
+                            baseline_mae=None if base is None else base / SCALE[t],
                             baseline_name={"e": "per-element reference", "f": "zero forces"}.get(t, "their mean"))
         files[f"parity_{name}"] = str(save_png(fig, out(f"parity_{name}.png")))
     return section, files, lines

@@ -89,7 +89,7 @@ def _potential_scores(scores: Scores, loader: Any) -> dict[str, Any]:
             scores.merge(other)
     out = scores.result()
     parity = scores.parity_points()
-    energy = parity.get("e", np.zeros((2, 0))) / 1000.0
+    energy = parity.get("e", np.zeros((2, 0)))
     out.update(pred=energy[1], target=energy[0], parity=parity)
     return out
 

@@ -22,8 +22,10 @@ import torch
 
 WEIGHTS = {"e": 1.0, "f": 1.0, "s": 0.1, "m": 0.1}  # CHGNet's Trainer's defaults
 NAMES = {"e": "energy", "f": "force", "s": "stress", "m": "magmom"}
-UNITS = {"e": "meV/atom", "f": "meV/Å", "s": "GPa", "m": "μB"}
-_SCALE = {"e": 1000.0, "f": 1000.0, "s": 1.0, "m": 1.0}  # store units to the reported ones
+UNITS = {"e": "meV/atom", "f": "meV/Å", "s": "GPa", "m": "μB"}  # the scores' units
+STORE_UNITS = {"e": "eV/atom", "f": "eV/Å", "s": "GPa", "m": "μB"}  # the labels' (and the parity points') units
+SCALE = {"e": 1000.0, "f": 1000.0, "s": 1.0, "m": 1.0}  # store units to the scores' ones
+QUANTITIES = {"e": "energy per atom", "f": "force component", "s": "stress component", "m": "magnetic moment"}
 #: points of each target kept for parity plots (a uniform sample of the split's values)
 PARITY_POINTS = 20_000
 
@@ -136,8 +138,8 @@ class Scores:
                 continue
             mae = self.abs_err[t] / n
             weighted += self.weights.get(t, 0.0) * mae
-            out[f"{NAMES[t]}_mae"] = mae * _SCALE[t]
-            out[f"{NAMES[t]}_rmse"] = (self.sq_err[t] / n) ** 0.5 * _SCALE[t]
+            out[f"{NAMES[t]}_mae"] = mae * SCALE[t]
+            out[f"{NAMES[t]}_rmse"] = (self.sq_err[t] / n) ** 0.5 * SCALE[t]
         out["mae"] = weighted if self.count else float("nan")
         out["rmse"] = out.get("energy_rmse", float("nan")) / 1000.0
         if self.cos_n:
@@ -148,20 +150,20 @@ class Scores:
     def _baselines(self) -> dict[str, float]:
         out = {}  # the energy's (per-element reference energies fitted on the training split) needs the store
         if self.count.get("f"):
-            out["force_baseline"] = self.force_abs / self.count["f"] * _SCALE["f"]
+            out["force_baseline"] = self.force_abs / self.count["f"] * SCALE["f"]
         for t in "sm":
             parts = self.parity.get(t)
             if parts:
                 y = np.concatenate([p[0] for p in parts])
-                out[f"{NAMES[t]}_baseline"] = float(np.abs(y - y.mean()).mean()) * _SCALE[t]
+                out[f"{NAMES[t]}_baseline"] = float(np.abs(y - y.mean()).mean()) * SCALE[t]
         return out
 
     def parity_points(self) -> dict[str, np.ndarray]:
-        """``{target: [2, n] (label, prediction)}`` in the reported units, at most :data:`PARITY_POINTS` each (a
-        uniform sample)."""
+        """``{target: [2, n] (label, prediction)}`` in the labels' units (:data:`STORE_UNITS`), at most
+        :data:`PARITY_POINTS` each (a uniform sample)."""
         out = {}
         for t, parts in self.parity.items():
-            both = np.concatenate(parts, axis=1) * _SCALE[t]
+            both = np.concatenate(parts, axis=1)
             if both.shape[1] > PARITY_POINTS:
                 both = both[:, np.linspace(0, both.shape[1] - 1, PARITY_POINTS).astype(np.int64)]
             out[t] = both
