@@ -194,8 +194,8 @@ def _run(plan: Plan, fresh: bool, progress: bool, callbacks: list[Callable[[dict
             # the data first: a misspelled name or a missing file must not leave an empty run folder behind
             stage("data", f"resolving {plan.data}")
             data_path = resolve(plan.data, Path(plan.work_dir) / "downloads", progress=progress, sha256=plan.data_sha256)
-            open_data(plan, data_path)  # reads headers only: a wrong format fails here
-            return _pipeline(plan, folder, persist, data_path, progress, callbacks, should_stop, log_to_file, stage,
+            source = open_data(plan, data_path)  # reads headers only: a wrong format fails here
+            return _pipeline(plan, folder, persist, data_path, source, progress, callbacks, should_stop, log_to_file, stage,
                              t0)
         except ColabKitError:
             if created and not folder.holds_work():
@@ -252,7 +252,7 @@ def keep_store_resolution(plan: Plan, store_dir: Path) -> Plan:
     return plan.replace("kept from this run's store: a run's graph resolution is decided by its first call", **changes)
 
 
-def _pipeline(plan: Plan, folder: RunFolder, persist: RunFolder | None, data_path: Path, progress: bool,
+def _pipeline(plan: Plan, folder: RunFolder, persist: RunFolder | None, data_path: Path, source: Any, progress: bool,
               callbacks: list[Callable[[dict[str, Any]], None]], should_stop: Callable[[], bool],
               log_to_file: bool, stage: Callable[[str, str], None], t0: float) -> RunResult:
 
@@ -285,7 +285,6 @@ def _pipeline(plan: Plan, folder: RunFolder, persist: RunFolder | None, data_pat
         mirror.push(*shard, store_dir / "manifest.json", folder.timing)
 
     stage("convert", f"{data_path} -> {store_dir} ({plan.graph_kind} graphs, {plan.convert_workers} workers)")
-    source = open_data(plan, data_path) if plan.task == "potential" else data_path
     conv = build_store(source, store_dir, converter, workers=plan.convert_workers, shard_size=plan.shard_size,
                        limit=plan.n_samples, on_bad_structure=plan.on_bad_structure, target=plan.target,
                        progress=progress, on_shard=on_shard, should_stop=should_stop)
