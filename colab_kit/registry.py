@@ -248,6 +248,11 @@ def model(name: str) -> ModelSpec:
     return _resolve(_models, name)
 
 
+def potential_models() -> tuple[str, ...]:
+    """Names of the registered models that train as interatomic potentials (a ``potential_builder``)."""
+    return tuple(m for m in _models if getattr(model(m), "potential_builder", None) is not None)
+
+
 def model_graph_kind(name: str) -> str:
     """The graph kind model ``name`` trains on."""
     return model(name).graph_kind

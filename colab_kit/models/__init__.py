@@ -38,9 +38,8 @@ def build_model(name: str, target_mean: float = 0.0, target_std: float = 1.0,
     if potential is not None:
         builder = getattr(spec, "potential_builder", None)
         if builder is None:
-            able = [m for m in registry.models() if getattr(registry.model(m), "potential_builder", None) is not None]
             raise registry.RegistryError(f"model {name} predicts one number per structure, not energies and forces; "
-                                         f"train a potential with --model one of {able}")
+                                         f"train a potential with --model one of {registry.potential_models()}")
         full = {k: o.default for k, o in spec.options.items()}
         full.update(opts)
         return builder(targets=potential, graph_params=dict(graph_params or {}), **full)

@@ -427,10 +427,9 @@ def make_plan(machine: Machine, mode: str = "debug", **overrides: Any) -> Plan:
 
 def _potential_settings(v: dict[str, Any], set_: Any, model: str) -> None:
     """A potential's settings: what is trained, where the labels are, and the loss (CHGNet's Trainer's defaults)."""
-    if getattr(registry.model(model), "potential_builder", None) is None:
-        able = [m for m in registry.models() if getattr(registry.model(m), "potential_builder", None) is not None]
+    if model not in registry.potential_models():
         raise PlanError(f"--task potential needs a model that predicts energies and forces; {model} predicts one "
-                        f"number per structure: --model one of {able}")
+                        f"number per structure: --model one of {registry.potential_models()}")
     set_("potential_targets", "auto", "energy and forces, plus stress and magnetic moments where the first frame "
          "has them")
     for key in LABEL_FIELDS[1:]:

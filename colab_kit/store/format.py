@@ -51,8 +51,6 @@ RAGGED = {
 }
 #: per-graph arrays, stacked: the cell, and a potential's stress (GPa, tensile positive)
 PER_GRAPH = ("lattice", "stress")
-#: the arrays that hold a potential's labels beside the graphs; the energy per atom is the store's ``target``
-LABEL_ARRAYS = ("forces", "magmom", "stress")
 _ST_DTYPES = {
     "U8": np.uint8, "I8": np.int8, "U16": np.uint16, "I16": np.int16, "U32": np.uint32, "I32": np.int32,
     "I64": np.int64, "U64": np.uint64, "F16": np.float16, "F32": np.float32, "F64": np.float64, "BOOL": np.bool_,
