@@ -354,6 +354,15 @@ class MptrjSource(Source):
 
     def __init__(self, path: str) -> None:
         super().__init__(path, "energy")
+        from colab_kit.sources.streams import stream_json
+
+        first = next(stream_json(path, "kvitems", "", what="materials"), None)
+        frame = next(iter(first[1].values()), None) if first is not None and isinstance(first[1], dict) else None
+        if first is not None and not (isinstance(frame, dict) and "structure" in frame):
+            raise SourceError(f"{path}: not CHGNet's MPtrj layout {{material: {{frame: {{structure, "
+                              f"corrected_total_energy, force, stress, magmom}}}}}} (its first key is {first[0]!r}); "
+                              "--task potential trains on DFT frames: pass --data an extxyz file, MPtrj JSON, ASE "
+                              "database or VASP folder")
 
     def __iter__(self) -> Iterator[RawItem]:
         from colab_kit.sources.streams import stream_json

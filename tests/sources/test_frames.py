@@ -171,3 +171,8 @@ def test_labels_that_are_not_trained_never_cost_a_frame(shared_data: Path, tmp_p
     assert np.isnan(stress).all() and np.isnan(magmom).all()
     trained = _store(open_frames(str(path), settings={"potential_targets": "efsm"}), tmp_path / "efsm")
     assert len(trained) == 2 and "cannot be right" in trained.failures()[0][1]
+
+
+def test_a_file_without_frames_is_refused_in_one_line(shipped_data: Path) -> None:
+    with pytest.raises(SourceError, match="not CHGNet's MPtrj layout .* its first key is 'index'.*pass --data an extxyz"):
+        open_frames(str(shipped_data))
