@@ -174,5 +174,5 @@ def test_labels_that_are_not_trained_never_cost_a_frame(shared_data: Path, tmp_p
 
 
 def test_a_file_without_frames_is_refused_in_one_line(shipped_data: Path) -> None:
-    with pytest.raises(SourceError, match="not CHGNet's MPtrj layout .* its first key is 'index'.*pass --data an extxyz"):
+    with pytest.raises(SourceError, match=r"not CHGNet's MPtrj layout .*its first key is 'index'.*pass --data an extxyz"):
         open_frames(str(shipped_data))
