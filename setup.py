@@ -36,7 +36,7 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["colab_kit", "colab_kit.*"]),
-    package_data={"colab_kit": ["data/*.json.gz", "data/*.md"]},
+    package_data={"colab_kit": ["data/*.json.gz", "data/*.extxyz.gz", "data/*.md", "data/*.txt"]},
     include_package_data=True,
     install_requires=requirements(),
     extras_require={

@@ -26,6 +26,7 @@ MODES: dict[str, dict[str, Any]] = {
 }
 
 DEFAULT_DATA = "mp_eform_cgcnn_3000"
+DEFAULT_FRAMES = "mlearn_frames_221"  # --task potential's (colab_kit.sources.datasets.DEFAULT_FRAMES)
 LOW_DISK = 2 * GIB
 LOW_RAM = 4 * GIB
 # RSS of one conversion worker (python + torch + pymatgen + one shard in flight), measured ~300 MB.
@@ -232,7 +233,10 @@ def make_plan(machine: Machine, mode: str = "debug", **overrides: Any) -> Plan:
 
     preset = MODES[mode]
     v["mode"], r["mode"] = mode, "requested"
-    set_("data", DEFAULT_DATA, "shipped with colab_kit: 3,000 MP formation energies, no download")
+    if overrides.get("task") == "potential":
+        set_("data", DEFAULT_FRAMES, "shipped with colab_kit: 221 DFT frames with forces and stresses, no download")
+    else:
+        set_("data", DEFAULT_DATA, "shipped with colab_kit: 3,000 MP formation energies, no download")
     set_("target", None, "the label column the source names (matbench: its one target column)")
     set_("unit", None, "from the label's name (e_form: eV/atom); --set unit=... when the name does not say it")
     set_("data_sha256", None, "a URL's file is checked against its server's validator; known datasets carry their "

@@ -17,6 +17,7 @@ from colab_kit.sources.gdrive import download_drive, parse_drive_id
 log = logging.getLogger(__name__)
 
 DEFAULT_DATASET = "mp_eform_cgcnn_3000"
+DEFAULT_FRAMES = "mlearn_frames_221"  # the default data of ``--task potential``
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]  # colab_kit/, whose data/ holds the shipped file
 
 
@@ -51,6 +52,10 @@ REGISTRY: dict[str, KnownDataset] = {d.name: d for d in (
                  "mp_eform_cgcnn_3000_matbench.json.gz",
                  "3,000 Materials Project formation energies (CGCNN set via CrysXPP)", "e_form",
                  "MIT (CrysXPP) / CC BY 4.0 (Materials Project data)", "data/mp_eform_cgcnn_3000_matbench.json.gz"),
+    KnownDataset(DEFAULT_FRAMES, None, "281217ed243ed82b48f31ca9b44b1ac381f0837c337cc78e9df02152781a08b8",
+                 "mlearn_frames_221.extxyz.gz",
+                 "221 DFT frames of Li, Mo, Si, Ge, Cu, Ni (mlearn): energies eV, forces eV/A, stresses",
+                 "energy", "BSD-3 (mlearn) / NIST terms (ALIGNN's copy of Cu, Ni)", "data/mlearn_frames_221.extxyz.gz"),
     # sha256: matbench's own record of its files (the "hash" of each task in the matbench repository's published
     # dataset metadata); matbench_phonons' also checked here against the copy in shared/data
     KnownDataset("matbench_mp_e_form", _MATBENCH.format("matbench_mp_e_form"),

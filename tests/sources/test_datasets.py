@@ -20,6 +20,7 @@ import pytest
 
 from colab_kit.sources.datasets import (
     DEFAULT_DATASET,
+    DEFAULT_FRAMES,
     REGISTRY,
     DownloadError,
     KnownDataset,
@@ -464,6 +465,28 @@ def test_shipped_default_matches_registry(tmp_path: Path) -> None:
     assert not (tmp_path / "never").exists()
     entry = REGISTRY["matbench_mp_e_form"]
     assert entry.url and entry.url.startswith("https://") and entry.target == "e_form"
+
+
+def test_shipped_frames_are_the_potential_default(tmp_path: Path) -> None:
+    """``--task potential`` without ``--data`` trains on the shipped DFT frames: the file is in the package with its
+    registry checksum, the planner names it, and every frame has energy, forces and stress in ASE's units."""
+    from colab_kit.plan import detect, make_plan
+    from colab_kit.sources import open_frames
+    from colab_kit.sources.frames import parse_frame
+
+    path = resolve(DEFAULT_FRAMES, tmp_path / "never")
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == REGISTRY[DEFAULT_FRAMES].sha256
+    plan = make_plan(detect(), "debug", task="potential")
+    assert plan.data == DEFAULT_FRAMES and "shipped" in plan.reasons["data"]
+    assert make_plan(detect(), "debug").data == DEFAULT_DATASET
+    frames = open_frames(str(path), settings=plan.label_settings()).resolve_targets()
+    assert frames.spec.targets == "efs"
+    parsed = [parse_frame(item, frames.spec) for item in frames]
+    assert len(parsed) == 221 and {len(s) for s, _ in parsed} <= set(range(2, 65))
+    assert {s.composition.elements[0].symbol for s, _ in parsed} == {"Li", "Mo", "Si", "Ge", "Cu", "Ni"}
+    structure, labels = parsed[0]
+    assert labels.forces.shape == (len(structure), 3) and labels.stress.shape == (3, 3)
+    assert not (tmp_path / "never").exists()
 
 
 def test_known_name_downloads_with_registry_checksum(server: tuple[str, State], tmp_path: Path,
