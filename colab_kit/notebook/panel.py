@@ -1,6 +1,7 @@
 """The notebook control panel: widgets that build a Plan and call the same ``run`` as the CLI.
 
-``show_panel()`` displays a :class:`ControlPanel`: mode, data source, graph kind / model, the
+``show_panel()`` displays a :class:`ControlPanel`: mode, task (one property per structure, or an interatomic
+potential: energies, forces, stresses), data source, graph kind / model, the
 settings people most often change (prefilled from the Plan for this machine, the Plan's reason
 beside each), Run / Resume / Stop, a live loss plot and an output area with the progress bars and
 log lines. Nothing here decides anything: the panel collects overrides, asks
@@ -30,9 +31,10 @@ from typing import TYPE_CHECKING, Any
 from colab_kit import registry
 from colab_kit.errors import ColabKitError
 from colab_kit.notebook.output import into_panel, render_loss_plot
-from colab_kit.plan import MODES, Plan, PlanError, detect, make_plan
+from colab_kit.plan import MODES, TASKS, Plan, PlanError, detect, make_plan
 from colab_kit.run import folder_for, run
 from colab_kit.run_folder import RunFolder
+from colab_kit.training import describe_scores
 
 if TYPE_CHECKING:
     from colab_kit.plan import Machine
@@ -75,7 +77,7 @@ class ControlPanel:
         background: run in a thread so Stop works; False runs inside ``start()`` (tests, scripts).
         progress: show progress bars (``tqdm.auto``: widget bars in Jupyter).
         plot_interval_s: redraw the live loss plot at most this often within an epoch (seconds).
-        **overrides: plan settings to start from (``data``, ``graph_kind``, ``model``, any key of
+        **overrides: plan settings to start from (``task``, ``data``, ``graph_kind``, ``model``, any key of
             :data:`SETTINGS`) and fixed settings without a box (e.g. ``n_samples=60``).
 
     Raises:
@@ -96,7 +98,8 @@ class ControlPanel:
         self.error: BaseException | None = None
         self.messages: list[str] = []  # the latest run's "resume" messages
         self.plot_updates = 0
-        self._extra = {k: v for k, v in overrides.items() if k not in (*SETTINGS, "data", "graph_kind", "model")}
+        self._extra = {k: v for k, v in overrides.items()
+                       if k not in (*SETTINGS, "task", "data", "graph_kind", "model")}
         self._initial = {k: v for k, v in overrides.items() if k in SETTINGS}  # what "Reset settings" returns to
         self._user_set, self._filling, self._busy = set(self._initial), False, False
         self._stop = threading.Event()
@@ -111,12 +114,16 @@ class ControlPanel:
         self.mode = w.ToggleButtons(options=list(MODES), value=mode,
                                     tooltips=[f"{m}: {p['n_samples'] or 'all'} structures, {p['epochs']} epochs"
                                               for m, p in MODES.items()])
+        self.task = w.ToggleButtons(options=list(TASKS), value=base.task,
+                                    tooltips=["one label per structure (e.g. formation energy)",
+                                              "an interatomic potential: energies, forces, stresses (and magnetic "
+                                              "moments) of DFT frames"])
         self.data = w.Text(value=base.data, description="data", style=desc, continuous_update=False,
                            placeholder="path, http(s) URL, Google Drive link/id or dataset name",
                            layout=w.Layout(width="95%"))
-        self.graph_kind = w.Dropdown(options=list(registry.graph_kinds()), value=base.graph_kind, description="graphs",
-                                    style=desc)
-        self.model = w.Dropdown(options=list(registry.models()), value=base.model, description="model", style=desc)
+        self.graph_kind = w.Dropdown(options=self._graph_kinds(base.task), value=base.graph_kind,
+                                     description="graphs", style=desc)
+        self.model = w.Dropdown(options=self._models(base.task), value=base.model, description="model", style=desc)
         self.inputs: dict[str, Any] = {}
         self.reasons: dict[str, Any] = {}
         for name, (kind, label) in SETTINGS.items():
@@ -145,6 +152,7 @@ class ControlPanel:
         self.widget = w.VBox([
             w.HTML(f"<b>colab_kit</b> &mdash; {_esc(_machine_line(machine))}"),
             w.HBox([w.HTML("<div style='width:92px;text-align:right;padding-right:8px'>mode</div>"), self.mode]),
+            w.HBox([w.HTML("<div style='width:92px;text-align:right;padding-right:8px'>task</div>"), self.task]),
             self.data,
             w.HBox([self.graph_kind, self.model]), *(w.HBox([self.inputs[n], self.reasons[n]]) for n in SETTINGS),
             w.HTML(_esc(f"fixed settings: {fixed}") if fixed else ""), self.error_box,
@@ -153,6 +161,7 @@ class ControlPanel:
         ])
         self._fill(base, every_box=True)
         self.mode.observe(lambda _c: self._refresh(), "value")
+        self.task.observe(self._on_task, "value")
         self.data.observe(lambda _c: self._refresh(), "value")
         self.graph_kind.observe(lambda c: self._pair(self.model, self._model_for(c["new"])), "value")
         self.model.observe(lambda c: self._pair(self.graph_kind, registry.model_graph_kind(c["new"])), "value")
@@ -167,7 +176,9 @@ class ControlPanel:
     def overrides(self) -> dict[str, Any]:
         """The plan overrides the widgets stand for: edited settings, changed data/graphs, fixed settings."""
         out = dict(self._extra)
-        default = make_plan(self.machine, self.mode.value)
+        task = {"task": self.task.value} if self.task.value != "property" else {}
+        out.update(task)
+        default = make_plan(self.machine, self.mode.value, **task)
         if self.data.value.strip() not in ("", default.data):
             out["data"] = self.data.value.strip()
         if self.graph_kind.value != default.graph_kind:
@@ -209,9 +220,40 @@ class ControlPanel:
             self._user_set.add(name)
         self._refresh()
 
+    @staticmethod
+    def _models(task: str) -> list[str]:
+        """The models the model box offers for ``task``: all, or those that train as potentials."""
+        return list(registry.potential_models()) if task == "potential" else list(registry.models())
+
+    @classmethod
+    def _graph_kinds(cls, task: str) -> list[str]:
+        """The graph kinds the graphs box offers: those of the task's models, in the registry's order."""
+        kinds = {registry.model_graph_kind(m) for m in cls._models(task)}
+        return [k for k in registry.graph_kinds() if k in kinds]
+
+    def _on_task(self, change: dict[str, Any]) -> None:
+        """Offer the task's models and graph kinds, and its shipped data where the box showed the other task's."""
+        old, new = change["old"], change["new"]
+        before = make_plan(self.machine, self.mode.value, **({"task": old} if old != "property" else {}))
+        after = make_plan(self.machine, self.mode.value, **({"task": new} if new != "property" else {}))
+        self._filling = True  # one refresh at the end, not one per box
+        try:
+            model = self.model.value if self.model.value in self._models(new) else after.model
+            self.graph_kind.options = self._graph_kinds(new)
+            self.model.options = self._models(new)
+            self.model.value, self.graph_kind.value = model, registry.model_graph_kind(model)
+            if self.data.value.strip() in ("", before.data):
+                self.data.value = after.data
+        finally:
+            self._filling = False
+        self._refresh()
+
     def _model_for(self, kind: str) -> str:
         """The model to show for graph kind ``kind``: the current one if it trains on it, else the kind's first."""
-        return self.model.value if registry.model_graph_kind(self.model.value) == kind else registry.default_model(kind)
+        if registry.model_graph_kind(self.model.value) == kind:
+            return self.model.value
+        models = [m for m in self._models(self.task.value) if registry.model_graph_kind(m) == kind]
+        return models[0] if models else registry.default_model(kind)
 
     def _pair(self, other: Any, value: str | None) -> None:
         """Keep graph kind and model consistent (a model picks its graph kind, a graph kind its first model)."""
@@ -221,6 +263,8 @@ class ControlPanel:
             self._refresh()
 
     def _refresh(self) -> None:
+        if self._filling:  # several boxes change together (a new task): one refresh when they are done
+            return
         plan = self.plan()
         if plan is not None:
             self._fill(plan)
@@ -348,13 +392,18 @@ class ControlPanel:
                 self._draw()
         elif kind == "epoch":
             self._epochs.append({**ev, "at_step": len(self._losses)})
+            scores = {k.removeprefix("val_"): v for k, v in ev.items() if k.startswith("val_")}
+            val = (describe_scores(scores) if "energy_mae" in scores  # a potential: each target in its unit
+                   else f"MAE {ev['val_mae']:.4f}")
             self._set_status(f"<b>epoch {ev['epoch']}</b>: train loss {ev['train_loss']:.4f}, "
-                             f"validation MAE {ev['val_mae']:.4f} ({ev['seconds']:.1f} s)")
+                             f"validation {_esc(val)} ({ev['seconds']:.1f} s)")
             self._draw()
 
     def _draw(self) -> None:
         self._last_draw = time.monotonic()
         unit = self.result.metrics.get("unit") if self.result is not None else None
+        if self._epochs and "val_energy_mae" in self._epochs[-1]:
+            unit = "weighted sum over targets"  # a potential's val_mae: the loss weights times each target's MAE
         self.plot.value = render_loss_plot(self._losses, self._epochs, mae_unit=unit)
         self.plot.layout.display = ""
         self.plot_updates += 1
@@ -366,9 +415,13 @@ class ControlPanel:
                              "from it", color="#a15c00")
             return
         nan, unit = float("nan"), m.get("unit") or ""
-        self._set_status(f"<b>done</b> in {seconds:.0f} s: test MAE <b>{m.get('test_mae', nan):.4f} {_esc(unit)}</b> "
-                         f"on {m.get('test_n', '?')} held-out structures (predicting the training mean: "
-                         f"{m.get('mean_predictor_test_mae', nan):.4f})", color="#1b5e20")
+        if "potential" in m:
+            self._set_status(f"<b>done</b> in {seconds:.0f} s: test on {m.get('test_n', '?')} held-out frames: "
+                             f"{_esc(m['potential']['summary'])}", color="#1b5e20")
+        else:
+            self._set_status(f"<b>done</b> in {seconds:.0f} s: test MAE <b>{m.get('test_mae', nan):.4f} {_esc(unit)}"
+                             f"</b> on {m.get('test_n', '?')} held-out structures (predicting the training mean: "
+                             f"{m.get('mean_predictor_test_mae', nan):.4f})", color="#1b5e20")
         budget = m.get("budget") or {}
         for name, key in (("batch_edges", "max_edges"), ("batch_atoms", "max_atoms")):
             if budget.get(key) and name not in self._user_set:  # the box shows the static estimate
@@ -384,7 +437,7 @@ class ControlPanel:
 
     def _set_busy(self, busy: bool) -> None:
         self._busy = busy
-        for box in (self.mode, self.data, self.graph_kind, self.model, self.start_over, self.run_button,
+        for box in (self.mode, self.task, self.data, self.graph_kind, self.model, self.start_over, self.run_button,
                     self.reset_button, self.resume_button, *self.inputs.values()):
             box.disabled = busy
         self.stop_button.disabled = not busy

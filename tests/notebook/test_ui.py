@@ -65,6 +65,40 @@ def test_plan_follows_the_widgets(tmp_path: Path) -> None:
     assert "batch_edges" in panel.plan_table.value and "why" in panel.plan_table.value
 
 
+def test_task_switches_models_graphs_and_shipped_data(tmp_path: Path) -> None:
+    """The task toggle offers the potential models and the shipped frames, and gives the other task's back."""
+    from colab_kit import registry
+
+    panel = ControlPanel(machine=_machine(tmp_path), graph_kind="radius")
+    assert panel.task.value == "property" and panel.model.value == "cgcnn" and "cgcnn" in panel.model.options
+    panel.task.value = "potential"
+    assert list(panel.model.options) == list(registry.potential_models())
+    assert panel.model.value == "chgnet" and panel.graph_kind.value == "chgnet"
+    assert "radius" not in panel.graph_kind.options and panel.data.value == "mlearn_frames_221"
+    plan = panel.plan()
+    assert plan is not None and (plan.task, plan.model, plan.data) == ("potential", "chgnet", "mlearn_frames_221")
+    assert "force_weight" in panel.plan_table.value and "Cannot plan" not in panel.error_box.value
+    panel.model.value = "m3gnet"  # the graphs follow the model, as for a property
+    assert panel.graph_kind.value == registry.model_graph_kind("m3gnet") and panel.plan().model == "m3gnet"
+    panel.data.value = "/my/frames.extxyz"
+    panel.task.value = "property"  # the user's data stays; the models come back
+    assert "cgcnn" in panel.model.options and panel.model.value == "m3gnet" and panel.data.value == "/my/frames.extxyz"
+    assert panel.plan().task == "property"
+
+
+def test_potential_runs_in_the_panel(tmp_path: Path) -> None:
+    """A potential trained from the panel on the shipped frames: its status gives each target's test MAE."""
+    panel = ControlPanel(machine=_machine(tmp_path), background=False, progress=False, task="potential",
+                         work_dir=str(tmp_path / "work"), n_samples=16, epochs=1, batch_atoms=600,
+                         batch_edges=30000)  # fixed budgets: no calibration
+    assert panel.start() is True
+    result = panel.result
+    assert result is not None and result.metrics["status"] == "finished", panel.error
+    assert "energy MAE" in panel.status.value and "force MAE" in panel.status.value and "meV/Å" in panel.status.value
+    assert panel._epochs and "val_force_mae" in panel._epochs[-1] and panel.plot_updates >= 1
+    assert (result.run_dir / "report" / "parity_force.png").is_file()
+
+
 def test_invalid_setting_is_shown_not_raised(tmp_path: Path) -> None:
     panel = _panel(tmp_path)
     panel.inputs["workers"].value = -1
