@@ -52,7 +52,7 @@ REGISTRY: dict[str, KnownDataset] = {d.name: d for d in (
                  "mp_eform_cgcnn_3000_matbench.json.gz",
                  "3,000 Materials Project formation energies (CGCNN set via CrysXPP)", "e_form",
                  "MIT (CrysXPP) / CC BY 4.0 (Materials Project data)", "data/mp_eform_cgcnn_3000_matbench.json.gz"),
-    KnownDataset(DEFAULT_FRAMES, None, "281217ed243ed82b48f31ca9b44b1ac381f0837c337cc78e9df02152781a08b8",
+    KnownDataset(DEFAULT_FRAMES, None, "fdf97dd81c19d9888b3f838738acc366fda68e92dc1c6bbdac3d8e98ab2b5eb3",
                  "mlearn_frames_221.extxyz.gz",
                  "221 DFT frames of Li, Mo, Si, Ge, Cu, Ni (mlearn): energies eV, forces eV/A, stresses",
                  "energy", "BSD-3 (mlearn) / NIST terms (ALIGNN's copy of Cu, Ni)", "data/mlearn_frames_221.extxyz.gz"),

@@ -484,6 +484,8 @@ def test_shipped_frames_are_the_potential_default(tmp_path: Path) -> None:
     parsed = [parse_frame(item, frames.spec) for item in frames]
     assert len(parsed) == 221 and {len(s) for s, _ in parsed} <= set(range(2, 65))
     assert {s.composition.elements[0].symbol for s, _ in parsed} == {"Li", "Mo", "Si", "Ge", "Cu", "Ni"}
+    # shuffled: the first frames (--set n_samples=N) hold every element, not one element's block
+    assert {s.composition.elements[0].symbol for s, _ in parsed[:24]} == {"Li", "Mo", "Si", "Ge", "Cu", "Ni"}
     structure, labels = parsed[0]
     assert labels.forces.shape == (len(structure), 3) and labels.stress.shape == (3, 3)
     assert not (tmp_path / "never").exists()
