@@ -18,13 +18,15 @@ def requirements() -> list[str]:
     return [ln.split("#")[0].strip() for ln in lines if ln.split("#")[0].strip()]
 
 
-#: The field's model packages, each an optional extra: ``pip install "colab_kit[alignn]"`` / ``"colab_kit[matgl]"``.
+#: The field's model packages, each an optional extra: ``pip install "colab_kit[alignn]"`` / ``"colab_kit[matgl]"`` / ``"colab_kit[mace]"``.
 #: tests/test_colab_install.py resolves each against Google Colab's packages (it may add packages, never replace
 #: one of Colab's). alignn >= 2026.5.20: its pure-torch model and graph builder (no DGL); matgl >= 4.1: on
-#: PyTorch Geometric, without DGL.
+#: PyTorch Geometric, without DGL; mace-torch >= 0.3.14: ScaleShiftMACE with heads and radial_MLP, pure Python (its
+#: e3nn 0.4.4 and matscipy's cp313 wheels install on Colab's Python 3.13 beside Colab's packages).
 MODEL_EXTRAS = {
     "alignn": ["alignn>=2026.5.20"],
     "matgl": ["matgl>=4.1"],
+    "mace": ["mace-torch>=0.3.14"],
 }
 
 setup(

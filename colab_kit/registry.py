@@ -177,6 +177,8 @@ class Model:
     potential_builder: Callable[..., Any] | None = None
     #: what ``export`` writes for a potential: file (or folder) name -> ``fn(trained module, path) -> path``
     potential_exports: Mapping[str, Callable[[Any, Any], Any]] = field(default_factory=dict)
+    #: trains only as an interatomic potential (MACE): the planner refuses it for one number per structure
+    potential_only: bool = False
 
     def build(self, target_mean: float = 0.0, target_std: float = 1.0, graph_params: Mapping[str, Any] | None = None,
               options: Mapping[str, Any] | None = None) -> Any:
@@ -195,6 +197,7 @@ GRAPH_MODULES: dict[str, str] = {
     "comformer": "colab_kit.graphs.comformer:KIND",
     "alignn": "colab_kit.graphs.alignn:KIND",
     "matgl": "colab_kit.graphs.matgl:KIND",
+    "mace": "colab_kit.graphs.mace:KIND",
 }
 MODEL_MODULES: dict[str, str] = {
     "chgnet": "colab_kit.models.chgnet:SPEC",
@@ -203,6 +206,7 @@ MODEL_MODULES: dict[str, str] = {
     "alignn": "colab_kit.models.alignn:SPEC",
     "m3gnet": "colab_kit.models.matgl:M3GNET",
     "tensornet": "colab_kit.models.matgl:TENSORNET",
+    "mace": "colab_kit.models.mace:SPEC",
 }
 _graphs: dict[str, Any] = dict(GRAPH_MODULES)
 _models: dict[str, Any] = dict(MODEL_MODULES)
@@ -251,6 +255,11 @@ def model(name: str) -> ModelSpec:
 def potential_models() -> tuple[str, ...]:
     """Names of the registered models that train as interatomic potentials (a ``potential_builder``)."""
     return tuple(m for m in _models if getattr(model(m), "potential_builder", None) is not None)
+
+
+def property_models() -> tuple[str, ...]:
+    """Names of the registered models that predict one number per structure (all but the potential-only ones)."""
+    return tuple(m for m in _models if not getattr(model(m), "potential_only", False))
 
 
 def model_graph_kind(name: str) -> str:

@@ -208,15 +208,17 @@ def _resolution(low_ram: bool) -> dict[str, tuple[Any, str]]:
             "max_neighbors": (12, "CGCNN's cap: the 12 nearest neighbours per atom")}
 
 
-def _params(cutoff: float | None, bond_cutoff: float | None, max_neighbors: int | None,
-            on_isolated_atoms: str, edges: str = "stored") -> dict[str, Any]:
+def make_params(cutoff: float | None, bond_cutoff: float | None, max_neighbors: int | None,
+                on_isolated_atoms: str, edges: str = "stored", default_cutoff: float = 8.0) -> dict[str, Any]:
+    """The converter parameters of a radius graph, checked (``bond_cutoff`` is not used)."""
     if edges not in EDGES:
         raise ConverterError(f"graph_edges must be one of {EDGES} (got {edges!r})")
-    return {"cutoff": positive_cutoff("cutoff", cutoff, 8.0), "max_neighbors": neighbor_cap(max_neighbors),
+    return {"cutoff": positive_cutoff("cutoff", cutoff, default_cutoff), "max_neighbors": neighbor_cap(max_neighbors),
             "on_isolated_atoms": check_policy(on_isolated_atoms), "edges": edges}
 
 
-def _to_graph(arrays: dict, target: float | None, graph_id: str | None, params: Any) -> Any:
+def to_graph(arrays: dict, target: float | None, graph_id: str | None, params: Any) -> Any:
+    """One stored graph as a PyG ``Data`` (:func:`to_data`); a structure-only store's edges are built here."""
     if "nbr" not in arrays:  # a structure-only store: this graph's edges built here, by the same rule
         arrays = with_edges(arrays, params)
     return to_data(arrays, target=target, graph_id=graph_id)
@@ -237,5 +239,5 @@ def with_edges(arrays: dict[str, np.ndarray], params: Any, search: str | None = 
 
 
 KIND = Graphs(name="radius", description="periodic radius graph, k nearest within the cutoff (CGCNN)",
-              resolve=_resolution, make_params=_params, convert_fn=convert, to_graph_fn=_to_graph, collate_fn=collate,
+              resolve=_resolution, make_params=make_params, convert_fn=convert, to_graph_fn=to_graph, collate_fn=collate,
               batch_fn=batch_from, device_edges=True)

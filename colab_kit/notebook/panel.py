@@ -223,7 +223,7 @@ class ControlPanel:
     @staticmethod
     def _models(task: str) -> list[str]:
         """The models the model box offers for ``task``: all, or those that train as potentials."""
-        return list(registry.potential_models()) if task == "potential" else list(registry.models())
+        return list(registry.potential_models() if task == "potential" else registry.property_models())
 
     @classmethod
     def _graph_kinds(cls, task: str) -> list[str]:

@@ -423,6 +423,9 @@ def make_plan(machine: Machine, mode: str = "debug", **overrides: Any) -> Plan:
          "magnetic moments of DFT frames")
     if v["task"] == "potential":
         _potential_settings(v, set_, model)
+    elif getattr(spec, "potential_only", False):
+        raise PlanError(f"{model} trains as an interatomic potential only (energies, forces, stresses): add --task "
+                        f"potential, or train one property with --model one of {registry.property_models()}")
     set_("teacher", None, "no teacher: train on the labels")
     set_("distill_alpha", 0.5 if v["teacher"] else 1.0,
          "half label loss, half teacher loss" if v["teacher"] else "labels only (no teacher)")

@@ -240,6 +240,8 @@ def plan_for(trained: TrainedModel, mode: str = "full", **overrides: Any) -> Any
                               f"{', '.join(f'{k}={fixed.get(k)}' for k in clash)}; drop --set {clash[0]}=...")
     overrides = {k: v for k, v in overrides.items() if k not in fixed}
     options = {k: v for k, v in trained.options.items() if k not in overrides}
+    if trained.is_potential:
+        overrides.setdefault("task", "potential")
     return make_plan(detect(), mode, model=trained.model, graph_kind=trained.graph_kind, **trained.graph_settings(),
                      **options, **overrides)
 

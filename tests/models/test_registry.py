@@ -191,7 +191,7 @@ def _plan_fields() -> list[str]:
 
 # Modules that may name a model or graph kind: the registry and the files that declare them.
 _ALLOWED = ("registry.py", "models/", "graphs/")
-_NAMES = ("chgnet", "cgcnn", "radius", "comformer", "alignn", "m3gnet", "tensornet")
+_NAMES = ("chgnet", "cgcnn", "radius", "comformer", "alignn", "m3gnet", "tensornet", "mace")
 
 
 def test_no_module_outside_the_registry_compares_model_or_graph_names() -> None:

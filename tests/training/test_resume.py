@@ -30,7 +30,8 @@ def _marks(model: str) -> list[pytest.MarkDecorator]:
 
 
 def test_every_registered_model_has_a_case() -> None:
-    assert set(CASES) == set(registry.models())
+    """Every model that trains on one label per structure; the potentials' resume: tests/e2e/test_potential.py."""
+    assert set(CASES) == set(registry.property_models())
 
 
 @pytest.mark.parametrize("model", [pytest.param(m, marks=_marks(m)) for m in CASES])
