@@ -12,9 +12,13 @@ Every run is a subprocess watched by the harness (peak RSS of its process tree).
 stress MAE (colab_kit: its best-validation weights; the anchors: the weights after the last epoch, and CHGNet's
 Trainer's own best-validation-energy checkpoint), seconds per epoch, peak RSS, and colab_kit's ratios to each anchor.
 
+Seed spread: ``--train-seed K`` runs both sides again with seed K (colab_kit's split, initialisation and batch
+order; the anchors get that split and K as their own seed), on the same frames.
+
 Usage::
 
     python benchmarks/bench_potential.py --n 200 --epochs 3 --batch-size 4 --out /tmp/bench_potential.json
+    python benchmarks/bench_potential.py --n 200 --epochs 3 --batch-size 4 --train-seed 1 --out /tmp/bench_potential_s1.json
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ def colab_kit_run(model: str, data: Path, work: Path, args: argparse.Namespace) 
     cmd = [sys.executable, "-m", "colab_kit", "run", "--task", "potential", "--model", model, "--mode", "quick",
            "--data", str(data), "--work-dir", str(work), "--set", f"epochs={args.epochs}",
            "--set", f"batch_size={args.batch_size}", "--set", f"lr={args.lr}", "--set", "persist_dir=null",
-           "--set", f"threads={args.threads}", "--set", "patience=1000"]
+           "--set", f"threads={args.threads}", "--set", "patience=1000", "--set", f"seed={args.train_seed}"]
     rec = run_watched(cmd, ceiling=args.ceiling_gb * GB, name=f"colab_kit-{model}", logdir=work / "logs")
     if rec["returncode"] != 0:
         raise SystemExit(f"colab_kit {model} failed:\n{tail(rec['stderr'])}")
@@ -79,7 +83,7 @@ def anchor(name: str, data: Path, split: Path, work: Path, args: argparse.Namesp
     out = work / f"anchor-{name}.json"
     cmd = [sys.executable, str(REPO / "benchmarks" / "potential_anchors.py"), "--anchor", name, "--frames", str(data),
            "--split", str(split), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
-           "--lr", str(args.lr), "--threads", str(args.threads), "--out", str(out)]
+           "--lr", str(args.lr), "--threads", str(args.threads), "--seed", str(args.train_seed), "--out", str(out)]
     rec = run_watched(cmd, ceiling=args.ceiling_gb * GB, name=f"anchor-{name}", logdir=work / "logs")
     if rec["returncode"] != 0:
         return {"failed": rec["killed_by"] or rec["returncode"], "peak_rss_mb": rec["peak_tree_rss_mb"],
@@ -102,7 +106,10 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="which frames are drawn")
+    ap.add_argument("--train-seed", type=int, default=0,
+                    help="colab_kit's seed (its split, initialisation and order); the anchors get that split and "
+                         "this seed for their own torch / data order")
     ap.add_argument("--ceiling-gb", type=float, default=20.0)
     ap.add_argument("--pairs", default="chgnet,m3gnet", help="chgnet (vs CHGNet's Trainer), m3gnet (vs matgl's)")
     ap.add_argument("--out", default=None)
