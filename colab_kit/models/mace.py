@@ -210,8 +210,8 @@ SPEC = Model(
     name="mace", graph_kind="mace", extra="mace", potential_only=True,
     description="MACE (the mace-torch package): higher-order equivariant message passing, an interatomic potential",
     # calibration measures the device's figure; these are the Plan's first guess (64 channels, L=1, fp32)
-    builder=_property, bytes_per_atom=40_000, bytes_per_edge=30_000, lr=5e-3, schedule="cosine",
-    schedule_reason="cosine decay over the epochs", epoch_scale=5,
+    builder=_property, bytes_per_atom=40_000, bytes_per_edge=30_000, lr=1e-2, schedule="cosine",
+    schedule_reason="cosine decay over the epochs (mace_run_train's learning rate, 0.01)", epoch_scale=5,
     epoch_reason="trained from scratch: 5x the epochs of a pretrained model",
     potential_builder=build_potential, potential_exports={"mace.model": export_model_file},
     options={

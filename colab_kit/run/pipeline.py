@@ -30,7 +30,7 @@ from colab_kit.run.report import mean_predictor_mae, reference_energy_mae, write
 from colab_kit.run_folder import RunFolder
 from colab_kit.sources import open_frames, open_source, resolve
 from colab_kit.store import GraphStore, ShardEntry, StoreError, build_store, read_manifest
-from colab_kit.training import evaluate_shipped, evaluate_weights, fit, potential_budget
+from colab_kit.training import evaluate_shipped, evaluate_weights, fit, potential_budget, starts_pretrained
 from colab_kit.use import blended_targets, teacher_column
 from colab_kit.util.distributed import refuse_fresh
 from colab_kit.util.files import atomic_write_bytes, atomic_write_json, remove_stale_temporaries
@@ -375,8 +375,9 @@ def _finish(plan: Plan, folder: RunFolder, store: Any, result: Any, timing: Timi
     if store.potential is not None:  # eV/atom: per-element reference energies fitted on the training frames
         baseline = reference_energy_mae(store, splits["train"], splits["test"])
         test["energy_baseline"] = baseline * 1000.0
-        stage("evaluate", f"test set with {plan.model} as shipped (before fine-tuning)")
-        test["shipped"] = evaluate_shipped(store, plan, budget=potential_budget(store, folder.best))
+        if starts_pretrained(store, plan):
+            stage("evaluate", f"test set with {plan.model} as shipped (before fine-tuning)")
+            test["shipped"] = evaluate_shipped(store, plan, budget=potential_budget(store, folder.best))
     stage("report", str(folder.report))
     _write_item_records(folder, store)
     timing.add("evaluate_seconds")

@@ -12,12 +12,13 @@ from colab_kit.training.evaluate import (
     evaluate_weights,
     evaluate_with_backoff,
     potential_budget,
+    starts_pretrained,
     trained_model_settings,
 )
 from colab_kit.training.oom import memory_fix, retry_on_oom
 from colab_kit.training.potential import NAMES, QUANTITIES, SCALE, STORE_UNITS, UNITS, describe_scores
 from colab_kit.training.trainer import TrainResult, fit
 
-__all__ = ["NAMES", "QUANTITIES", "SCALE", "STORE_UNITS", "UNITS", "Budget", "CheckpointError", "describe_scores", "evaluate_shipped", "TrainResult", "TrainingError", "amp_dtype_for", "cap_gpu_memory", "evaluate_weights",
+__all__ = ["NAMES", "QUANTITIES", "SCALE", "STORE_UNITS", "UNITS", "Budget", "CheckpointError", "describe_scores", "evaluate_shipped", "starts_pretrained", "TrainResult", "TrainingError", "amp_dtype_for", "cap_gpu_memory", "evaluate_weights",
            "evaluate_with_backoff", "fit", "load_checkpoint", "memory_fix", "potential_budget", "recover_best", "retry_on_oom",
            "trained_model_settings"]

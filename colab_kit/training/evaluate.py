@@ -192,13 +192,19 @@ def evaluate_weights(store: GraphStore, plan: Plan, weights: str | Path, split: 
     return evaluate_with_backoff(model, loader, device, amp_dtype)
 
 
+def starts_pretrained(store: GraphStore, plan: Plan) -> bool:
+    """A potential fine-tuned from weights (CHGNet's pretrained ones, or a model file/directory): it has a "before"."""
+    options = plan.model_options
+    return store.potential is not None and bool(options.get("pretrained") or options.get("weights"))
+
+
 def evaluate_shipped(store: GraphStore, plan: Plan, split: str = "test",
                      budget: tuple[int, int] | None = None) -> dict[str, Any] | None:
     """A potential's scores on a split before fine-tuning: the model as its package ships it (CHGNet's pretrained
     weights, no refit of anything), the baseline a fine-tune must beat; None for a model trained from scratch.
     ``budget``: (atoms, edges) per batch, the training run's (:func:`potential_budget`)."""
     options = dict(plan.model_options)
-    if store.potential is None or not (options.get("pretrained") or options.get("weights")):
+    if not starts_pretrained(store, plan):
         return None
     use_threads(plan.threads)
     device = torch.device(plan.device)
