@@ -360,6 +360,8 @@ def _follow(plan: Plan, folder: RunFolder, should_stop: Callable[[], bool]) -> R
     if result.status == "stopped":
         return RunResult(folder.root, {"status": "stopped"}, {})
     test = evaluate_weights(store, plan, folder.best)  # gathered: rank 0 has every graph's prediction
+    if starts_pretrained(store, plan):  # rank 0 scores the potential as shipped too: this rank's share, gathered there
+        evaluate_shipped(store, plan, budget=potential_budget(store, folder.best))
     return RunResult(folder.root, {"status": result.status, "rank": plan.rank, "test_mae": test["mae"]}, {})
 
 

@@ -288,6 +288,23 @@ def test_run_under_torchrun_rank0_reports_every_test_graph(tmp_path: Path) -> No
     assert refused.returncode != 0 and "--fresh would delete" in refused.stderr
 
 
+@pytest.mark.long  # about 2 min: CHGNet's double backward on two CPU ranks
+def test_potential_under_torchrun_reports_every_test_frame(tmp_path: Path) -> None:
+    """A potential (CHGNet on the shipped DFT frames) trains on two ranks; every rank takes part in each gathered
+    evaluation (the best weights, then CHGNet as shipped), and rank 0 reports each test frame once."""
+    work = tmp_path / "work"
+    res = torchrun("-m", "colab_kit", "run", "--task", "potential", "--mode", "debug", "--work-dir", str(work),
+                   "--set", "n_samples=24", "--set", "epochs=1", "--set", "persist_dir=null", timeout=1200)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("Done: test (n=") == 1 and "force MAE" in res.stdout
+    (run_dir,) = work.iterdir()
+    metrics = json.loads((run_dir / "report" / "metrics.json").read_text())
+    assert json.loads((run_dir / "plan.json").read_text())["world_size"] == 2
+    potential = metrics["potential"]
+    assert potential["test"]["force_mae"] > 0 and potential["shipped_test"]["force_mae"] > 0
+    assert metrics["test_n"] == 3  # 10 % of 24 frames, each counted once
+
+
 # ---------------------------------------------------------------- one store from several hosts
 
 def test_parts_merged_equal_the_single_host_store_and_verify_finds_damage(tmp_path: Path) -> None:
