@@ -302,7 +302,7 @@ def test_potential_under_torchrun_reports_every_test_frame(tmp_path: Path) -> No
     assert json.loads((run_dir / "plan.json").read_text())["world_size"] == 2
     potential = metrics["potential"]
     assert potential["test"]["force_mae"] > 0 and potential["shipped_test"]["force_mae"] > 0
-    assert metrics["test_n"] == 3  # 10 % of 24 frames, each counted once
+    assert metrics["test_n"] == 2  # the test split of 24 frames, each frame counted once (not once per rank)
 
 
 # ---------------------------------------------------------------- one store from several hosts
