@@ -132,11 +132,14 @@ class BudgetBatchSampler(Sampler[list[int]]):
         """The rest of this epoch's batches across all ranks, from the current offset."""
         rest = self.order()[self.offset:]
         batches = pack(rest, self.atoms, self.edges, self.max_atoms, self.max_edges, self.max_graphs)
-        for b in batches:
-            if len(b) == 1 and (self.atoms[b[0]] > self.max_atoms or self.edges[b[0]] > self.max_edges) and b[0] not in self._warned:
-                self._warned.add(b[0])
-                log.warning("graph %d (%d atoms, %d edges) exceeds the batch budget (%d atoms, %d edges); it goes alone",
-                            b[0], self.atoms[b[0]], self.edges[b[0]], self.max_atoms, self.max_edges)
+        alone = [b[0] for b in batches if len(b) == 1 and b[0] not in self._warned
+                 and (self.atoms[b[0]] > self.max_atoms or self.edges[b[0]] > self.max_edges)]
+        if alone:  # one line for all of them: a large dataset can have thousands
+            self._warned.update(alone)
+            big = max(alone, key=lambda i: (self.edges[i], self.atoms[i]))
+            log.warning("%d graph(s) exceed the batch budget (%d atoms, %d edges) and go alone, one per step (the "
+                        "largest: graph %d, %d atoms, %d edges); a larger budget batches them (--set batch_edges=...)",
+                        len(alone), self.max_atoms, self.max_edges, big, self.atoms[big], self.edges[big])
         return batches
 
     def _plan(self) -> tuple[list[list[int]], list[tuple[int, int]]]:
