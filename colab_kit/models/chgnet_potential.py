@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from colab_kit.errors import ColabKitError
+from colab_kit.models.common import ridge_per_element
 from colab_kit.util.files import atomic_write_bytes
 
 N_ELEMENTS = 94  # AtomRef's max_num_elements: CHGNet embeds Z = 1..94
@@ -93,13 +94,9 @@ class CHGNetPotential(nn.Module):
             rows.append(torch.stack([torch.bincount(g.atomic_number.long() - 1, minlength=N_ELEMENTS).double()
                                      / len(g.atomic_number) for g in graphs]))
             residuals.append(frames.energy.double().cpu() - e.double().cpu())
-        x, r = torch.cat(rows), torch.cat(residuals)
-        seen = x.sum(0) > 0
-        xs = x[:, seen]
-        shift = torch.linalg.solve(xs.T @ xs + ridge * len(r) * torch.eye(int(seen.sum()), dtype=torch.float64),
-                                   xs.T @ r)
+        shift, seen = ridge_per_element(torch.cat(rows), torch.cat(residuals), ridge)
         weight = self.chgnet.composition_model.fc.weight
-        weight[0, seen] += shift.to(weight.dtype).to(weight.device)
+        weight[0, seen] += shift[seen].to(weight.dtype).to(weight.device)
         self.initialised.fill_(True)
 
     @staticmethod

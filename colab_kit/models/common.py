@@ -11,6 +11,18 @@ from torch import nn
 from colab_kit.graphs.radius import complete
 
 
+def ridge_per_element(x: torch.Tensor, y: torch.Tensor, ridge: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-element values by ridge least squares of ``y [F]`` on element counts or fractions ``x [F, T]`` (float64):
+    ``(fit [T] with 0 for the elements absent from every row, seen [T] bool)``. What the potentials fit before their
+    first step (per-element reference energies)."""
+    seen = x.sum(0) > 0
+    xs = x[:, seen]
+    fit = torch.zeros(x.shape[1], dtype=torch.float64)
+    fit[seen] = torch.linalg.solve(xs.T @ xs + ridge * len(y) * torch.eye(int(seen.sum()), dtype=torch.float64),
+                                   xs.T @ y)
+    return fit, seen
+
+
 class PygAdapter:
     """The trainer's batch interface for a model that consumes PyG ``Batch`` objects (targets in ``batch.y``).
 

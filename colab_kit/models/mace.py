@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from colab_kit import registry
-from colab_kit.models.common import PygAdapter
+from colab_kit.models.common import PygAdapter, ridge_per_element
 from colab_kit.registry import Model, Option, RegistryError
 
 EV_A3_TO_GPA = 160.21766208  # eV/Å³ -> GPa
@@ -119,13 +119,8 @@ class MacePotential(nn.Module):
             energies.append(frames.energy.double().cpu() * frames.atoms.double().cpu())
             edges, atoms = edges + int(g.edge_index.shape[1]), atoms + int(g.num_nodes)
             forces.append(frames.forces.double().cpu().reshape(-1))
-        x, y = torch.cat(rows), torch.cat(energies)
-        seen = x.sum(0) > 0
-        xs = x[:, seen]
-        fit = torch.linalg.solve(xs.T @ xs + ridge * len(y) * torch.eye(int(seen.sum()), dtype=torch.float64), xs.T @ y)
+        refs, _ = ridge_per_element(torch.cat(rows), torch.cat(energies), ridge)
         e0 = self.mace.atomic_energies_fn.atomic_energies
-        refs = torch.zeros(n_types, dtype=torch.float64)
-        refs[seen] = fit
         e0.copy_(refs.to(e0.dtype).reshape(e0.shape))
         if not self.from_file:
             self.avg_neighbors.fill_(edges / max(atoms, 1))

@@ -21,7 +21,7 @@ from torch import nn
 
 from colab_kit import registry
 from colab_kit.graphs.matgl import element_types
-from colab_kit.models.common import PygAdapter
+from colab_kit.models.common import PygAdapter, ridge_per_element
 from colab_kit.registry import RegistryError
 
 MATGL_FILES = ("model.json", "model.pt", "state.pt")  # what matgl's save() writes into a model directory
@@ -72,12 +72,7 @@ class MatglPotential(nn.Module):
                               accumulate=True)
             rows.append(counts)
             energies.append(frames.energy.double().cpu() * frames.atoms.double().cpu())
-        x, y = torch.cat(rows), torch.cat(energies)
-        seen = x.sum(0) > 0
-        xs = x[:, seen]
-        fit = torch.linalg.solve(xs.T @ xs + ridge * len(y) * torch.eye(int(seen.sum()), dtype=torch.float64), xs.T @ y)
-        refs = torch.zeros(n_types, dtype=torch.float64)
-        refs[seen] = fit
+        refs, _ = ridge_per_element(torch.cat(rows), torch.cat(energies), ridge)
         target = self.pes.element_refs.property_offset
         target.copy_(refs.to(target.dtype).reshape(target.shape))
         self.initialised.fill_(True)

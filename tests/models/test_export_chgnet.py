@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import fixture_structures
 
 from colab_kit.errors import ColabKitError
 from colab_kit.graphs import get_converter
 from colab_kit.models.chgnet import CHGNetRegressor, ExportError, export_chgnet, export_chgnet_weights
-from tests.helpers import fixture_structures
 
 # single-site Au; 2-, 3-, 4- and 5-site cells of 2-3 elements; 14- and 16-site ternary/binary oxides-chalcogenides
 IDS = ("mp-81", "mp-10015", "mp-1018133", "mp-10052", "mp-10010", "mp-1013530", "mp-1001016", "mp-1001011")
@@ -160,9 +160,9 @@ def test_a_chgnet_fine_tuned_by_run_relaxes_through_struct_optimizer(tmp_path: P
     """End to end: `run` fine-tunes CHGNet, `export` writes chgnet.pt, CHGNet's own StructOptimizer relaxes with it,
     and colab_kit.load of the export predicts what CHGNet's predict_structure gives."""
     from chgnet.model import CHGNet, StructOptimizer
+    from helpers import run_cli
 
     import colab_kit
-    from tests.helpers import run_cli
 
     res = run_cli("run", "--mode", "debug", "--set", "n_samples=60", "--set", "epochs=1", "--work-dir", str(tmp_path))
     assert res.returncode == 0, res.stderr[-3000:]

@@ -12,12 +12,12 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import FIXTURES
 from pymatgen.core import Composition
 
 from colab_kit.graphs import get_converter
 from colab_kit.sources import SourceError, detect_format, open_source, parse_structure
 from colab_kit.store.format import GraphStore
-from tests.helpers import FIXTURES
 
 MP20_CSV = FIXTURES / "mp20_sample.csv"  # 10 real MP-20 rows, copied unchanged (tests/data/README.md)
 
