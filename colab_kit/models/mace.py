@@ -23,8 +23,11 @@ which that variable does not override, so its checkpoints still refuse a pickle.
 from __future__ import annotations
 
 import os
+import re
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -37,8 +40,23 @@ EV_A3_TO_GPA = 160.21766208  # eV/Å³ -> GPa
 ELEMENTS = tuple(range(1, 90))  # H..Ac: the z table of MACE-MP's foundation models, for a model from scratch
 
 
+#: what importing mace and building its model print once per process, harmless here: e3nn's TorchScript code
+#: generation, and e3nn reading its own constants while mace's TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set
+_NOISE = ("The TorchScript type system doesn't support instance-level annotations",
+          "Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD detected")
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    with warnings.catch_warnings():
+        for text in _NOISE:
+            warnings.filterwarnings("ignore", message=re.escape(text), category=UserWarning)
+        yield
+
+
 def _mace(module: str, what: str) -> Any:
-    return registry.require(module, "mace", what)
+    with _quiet():
+        return registry.require(module, "mace", what)
 
 
 class MacePotential(nn.Module):
@@ -169,16 +187,22 @@ def build_potential(targets: str, graph_params: dict[str, Any], channels: int, m
     if weights:
         return MacePotential(_from_file(Path(weights), cutoff), targets, from_file=True)
     o3 = _mace("e3nn.o3", "the MACE potential")
+    with _quiet():
+        model = _scale_shift_mace(modules, o3, cutoff, channels, max_L, num_interactions, correlation)
+    return MacePotential(model, targets)
+
+
+def _scale_shift_mace(modules: Any, o3: Any, cutoff: float, channels: int, max_L: int, num_interactions: int,
+                      correlation: int) -> nn.Module:
     irreps = " + ".join(f"{channels}x{ell}{'e' if ell % 2 == 0 else 'o'}" for ell in range(max_L + 1))
     block = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
-    model = modules.ScaleShiftMACE(
+    return modules.ScaleShiftMACE(
         r_max=cutoff, num_bessel=8, num_polynomial_cutoff=5, max_ell=3, interaction_cls=block,
         interaction_cls_first=block, num_interactions=num_interactions, num_elements=len(ELEMENTS),
         hidden_irreps=o3.Irreps(irreps), MLP_irreps=o3.Irreps("16x0e"),
         atomic_energies=torch.zeros(len(ELEMENTS)).numpy(), avg_num_neighbors=1.0, atomic_numbers=list(ELEMENTS),
         correlation=correlation, gate=nn.functional.silu, radial_MLP=[64, 64, 64], atomic_inter_scale=1.0,
         atomic_inter_shift=0.0)
-    return MacePotential(model, targets)
 
 
 def _property(**_: Any) -> Any:
