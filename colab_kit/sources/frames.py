@@ -90,6 +90,7 @@ class LabelSpec:
 FORMAT_DEFAULTS: dict[str, dict[str, Any]] = {
     "extxyz": {},  # ASE: total eV, eV/Å, eV/Å³ tensile positive
     "ase_db": {},
+    "aselmdb": {},  # fairchem's LMDB ASE database (ase-db-backends' reader), ASE's units
     "vasp": {},  # read through ASE's OUTCAR reader: ASE's units
     "mptrj": {"energy_key": "corrected_total_energy", "forces_key": "force", "stress_key": "stress",
               "magmoms_key": "magmom", "stress_unit": "kbar", "stress_sign": "compressive"},
@@ -383,7 +384,8 @@ class MptrjSource(Source):
 
 
 class AseSource(Source):
-    """Frames ASE reads with their calculator's results: an ASE database (``.db``: SQLite or JSON) or a VASP
+    """Frames ASE reads with their calculator's results: an ASE database (``.db``: SQLite or JSON; ``.aselmdb``: the
+    LMDB database of fairchem's datasets, read by ase-db-backends, which ASE's ``connect`` uses) or a VASP
     folder tree (every ``OUTCAR[.gz]`` under the path, each ionic step a frame: ASE's ``vasp-out`` reader, whose
     energy is OUTCAR's ``energy(sigma->0)``; vasprun.xml's ``e_0_energy``, which VASP 5.4.4 writes wrong, is not
     read)."""
@@ -391,6 +393,13 @@ class AseSource(Source):
     def __init__(self, path: str, fmt: str) -> None:
         super().__init__(path, "energy")
         self.format = fmt
+        if fmt == "aselmdb":
+            try:
+                import ase_db_backends.aselmdb  # noqa: F401  (ase.db.connect(type="aselmdb") imports it)
+            except ImportError:
+                raise SourceError(f"{path}: reading an .aselmdb database needs the package ase-db-backends (the LMDB "
+                                  "backend of ASE databases that fairchem's datasets use): pip install "
+                                  "ase-db-backends") from None
         if fmt == "vasp":
             from pathlib import Path
 
@@ -415,10 +424,12 @@ class AseSource(Source):
         return {"sha256": digest.hexdigest(), "files": len(self._outcars)}
 
     def __iter__(self) -> Iterator[RawItem]:
-        if self.format == "ase_db":
+        if self.format in ("ase_db", "aselmdb"):
             import ase.db
 
-            with ase.db.connect(self.path) as db:
+            db = (ase.db.connect(self.path, type="aselmdb", readonly=True) if self.format == "aselmdb"
+                  else ase.db.connect(self.path))
+            with db:
                 for row in db.select():
                     try:
                         yield RawItem(str(row.get("uid", row.id)), atoms_payload(row.toatoms()), None, "ase_atoms")
@@ -440,8 +451,8 @@ class AseSource(Source):
 
 
 def open_frames(source: str, fmt: str | None = None, settings: Mapping[str, Any] | None = None) -> FrameSource:
-    """Open DFT frames with per-atom labels: an extended XYZ file, CHGNet's MPtrj JSON, an ASE database, or a folder
-    of VASP runs (OUTCAR).
+    """Open DFT frames with per-atom labels: an extended XYZ file, CHGNet's MPtrj JSON, an ASE database (``.db``, or
+    fairchem's ``.aselmdb`` with ase-db-backends installed), or a folder of VASP runs (OUTCAR).
 
     Args:
         settings: the label settings (:class:`LabelSpec` fields; ``potential_targets`` for ``targets``), None values
@@ -463,11 +474,13 @@ def open_frames(source: str, fmt: str | None = None, settings: Mapping[str, Any]
             fmt = "vasp"
         elif name.endswith((".extxyz", ".xyz")):
             fmt = "extxyz"
+        elif name.endswith(".aselmdb"):
+            fmt = "aselmdb"
         elif name.endswith((".db", ".json")) and (name.endswith(".db") or first_char(source) == "{"):
             fmt = "ase_db" if name.endswith(".db") or _is_ase_json(source) else "mptrj"
         else:
             raise SourceError(f"{source}: cannot tell a frame format from the name; frames are read from extxyz, "
-                              "MPtrj JSON, an ASE .db or a VASP folder: pass --format")
+                              "MPtrj JSON, an ASE .db or .aselmdb or a VASP folder: pass --format")
     spec = label_spec(fmt, settings)
     inner: Source
     if fmt == "extxyz":

@@ -127,6 +127,37 @@ def test_an_ase_database_reads_like_its_frames(shared_data: Path, tmp_path: Path
         np.testing.assert_allclose(store.frame(i)[1][1], a.get_forces(), atol=1e-6)
 
 
+@pytest.mark.extras  # needs ase-db-backends (.ci/run installs it with the model extras)
+def test_a_fairchem_aselmdb_database_reads_like_its_frames(shared_data: Path, tmp_path: Path) -> None:
+    """fairchem's datasets are LMDB ASE databases (``.aselmdb``); ASE reads them through ase-db-backends."""
+    pytest.importorskip("ase_db_backends.aselmdb", reason="needs pip install ase-db-backends")
+    import ase.db
+
+    frames = _mlearn(shared_data, 3)
+    with ase.db.connect(tmp_path / "frames.aselmdb", type="aselmdb") as db:
+        for a in frames:
+            db.write(a)
+    source = open_frames(str(tmp_path / "frames.aselmdb"))
+    assert source.format == "aselmdb" and source.spec.targets == "efs"
+    store = _store(source, tmp_path / "lmdb")
+    assert len(store) == 3 and store.potential["targets"] == "efs"
+    for i, a in enumerate(frames):
+        structure, (energy, forces, stress, _) = store.frame(i)
+        assert energy == pytest.approx(a.get_potential_energy() / len(a), abs=1e-6)
+        np.testing.assert_allclose(forces, a.get_forces(), atol=1e-6)
+        np.testing.assert_allclose(stress, GPA * a.get_stress(voigt=False), atol=1e-4)
+
+
+def test_without_ase_db_backends_an_aselmdb_is_refused_in_one_line(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ase_db_backends.aselmdb", None)  # what an environment without it imports
+    (tmp_path / "frames.aselmdb").write_bytes(b"")
+    with pytest.raises(SourceError, match=r"needs the package ase-db-backends .*: pip install ase-db-backends$"):
+        open_frames(str(tmp_path / "frames.aselmdb"))
+
+
 def test_bad_labels_are_skipped_and_recorded_with_their_reasons(shared_data: Path, tmp_path: Path) -> None:
     frames = _mlearn(shared_data, 8)
     n0 = len(frames[0])
