@@ -60,7 +60,8 @@ def add_plan_args(p: argparse.ArgumentParser, with_mode: bool = True, with_task:
     if with_task:
         p.add_argument("--task", dest="plan_task", choices=TASKS,
                        help="property (default): one label per structure; potential: energies, forces, stresses (and "
-                            "CHGNet's magnetic moments) of DFT frames (extxyz, MPtrj JSON, ASE db, VASP)")
+                            "CHGNet's magnetic moments) of DFT frames (extxyz, MPtrj JSON, ASE .db / .aselmdb, VASP; "
+                            "without --data: the shipped mlearn_frames_221)")
     p.add_argument(
         "--set",
         action="append",
