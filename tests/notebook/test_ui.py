@@ -86,6 +86,7 @@ def test_task_switches_models_graphs_and_shipped_data(tmp_path: Path) -> None:
     assert panel.plan().task == "property"
 
 
+@pytest.mark.long  # CHGNet's double backward from the panel: CI runs it in its long step and with Colab's widgets
 def test_potential_runs_in_the_panel(tmp_path: Path) -> None:
     """A potential trained from the panel on the shipped frames: its status gives each target's test MAE."""
     panel = ControlPanel(machine=_machine(tmp_path), background=False, progress=False, task="potential",
