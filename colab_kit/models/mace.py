@@ -78,6 +78,9 @@ class MacePotential(nn.Module):
         self.register_buffer("z_index", index, persistent=False)
         self.register_buffer("avg_neighbors", torch.tensor(float(model.interactions[0].avg_num_neighbors)))
         self.register_buffer("initialised", torch.tensor(False))
+        # mace keeps avg_num_neighbors as a plain attribute of each interaction: put the buffered value there whenever
+        # the buffer changes (a checkpoint loaded, the fit before the first step), never once per step
+        self.register_load_state_dict_post_hook(lambda module, _keys: module.forward_ready())
 
     def forward(self, batch: tuple[Any, Any]) -> dict[str, torch.Tensor]:
         g, _ = batch
@@ -88,9 +91,6 @@ class MacePotential(nn.Module):
             raise RegistryError(f"this MACE model knows atomic numbers {sorted(known)}, not {extra} (in graphs "
                                 f"{getattr(g, 'graph_id', '?')}); train from scratch without --set weights, or use a "
                                 "model file trained on those elements")
-        avg = float(self.avg_neighbors)
-        for block in self.mace.interactions:  # a plain attribute in mace: kept here in a buffer
-            block.avg_num_neighbors = avg
         cell = g.cell.reshape(-1, 3, 3)
         neighbor, center = g.edge_index  # the store's radius graph: row 0 neighbour j (with its image), row 1 centre i
         unit_shifts = g.edge_shift.to(cell.dtype)
@@ -118,7 +118,7 @@ class MacePotential(nn.Module):
         return calculators.MACECalculator(models=model, device=str(device), default_dtype=dtype)
 
     def forward_ready(self) -> None:
-        """Put the buffered average neighbour count into the model (what a forward does first): for export."""
+        """Put the buffered average neighbour count into mace's interactions (after a load or a fit; for export)."""
         for block in self.mace.interactions:
             block.avg_num_neighbors = float(self.avg_neighbors)
 
@@ -142,6 +142,7 @@ class MacePotential(nn.Module):
         e0.copy_(refs.to(e0.dtype).reshape(e0.shape))
         if not self.from_file:
             self.avg_neighbors.fill_(edges / max(atoms, 1))
+            self.forward_ready()
             f = torch.cat(forces)
             f = f[torch.isfinite(f)]
             scale = getattr(self.mace, "scale_shift", None)

@@ -137,6 +137,10 @@ def test_export_is_read_by_maces_calculator_and_fine_tunes_from_the_file(tmp_pat
     b.calc = model.calculator()  # colab_kit.load(run).calculator() for a MACE run
     assert abs(b.get_potential_energy() - a.get_potential_energy()) < 1e-4
 
+    resumed = build_model("mace", graph_params={"cutoff": 5.0}, potential="efs", **SMALL).eval()
+    resumed.load_state_dict(model.state_dict())  # a checkpoint: avg_num_neighbors comes back from its buffer
+    assert torch.allclose(resumed((_batch(_structures([atoms[3]])), None))["f"], pred["f"], atol=1e-6)
+
     again = build_model("mace", graph_params={"cutoff": 5.0}, potential="efs", weights=str(path)).eval()
     assert again.from_file and float(again.avg_neighbors) == pytest.approx(float(model.avg_neighbors))
     assert torch.allclose(again((_batch(_structures([atoms[3]])), None))["f"], pred["f"], atol=1e-5)
