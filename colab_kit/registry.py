@@ -102,6 +102,11 @@ class Option:
         return value
 
 
+def int_at_least(low: int) -> Callable[[Any], bool]:
+    """An :class:`Option` check: an integer (not a bool) of at least ``low``."""
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
 @dataclass(frozen=True)
 class Graphs:
     """A :class:`GraphKind` made of functions (what ``graphs/<kind>.py`` files declare)."""

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from colab_kit import registry
-from colab_kit.registry import Model, Option, RegistryError
+from colab_kit.registry import Model, Option, RegistryError, int_at_least
 
 #: alignn/examples/sample_data/config_example.json's model section (the property-model defaults), minus its name
 EXAMPLE_CONFIG: dict[str, Any] = {
@@ -105,9 +105,6 @@ def _build(target_mean: float, target_std: float, graph_params: dict[str, Any], 
     return ALIGNNRegressor(config, target_mean=target_mean, target_std=target_std, weights=weights)
 
 
-def _count(low: int) -> Any:
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
-
 
 SPEC = Model(
     name="alignn", graph_kind="alignn", extra="alignn", deterministic=True,
@@ -118,10 +115,10 @@ SPEC = Model(
     schedule_reason="alignn trains with AdamW and a one-cycle schedule (its config_example.json): warm-up, then decay",
     epoch_scale=5, epoch_reason="trained from scratch: 5x the epochs of a pretrained model (alignn's example: 300)",
     options={
-        "alignn_layers": Option(4, "an integer >= 0", "alignn's example config: 4 ALIGNN layers", _count(0)),
+        "alignn_layers": Option(4, "an integer >= 0", "alignn's example config: 4 ALIGNN layers", int_at_least(0)),
         "gcn_layers": Option(4, "an integer >= 0", "alignn's example config: 4 edge-gated graph conv layers",
-                             _count(0)),
-        "hidden": Option(256, "a positive integer", "alignn's hidden_features: 256", _count(1)),
+                             int_at_least(0)),
+        "hidden": Option(256, "a positive integer", "alignn's hidden_features: 256", int_at_least(1)),
         "weights": Option(None, "a path to an alignn state-dict file (best_model.pt), or none",
                           "from scratch (alignn ships no weights in its wheel; its pretrained ones are downloads)",
                           lambda v: v is None or isinstance(v, str)),

@@ -34,7 +34,7 @@ from torch import nn
 
 from colab_kit import registry
 from colab_kit.models.common import PygAdapter, ridge_per_element
-from colab_kit.registry import Model, Option, RegistryError
+from colab_kit.registry import Model, Option, RegistryError, int_at_least
 
 EV_A3_TO_GPA = 160.21766208  # eV/Å³ -> GPa
 ELEMENTS = tuple(range(1, 90))  # H..Ac: the z table of MACE-MP's foundation models, for a model from scratch
@@ -222,9 +222,6 @@ def export_model_file(potential: MacePotential, path: str | Path) -> Path:
     return path
 
 
-def _count(low: int) -> Any:
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
-
 
 SPEC = Model(
     name="mace", graph_kind="mace", extra="mace", potential_only=True,
@@ -236,13 +233,13 @@ SPEC = Model(
     potential_builder=build_potential, potential_exports={"mace.model": export_model_file},
     options={
         "channels": Option(64, "a positive integer", "64 channels per irrep (mace_run_train's default is 128: a "
-                           "CPU-sized width)", _count(1)),
+                           "CPU-sized width)", int_at_least(1)),
         "max_L": Option(1, "0, 1 or 2", "mace_run_train's default: equivariant features up to L=1",
                         lambda v: v in (0, 1, 2)),
         "num_interactions": Option(2, "a positive integer", "mace_run_train's default: 2 interaction layers",
-                                   _count(1)),
+                                   int_at_least(1)),
         "correlation": Option(3, "a positive integer", "mace_run_train's default: body order 4 (correlation 3)",
-                              _count(1)),
+                              int_at_least(1)),
         "weights": Option(None, "a MACE model file, or none", "from scratch; a foundation model file (e.g. "
                           "MACE-MP-0's) to fine-tune it", lambda v: v is None or isinstance(v, str)),
     },

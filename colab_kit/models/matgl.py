@@ -26,7 +26,7 @@ from colab_kit.models.common import PygAdapter
 from colab_kit.models.matgl_potential import MATGL_FILES, export_potential
 from colab_kit.models.matgl_potential import build_m3gnet as build_m3gnet_potential
 from colab_kit.models.matgl_potential import build_tensornet as build_tensornet_potential
-from colab_kit.registry import Model, Option, RegistryError
+from colab_kit.registry import Model, Option, RegistryError, int_at_least
 
 
 def _models() -> Any:
@@ -114,14 +114,11 @@ def _element_types() -> tuple[str, ...]:
     return element_types()
 
 
-def _count(low: int) -> Any:
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
-
 
 def _options(nblocks: int, readouts: tuple[str, ...]) -> dict[str, Option]:
     return {
-        "units": Option(64, "a positive integer", "matgl's default width: 64 features", _count(1)),
-        "nblocks": Option(nblocks, "a positive integer", f"matgl's default: {nblocks} interaction blocks", _count(1)),
+        "units": Option(64, "a positive integer", "matgl's default width: 64 features", int_at_least(1)),
+        "nblocks": Option(nblocks, "a positive integer", f"matgl's default: {nblocks} interaction blocks", int_at_least(1)),
         "readout": Option("weighted_atom", f"one of {readouts}", "matgl's default readout (weighted atom sum)",
                           lambda v: v in readouts),
         "weights": Option(None, "a directory matgl's model.save() wrote, or none",
