@@ -166,9 +166,26 @@ class MacePotential(nn.Module):
         return PygAdapter.size(batch[0])
 
 
+#: where the Python objects a MACE model file names may come from (its pickle's globals): a name elsewhere (``os``,
+#: ``subprocess``, ``builtins.exec`` ...) is refused before anything is unpickled
+MODEL_FILE_MODULES = ("mace.", "e3nn.", "opt_einsum_fx.", "torch.nn.", "torch.fx.", "numpy.", "collections.")
+
+
 def _from_file(path: Path, cutoff: float) -> nn.Module:
+    """The module in a MACE model file. The format is a pickle (``torch.save(model)``, and e3nn's ``torch.fx`` modules
+    rebuild their code from it): loading one runs code, so this reads only the file the user named, and first refuses
+    one whose pickle names anything outside :data:`MODEL_FILE_MODULES`."""
     if not path.is_file():
         raise RegistryError(f"MACE model file {path} does not exist; give a file mace saved (--set weights=FILE)")
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception as exc:  # noqa: BLE001 - not a torch archive at all
+        raise RegistryError(f"{path} is not a MACE model file ({type(exc).__name__}: {exc}); give a file mace's "
+                            "trainer or torch.save(model) wrote") from None
+    foreign = sorted(n for n in names if not n.startswith(MODEL_FILE_MODULES))
+    if foreign:
+        raise RegistryError(f"{path} names {', '.join(foreign[:3])} in its pickle, which a MACE model does not: not "
+                            "loaded (it could run any code); use a model file from mace's trainer or the MACE authors")
     model = torch.load(path, map_location="cpu", weights_only=False)  # mace's format is a pickled module
     if not (isinstance(model, nn.Module) and hasattr(model, "atomic_numbers") and hasattr(model, "r_max")):
         raise RegistryError(f"{path} is not a MACE model file (it holds a {type(model).__name__}); give a file "

@@ -146,6 +146,9 @@ def test_export_is_read_by_maces_calculator_and_fine_tunes_from_the_file(tmp_pat
     assert torch.allclose(again((_batch(_structures([atoms[3]])), None))["f"], pred["f"], atol=1e-5)
     with pytest.raises(RegistryError, match=r"r_max 5 Å but the store's graphs use 6 Å; convert with --set cutoff=5"):
         build_model("mace", graph_params={"cutoff": 6.0}, potential="efs", weights=str(path))
+    torch.save({"run": os.system}, tmp_path / "evil.model")  # a pickle that names os.system: never unpickled
+    with pytest.raises(RegistryError, match=r"names posix.system in its pickle, which a MACE model does not"):
+        build_model("mace", graph_params={"cutoff": 5.0}, potential="efs", weights=str(tmp_path / "evil.model"))
     torch.save({"not": "a model"}, tmp_path / "other.model")
     with pytest.raises(RegistryError, match="is not a MACE model file"):
         build_model("mace", graph_params={"cutoff": 5.0}, potential="efs", weights=str(tmp_path / "other.model"))
