@@ -53,16 +53,21 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
 
 def kill_when(args: list[str], condition: Callable[[], bool], timeout: float = 300, env: dict[str, str] | None = None) -> bool:
     """Start ``python -m colab_kit *args`` in its own process group; SIGKILL the whole group (a runtime
-    disconnect) as soon as ``condition()`` is true. Returns False if the process ended first."""
+    disconnect) as soon as ``condition()`` is true. Returns False if the process ended first.
+
+    The group is stopped (SIGSTOP) while ``condition()`` looks at the disk and killed from there, so what the
+    condition saw is what the kill leaves: no checkpoint or shard is written between the look and the kill."""
     proc = subprocess.Popen([sys.executable, "-m", "colab_kit", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True, env={**os.environ, **(env or {})})
     t0 = time.monotonic()
     try:
         while proc.poll() is None and time.monotonic() - t0 < timeout:
+            os.killpg(proc.pid, signal.SIGSTOP)
             if condition():
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 return True
+            os.killpg(proc.pid, signal.SIGCONT)
             time.sleep(0.05)
         return False
     finally:
@@ -132,7 +137,7 @@ def kill_mid_epoch(args: list[str], latest: Path, first_step: int, every: int, t
     kills = []
     for k in range(times):
         def mid_epoch(k: int = k) -> bool:
-            if not latest.exists():
+            if not latest.exists():  # not yet written, or stopped between keeping it as previous and the new one
                 return False
             state = torch.load(latest, map_location="cpu", weights_only=True)
             return state["step"] >= first_step + every * k and state["sampler"]["offset"] > 0
