@@ -19,7 +19,7 @@ from colab_kit.cli.common import (
     plan_from_args,
     stopped,
     stopped_code,
-    store_graph_settings,
+    store_settings,
 )
 from colab_kit.errors import ColabKitError
 from colab_kit.plan import BAD_STRUCTURE_POLICIES, PlanError, make_plan
@@ -154,7 +154,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from colab_kit.util.interrupt import stop_on_signals
 
     store = GraphStore(args.store)
-    plan = plan_from_args(args, graph_kind=store.graph_kind, **store_graph_settings(store))
+    plan = plan_from_args(args, graph_kind=store.graph_kind, **store_settings(store, args))
     out = Path(args.out or Path(args.store).parent / f"train-{plan.model}-{plan.mode}")
     from colab_kit.util.distributed import refuse_fresh
 
@@ -192,7 +192,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.model and trained.get("model") != args.model:
         trained = {}
     given = overrides_from_args(args)
-    plan = plan_from_args(args, graph_kind=store.graph_kind, **store_graph_settings(store),
+    plan = plan_from_args(args, graph_kind=store.graph_kind, **store_settings(store, args),
                  **{k: v for k, v in trained.items() if k not in given})
     res = evaluate_weights(store, plan, args.weights, split=args.split)
     splits = splits_for(store, plan)

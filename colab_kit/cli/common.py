@@ -80,9 +80,20 @@ def plan_from_args(args: argparse.Namespace, probe_gpu: bool = True, **extra: An
     return make_plan(machine, getattr(args, "mode", "debug"), **{**overrides_from_args(args), **extra})
 
 
-def store_graph_settings(store: Any) -> dict[str, Any]:
-    """The Plan's graph settings as the store was built (a Plan must describe the graphs it trains on)."""
-    return registry.graph_kind(store.graph_kind).settings(store.params)
+def store_settings(store: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The Plan's settings that a built store fixes: its graph settings (a Plan must describe the graphs it trains
+    on) and its task (a store of frames with forces trains a potential; one label per structure, a property).
+
+    Raises:
+        PlanError: ``--task`` names the other task than the store's.
+    """
+    task = "potential" if store.potential is not None else "property"
+    asked = getattr(args, "plan_task", None)
+    if asked not in (None, task):
+        held = "DFT frames with forces" if task == "potential" else "one label per structure"
+        raise PlanError(f"store {store.root} holds {held}, not a {asked} task's labels: leave --task out (it follows "
+                        f"the store), or convert the data again with --task {asked}")
+    return {**registry.graph_kind(store.graph_kind).settings(store.params), "task": task}
 
 
 def stopped_code(signal_name: str | None) -> int:

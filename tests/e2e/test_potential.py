@@ -81,6 +81,11 @@ def test_chgnet_potential_run_beats_the_baselines_exports_and_relaxes(small_fram
     forces = np.asarray(result["trajectory"].forces[-1])
     assert np.linalg.norm(forces, axis=1).max() < np.linalg.norm(result["trajectory"].forces[0], axis=1).max()
 
+    # `train` on the run's store follows its task; the other task is refused in one line naming both
+    wrong = run_cli("train", "--store", str(run / "store"), "--task", "property", "--out", str(tmp_path / "t"))
+    assert wrong.returncode != 0 and "Traceback" not in wrong.stderr
+    assert "holds DFT frames with forces" in wrong.stderr and "leave --task out" in wrong.stderr, wrong.stderr
+
 
 @pytest.mark.long
 def test_a_sigkill_mid_conversion_and_mid_training_then_the_same_command(small_frames: Path, tmp_path: Path) -> None:
