@@ -101,7 +101,10 @@ class MacePotential(nn.Module):
                 "batch": g.batch, "ptr": g.ptr, "head": torch.zeros(int(g.num_graphs), dtype=torch.long,
                                                                     device=z.device)}
         stress = "s" in self.targets_trained
-        with torch.enable_grad():  # forces and stress are gradients, in evaluation too
+        # forces and stress are gradients, in evaluation too. TorchScript's executor re-optimises e3nn's scripted
+        # modules after their first calls, which moves results by ~1e-7: a run resumed in a new process (a cold
+        # executor) would then drift from the uninterrupted one. Unoptimised, a resume is exact (~5 % slower on a CPU)
+        with torch.enable_grad(), torch.jit.optimized_execution(False):
             out = self.mace(data, training=self.training, compute_force=True, compute_stress=stress)
         atoms = (g.ptr[1:] - g.ptr[:-1]).to(out["energy"].dtype)
         pred = {"e": out["energy"] / atoms, "f": out["forces"]}

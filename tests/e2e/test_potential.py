@@ -173,6 +173,27 @@ def test_magnetic_moments_train_from_mptrj_json(shared_data: Path, tmp_path: Pat
 
 @pytest.mark.long
 @pytest.mark.extras
+def test_mace_sigkilled_mid_epoch_resumes_to_the_uninterrupted_weights(shared_data: Path, tmp_path: Path) -> None:
+    """MACE's fitted state (E0s, avg_num_neighbors, the force scale) is fitted once before the first step and must
+    come back from the checkpoint, not be fitted again on the resumed run's batches; and e3nn's TorchScript modules
+    must compute the same in a new process as in a warm one (they did not: 1e-7 apart, before the fix)."""
+    pytest.importorskip("mace.modules")
+    import ase.io
+
+    frames = tmp_path / "mlearn_24.extxyz"
+    ase.io.write(frames, _frames(shared_data, 24), format="extxyz")
+    store = tmp_path / "store"
+    c = run_cli("convert", str(frames), "--task", "potential", "--model", "mace", "--out", str(store))
+    assert c.returncode == 0, c.stderr[-2000:]
+    args = ["train", "--store", str(store), "--model", "mace", "--set", "channels=8", "--set", "max_L=0",
+            "--set", "num_interactions=1", "--set", "correlation=2", "--set", "epochs=2", "--set", "batch_size=2",
+            "--set", "calibrate=false", "--set", "checkpoint_minutes=0.002"]
+    ref, resumed = assert_sigkill_resume_identical(args, tmp_path, first_step=2, every=3)
+    assert [h["val_mae"] for h in ref["history"]] == [h["val_mae"] for h in resumed["history"]]
+
+
+@pytest.mark.long
+@pytest.mark.extras
 def test_mace_potential_from_scratch_trains_and_exports_for_maces_calculator(small_frames: Path, tmp_path: Path) -> None:
     pytest.importorskip("mace.modules")
     r = run_cli("run", "--task", "potential", "--model", "mace", "--data", str(small_frames), "--work-dir",
