@@ -196,6 +196,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                  **{k: v for k, v in trained.items() if k not in given})
     res = evaluate_weights(store, plan, args.weights, split=args.split)
     splits = splits_for(store, plan)
+    if store.potential is not None:  # per target in its unit, beside its baseline, as `run` reports a potential
+        return _evaluate_potential(store, res, splits, args)
     baseline = mean_predictor_mae(store.targets(), splits["train"], splits[args.split])
     # a run's store sits in a folder named after its data
     unit = target_unit(plan.target or store_target_name(store), str(store.root), plan.unit)
@@ -204,6 +206,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                           "mean_predictor_mae": baseline, "unit": unit}))
     else:
         print(format_scores(args.split, int(len(res["target"])), res["mae"], res["rmse"], baseline, unit))
+    return 0
+
+
+def _evaluate_potential(store: Any, res: dict[str, Any], splits: dict[str, Any], args: argparse.Namespace) -> int:
+    from colab_kit.run import reference_energy_mae
+    from colab_kit.training import NAMES, UNITS, describe_scores
+
+    res["energy_baseline"] = reference_energy_mae(store, splits["train"], splits[args.split]) * 1000.0  # meV/atom
+    n = int(len(res["target"]))
+    if args.json:
+        scores = {k: v for k, v in res.items() if k.endswith(("_mae", "_rmse", "_cos", "_baseline")) and k != "mae"}
+        units = {NAMES[t]: UNITS[t] for t in store.potential["targets"]}
+        print(json.dumps({"split": args.split, "n": n, "targets": store.potential["targets"], **scores,
+                          "units": units}))
+    else:
+        print(f"{args.split} (n={n} frames): {describe_scores(res, baselines=True)}")
     return 0
 
 

@@ -81,6 +81,14 @@ def test_chgnet_potential_run_beats_the_baselines_exports_and_relaxes(small_fram
     forces = np.asarray(result["trajectory"].forces[-1])
     assert np.linalg.norm(forces, axis=1).max() < np.linalg.norm(result["trajectory"].forces[0], axis=1).max()
 
+    # `evaluate` of the run's weights: the run's test scores per target, in their units, beside the same baselines
+    ev = run_cli("evaluate", "--store", str(run / "store"), "--weights", str(run / "best.pt"), "--json")
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    scores = json.loads(ev.stdout.strip().splitlines()[-1])
+    assert scores["n"] == 8 and scores["units"] == {"energy": "meV/atom", "force": "meV/Å", "stress": "GPa"}
+    for key in ("energy_mae", "force_mae", "stress_mae", "energy_baseline", "force_baseline", "stress_baseline"):
+        assert scores[key] == pytest.approx(test[key], rel=1e-4), key
+
     # `train` on the run's store follows its task; the other task is refused in one line naming both
     wrong = run_cli("train", "--store", str(run / "store"), "--task", "property", "--out", str(tmp_path / "t"))
     assert wrong.returncode != 0 and "Traceback" not in wrong.stderr
