@@ -246,7 +246,8 @@ def _setup(store: GraphStore, plan: Plan, folder: RunFolder, options: FitOptions
                      "%d) is re-partitioned across %d", state.world_size, distributed.size(), state.sampler["epoch"] + 1,
                      state.sampler["offset"], distributed.size())
     else:
-        state = TrainState(plan=plan.to_dict())
+        # the targets the store's frames train, not "auto": the run folder then says what its weights predict
+        state = TrainState(plan={**plan.to_dict(), **({"potential_targets": potential} if potential else {})})
         budget, step_time = (initial_budget(model, store, splits, plan, device, amp_dtype) if options.calibrate
                              else (static_budget(plan), None))
         budget = agreed(budget)

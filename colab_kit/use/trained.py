@@ -120,7 +120,10 @@ def load_trained(path: str | Path) -> TrainedModel:
     conv = get_converter(plan.get("graph_kind", plan.get("converter")), cutoff=plan["cutoff"], bond_cutoff=plan["bond_cutoff"],
                          max_neighbors=plan["max_neighbors"], on_isolated_atoms=plan.get("on_isolated_atoms", "error"))
     target = plan.get("target") or _store_target(root)
-    potential = _store_potential(root) if plan.get("task") == "potential" else None
+    potential = None
+    if plan.get("task") == "potential":  # a checkpoint's plan names the trained targets; a run's plan.json says "auto"
+        named = plan.get("potential_targets")
+        potential = named if named and named != "auto" else _store_potential(root)
     unit = "eV/atom" if potential else target_unit(target, plan.get("data"), plan.get("unit"))
     return TrainedModel(plan["model"], dict(plan.get("model_options", {})), conv.name, conv.params, weights,
                         target, unit, {"data": plan.get("data"), "seed": plan.get("seed")}, potential)
