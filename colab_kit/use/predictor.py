@@ -65,7 +65,8 @@ class Predictor:
 
     def __repr__(self) -> str:
         t = self.trained
-        return f"Predictor({t.model}, {t.graph_kind} graphs, target {t.target or '?'} [{t.unit or '?'}], {t.weights})"
+        what = f"potential {t.potential}" if t.is_potential else f"target {t.target or '?'} [{t.unit or '?'}]"
+        return f"Predictor({t.model}, {t.graph_kind} graphs, {what}, {t.weights})"
 
     @property
     def model(self) -> Any:
@@ -84,6 +85,7 @@ class Predictor:
                       workers: int | None = None) -> Any:
         """The prediction pass over a store built with this model's graphs (resumes; see :mod:`colab_kit.use.prediction_pass`)."""
 
+        self._one_number_per_structure()
         if store.graph_kind != self.trained.graph_kind or store.params != self.trained.graph_params:
             raise PredictionError(
                 f"store {store.root} has {store.graph_kind} graphs with {store.params}; this {self.trained.model} "
@@ -96,6 +98,13 @@ class Predictor:
                             workers=self.plan.workers if workers is None else workers,
                             amp_dtype=amp_dtype_for(self.plan, self.device)[0], progress=progress,
                             should_stop=should_stop)
+
+    def _one_number_per_structure(self) -> None:
+        """Refuse a potential where predictions are one number per structure (predict, predict_file, predict_store)."""
+        if self.trained.is_potential:
+            raise PredictionError(f"{self.trained.weights} is a potential: its energies, forces and stresses come from "
+                                  "its ASE calculator (colab_kit.load(run).calculator(), then atoms.calc = it), not "
+                                  "from predict, which writes one number per structure")
 
     def calculator(self) -> Any:
         """An ASE calculator of a trained potential (energy eV, forces eV/Å, stress eV/Å³ in ASE's sign): CHGNet's own
@@ -120,9 +129,7 @@ class Predictor:
 
         if on_bad not in ("error", "nan"):
             raise PredictionError(f"on_bad must be 'error' or 'nan' (got {on_bad!r})")
-        if self.trained.is_potential:
-            raise PredictionError("a potential's energies, forces and stresses come from its ASE calculator: "
-                                  "colab_kit.load(run).calculator(), then atoms.calc = it")
+        self._one_number_per_structure()
         from ase import Atoms
         from pymatgen.core import Structure
 
@@ -162,6 +169,7 @@ class Predictor:
         that converted; the others are listed with their reason in ``<out>.skipped.csv``.
         """
 
+        self._one_number_per_structure()  # before any conversion
         out = Path(out)
         with hold_file(out, "predictions file"):
             return self._predict_file(source, out, target, work_dir, progress, should_stop)

@@ -89,6 +89,11 @@ def test_chgnet_potential_run_beats_the_baselines_exports_and_relaxes(small_fram
     for key in ("energy_mae", "force_mae", "stress_mae", "energy_baseline", "force_baseline", "stress_baseline"):
         assert scores[key] == pytest.approx(test[key], rel=1e-4), key
 
+    # `predict` writes one number per structure: for a potential it points to the calculator, in one line
+    p = run_cli("predict", "--run", str(run), "--data", str(small_frames), "--out", str(tmp_path / "p.csv"))
+    assert p.returncode != 0 and "Traceback" not in p.stderr and "calculator()" in p.stderr, p.stderr[-2000:]
+    assert not (tmp_path / "p.csv").exists()
+
     # `train` on the run's store follows its task; the other task is refused in one line naming both
     wrong = run_cli("train", "--store", str(run / "store"), "--task", "property", "--out", str(tmp_path / "t"))
     assert wrong.returncode != 0 and "Traceback" not in wrong.stderr
@@ -198,6 +203,13 @@ def test_mace_sigkilled_mid_epoch_resumes_to_the_uninterrupted_weights(shared_da
             "--set", "calibrate=false", "--set", "checkpoint_minutes=0.002"]
     ref, resumed = assert_sigkill_resume_identical(args, tmp_path, first_step=2, every=3)
     assert [h["val_mae"] for h in ref["history"]] == [h["val_mae"] for h in resumed["history"]]
+
+    # a `train --out` folder holds no store: its checkpoint names what it trained, so it loads as the potential
+    import colab_kit
+
+    atoms = ase.io.read(frames, index=0)
+    atoms.calc = colab_kit.load(str(tmp_path / "killed")).calculator()
+    assert np.isfinite(atoms.get_forces()).all() and np.isfinite(atoms.get_stress()).all()
 
 
 @pytest.mark.long
