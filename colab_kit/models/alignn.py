@@ -105,7 +105,6 @@ def _build(target_mean: float, target_std: float, graph_params: dict[str, Any], 
     return ALIGNNRegressor(config, target_mean=target_mean, target_std=target_std, weights=weights)
 
 
-
 SPEC = Model(
     name="alignn", graph_kind="alignn", extra="alignn", deterministic=True,
     description="ALIGNN (the alignn package's pure-torch model): bond graph + line graph of angles, from scratch",

@@ -242,7 +242,6 @@ def export_model_file(potential: MacePotential, path: str | Path) -> Path:
     return path
 
 
-
 SPEC = Model(
     name="mace", graph_kind="mace", extra="mace", potential_only=True,
     description="MACE (the mace-torch package): higher-order equivariant message passing, an interatomic potential",

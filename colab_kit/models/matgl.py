@@ -114,7 +114,6 @@ def _element_types() -> tuple[str, ...]:
     return element_types()
 
 
-
 def _options(nblocks: int, readouts: tuple[str, ...]) -> dict[str, Option]:
     return {
         "units": Option(64, "a positive integer", "matgl's default width: 64 features", int_at_least(1)),
