@@ -210,15 +210,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluate_potential(store: Any, res: dict[str, Any], splits: dict[str, Any], args: argparse.Namespace) -> int:
-    from colab_kit.run import reference_energy_mae
+    from colab_kit.run import potential_scores, reference_energy_mae
     from colab_kit.training import NAMES, UNITS, describe_scores
 
     res["energy_baseline"] = reference_energy_mae(store, splits["train"], splits[args.split]) * 1000.0  # meV/atom
     n = int(len(res["target"]))
     if args.json:
-        scores = {k: v for k, v in res.items() if k.endswith(("_mae", "_rmse", "_cos", "_baseline")) and k != "mae"}
         units = {NAMES[t]: UNITS[t] for t in store.potential["targets"]}
-        print(json.dumps({"split": args.split, "n": n, "targets": store.potential["targets"], **scores,
+        print(json.dumps({"split": args.split, "n": n, "targets": store.potential["targets"], **potential_scores(res),
                           "units": units}))
     else:
         print(f"{args.split} (n={n} frames): {describe_scores(res, baselines=True)}")

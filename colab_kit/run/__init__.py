@@ -7,7 +7,13 @@ as Google Drive (:mod:`.persist`), the report (:mod:`.report`), matbench's bench
 from colab_kit.run.benchmark import run_benchmark
 from colab_kit.run.frozen_head import run_head
 from colab_kit.run.pipeline import RunResult, folder_for, run, run_name
-from colab_kit.run.report import format_scores, mean_predictor_mae, reference_energy_mae, store_target_name
+from colab_kit.run.report import (
+    format_scores,
+    mean_predictor_mae,
+    potential_scores,
+    reference_energy_mae,
+    store_target_name,
+)
 
 __all__ = ["RunResult", "folder_for", "format_scores", "mean_predictor_mae", "run", "run_benchmark", "run_head",
-           "reference_energy_mae", "run_name", "store_target_name"]
+           "potential_scores", "reference_energy_mae", "run_name", "store_target_name"]

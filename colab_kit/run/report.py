@@ -228,13 +228,19 @@ def _finite(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
+def potential_scores(result: dict[str, Any]) -> dict[str, float | None]:
+    """A potential's per-target scores of an evaluation ``result`` (``energy_mae``, ``force_cos``, ``*_baseline`` ...,
+    in their reported units; None where not finite), without the weighted ``mae`` of the loss terms."""
+    return {k: _finite(v) for k, v in result.items() if k.endswith(("_mae", "_rmse", "_cos", "_baseline"))
+            and k != "mae"}
+
+
 def _potential_report(store: GraphStore, test: dict[str, Any],
                       out: Any) -> tuple[dict[str, Any], dict[str, str], list[str]]:
     """A potential's test scores per target beside their baselines (and the shipped model's, when pretrained), one
     parity plot per target, and the summary's lines."""
     spec = store.potential
-    scores = {k: _finite(v) for k, v in test.items() if k.endswith(("_mae", "_rmse", "_cos", "_baseline"))
-              and k != "mae"}
+    scores = potential_scores(test)
     shipped = test.get("shipped")
     section: dict[str, Any] = {"targets": spec["targets"], "labels": spec, "test": scores,
                                "units": {NAMES[t]: UNITS[t] for t in spec["targets"]},
